@@ -1,0 +1,93 @@
+// SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause)
+/* twill's XDP hook.
+ *
+ * One copy of this program is attached to every interface the forwarder serves. Its
+ * `twill_cfg` map says what the interface is:
+ *
+ *   MODE_POD     a pod's host-side veth: every frame goes to the AF_XDP socket.
+ *   MODE_UPLINK  the node's underlay NIC: only overlay traffic addressed to this node
+ *                (IPv4 to node_ip, UDP to vxlan_port; IPv4 to the pod CIDR in direct
+ *                mode) goes to the socket. Everything else - ARP, SSH, etcd, BGP, the
+ *                kubelet - is passed to the kernel untouched.
+ *
+ * Frames go to the socket bound to the receiving queue (`xsks[rx_queue_index]`); when no
+ * socket is bound there the frame goes to the kernel (XDP_PASS fallback of
+ * bpf_redirect_map), so an interface is never black-holed while sockets come and go.
+ */
+#include <linux/bpf.h>
+#include <linux/if_ether.h>
+#include <linux/in.h>
+#include <linux/ip.h>
+#include <linux/udp.h>
+#include <bpf/bpf_helpers.h>
+#include <bpf/bpf_endian.h>
+
+#define MODE_POD 0
+#define MODE_UPLINK 1
+
+struct twill_cfg {
+	__u32 mode;
+	__u32 node_ip;       /* network byte order */
+	__u32 pod_net;       /* network byte order; direct mode only, 0 = off */
+	__u32 pod_mask;      /* network byte order */
+	__u16 vxlan_port;    /* network byte order; 0 = no VXLAN */
+	__u16 redirect_ipip; /* non-zero: IPv4 protocol 4 to node_ip goes to the socket */
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_XSKMAP);
+	__uint(max_entries, 64);
+	__type(key, __u32);
+	__type(value, __u32);
+} xsks SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct twill_cfg);
+} twill_cfg SEC(".maps");
+
+static __always_inline int to_socket(struct xdp_md *ctx)
+{
+	return bpf_redirect_map(&xsks, ctx->rx_queue_index, XDP_PASS);
+}
+
+SEC("xdp")
+int twill_xdp(struct xdp_md *ctx)
+{
+	void *data = (void *)(long)ctx->data;
+	void *data_end = (void *)(long)ctx->data_end;
+	__u32 zero = 0;
+	struct twill_cfg *cfg = bpf_map_lookup_elem(&twill_cfg, &zero);
+
+	if (!cfg)
+		return XDP_PASS;
+	if (cfg->mode == MODE_POD)
+		return to_socket(ctx);
+
+	struct ethhdr *eth = data;
+	if ((void *)(eth + 1) > data_end || eth->h_proto != bpf_htons(ETH_P_IP))
+		return XDP_PASS;
+	struct iphdr *ip = (void *)(eth + 1);
+	if ((void *)(ip + 1) > data_end || ip->version != 4 || ip->ihl < 5)
+		return XDP_PASS;
+
+	if (cfg->pod_mask && (ip->daddr & cfg->pod_mask) == cfg->pod_net)
+		return to_socket(ctx);
+	if (ip->daddr != cfg->node_ip)
+		return XDP_PASS;
+	if (cfg->redirect_ipip && ip->protocol == IPPROTO_IPIP)
+		return to_socket(ctx);
+	if (ip->protocol != IPPROTO_UDP || !cfg->vxlan_port)
+		return XDP_PASS;
+
+	struct udphdr *udp = (void *)ip + ip->ihl * 4;
+	if ((void *)(udp + 1) > data_end)
+		return XDP_PASS;
+	if (udp->dest == cfg->vxlan_port)
+		return to_socket(ctx);
+	return XDP_PASS;
+}
+
+char LICENSE[] SEC("license") = "Dual BSD/GPL";

@@ -1,0 +1,240 @@
+//! The data plane as the control thread sees it: start the workers, attach and detach
+//! pod ports, publish table versions, read counters.
+
+use std::{
+    collections::HashMap,
+    num::NonZeroU32,
+    sync::{Arc, atomic::Ordering},
+    thread::JoinHandle,
+    time::Duration,
+};
+
+use crossbeam::{
+    channel::{Sender, bounded},
+    queue::ArrayQueue,
+};
+use xsk_rs::{
+    Umem,
+    config::{FrameSize, QueueSize, UmemConfig},
+};
+
+use crate::{
+    Error,
+    counters::WorkerCounters,
+    port::{CopyMode, Port, RING_SIZE},
+    snapshot::{MAX_PORTS, PortId, Snapshot, Tables, UPLINK},
+    worker::{Command, IdleStrategy, Shared, Worker, WorkerConfig},
+    xdp_hook::{AttachMode, HookMode, XdpHook},
+};
+
+/// UMEM chunk size: room for a 1500-byte frame plus 50 bytes of VXLAN, and for the
+/// 4 KB-MTU frames the large-frame work needs.
+pub const FRAME_SIZE: u32 = 4096;
+
+/// How to run the data plane.
+#[derive(Debug, Clone)]
+pub struct DataplaneConfig {
+    pub uplink: String,
+    /// Cores to pin one worker each to.
+    pub cores: Vec<usize>,
+    pub batch: usize,
+    pub idle: IdleStrategy,
+    pub attach: AttachMode,
+    pub copy_mode: CopyMode,
+    /// What the uplink's XDP hook sends to the forwarder.
+    pub uplink_hook: HookMode,
+    /// UMEM frames for the whole node.
+    pub frames: u32,
+    /// Frames kept in each port's fill ring.
+    pub fill_target: usize,
+}
+
+#[derive(Debug)]
+struct WorkerHandle {
+    commands: Sender<Command>,
+    thread: Option<JoinHandle<()>>,
+    ports: usize,
+}
+
+#[derive(Debug)]
+struct PodPort {
+    worker: u16,
+    _hook: XdpHook,
+}
+
+/// A running data plane.
+#[derive(Debug)]
+pub struct Dataplane {
+    shared: Arc<Shared>,
+    workers: Vec<WorkerHandle>,
+    uplink_hook: Option<XdpHook>,
+    pods: HashMap<PortId, PodPort>,
+    free_ids: Vec<PortId>,
+    copy_mode: CopyMode,
+    attach: AttachMode,
+}
+
+/// Number of RX queues of `ifname`.
+pub fn rx_queues(ifname: &str) -> usize {
+    std::fs::read_dir(format!("/sys/class/net/{ifname}/queues"))
+        .map(|d| d.filter_map(Result::ok).filter(|e| e.file_name().to_string_lossy().starts_with("rx-")).count())
+        .unwrap_or(0)
+}
+
+impl Dataplane {
+    /// Creates the UMEM, attaches the uplink hook, binds one uplink socket per worker (on
+    /// queue = worker index) and starts the workers on `first`.
+    pub fn start(cfg: DataplaneConfig, first: Snapshot) -> Result<Self, Error> {
+        let available = core_affinity::get_core_ids().unwrap_or_default();
+        if cfg.cores.is_empty() {
+            return Err(Error::Config("--cores needs at least one core".into()));
+        }
+        for &c in &cfg.cores {
+            if !available.iter().any(|id| id.id == c) {
+                return Err(Error::NoSuchCore(c, available.len()));
+            }
+        }
+        crate::xdp_hook::ifindex(&cfg.uplink)?;
+        let queues = rx_queues(&cfg.uplink);
+        if queues < cfg.cores.len() {
+            return Err(Error::TooFewQueues { ifname: cfg.uplink.clone(), queues, workers: cfg.cores.len() });
+        }
+        let ring = QueueSize::new(RING_SIZE).expect("power of two");
+        let umem_cfg = UmemConfig::builder()
+            .frame_size(FrameSize::new(FRAME_SIZE).expect("valid frame size"))
+            .fill_queue_size(ring)
+            .comp_queue_size(ring)
+            .build()
+            .map_err(|e| Error::Umem(e.to_string()))?;
+        let frames = NonZeroU32::new(cfg.frames.max(1024)).expect("non-zero");
+        let (umem, descs) = Umem::new(umem_cfg, frames, false).map_err(|e| Error::Umem(e.to_string()))?;
+        let pool = ArrayQueue::new(descs.len());
+        for d in &descs {
+            let _ = pool.push(*d);
+        }
+        let workers_n = cfg.cores.len();
+        let shared = Arc::new(Shared {
+            tables: Tables::new(first),
+            frame_size: FRAME_SIZE as usize,
+            frame_count: descs.len(),
+            pool,
+            handoff: (0..workers_n).map(|_| ArrayQueue::new(4096)).collect(),
+            counters: (0..workers_n).map(|_| Arc::new(WorkerCounters::default())).collect(),
+            stop: Default::default(),
+            all_frames: descs,
+            umem,
+        });
+        let uplink_hook = XdpHook::attach(&cfg.uplink, cfg.uplink_hook, cfg.attach)?;
+        let wcfg = WorkerConfig { batch: cfg.batch.clamp(1, 256), idle: cfg.idle, fill_target: cfg.fill_target };
+        let mut dp = Dataplane {
+            shared: Arc::clone(&shared),
+            workers: Vec::new(),
+            uplink_hook: Some(uplink_hook),
+            pods: HashMap::new(),
+            free_ids: (1..MAX_PORTS as PortId).rev().collect(),
+            copy_mode: cfg.copy_mode,
+            attach: cfg.attach,
+        };
+        for (i, &core) in cfg.cores.iter().enumerate() {
+            let (tx, rx) = bounded(64);
+            let worker = Worker::new(i as u16, Arc::clone(&shared), rx, wcfg);
+            let thread = std::thread::Builder::new()
+                .name(format!("twill-worker-{i}"))
+                .spawn(move || {
+                    core_affinity::set_for_current(core_affinity::CoreId { id: core });
+                    worker.run();
+                })
+                .map_err(|e| Error::Config(format!("cannot start worker thread: {e}")))?;
+            dp.workers.push(WorkerHandle { commands: tx, thread: Some(thread), ports: 0 });
+            let port = Port::bind(UPLINK, &shared.umem, &cfg.uplink, i as u32, cfg.copy_mode)?;
+            if let Some(hook) = &dp.uplink_hook {
+                hook.register_socket(i as u32, port.fd())?;
+            }
+            dp.send_port(i as u16, port)?;
+        }
+        Ok(dp)
+    }
+
+    fn send_port(&mut self, worker: u16, port: Port) -> Result<(), Error> {
+        let (done_tx, done_rx) = bounded(1);
+        let w = &mut self.workers[worker as usize];
+        w.commands.send(Command::AddPort(Box::new(port), done_tx)).map_err(|_| Error::WorkerGone(worker))?;
+        done_rx.recv_timeout(Duration::from_secs(5)).map_err(|_| Error::WorkerGone(worker))?;
+        w.ports += 1;
+        Ok(())
+    }
+
+    /// Attaches a pod's host-side veth: XDP hook, AF_XDP socket on the least loaded worker.
+    /// Returns the port id and worker for the endpoint table. The port serves traffic once
+    /// a snapshot names it.
+    pub fn add_pod_port(&mut self, ifname: &str) -> Result<(PortId, u16), Error> {
+        let id = self.free_ids.pop().ok_or(Error::PortsExhausted)?;
+        let result = (|| {
+            let hook = XdpHook::attach(ifname, HookMode::Pod, self.attach)?;
+            let port = Port::bind(id, &self.shared.umem, ifname, 0, self.copy_mode)?;
+            hook.register_socket(0, port.fd())?;
+            let worker = (0..self.workers.len()).min_by_key(|w| self.workers[*w].ports).unwrap_or(0) as u16;
+            self.send_port(worker, port)?;
+            self.pods.insert(id, PodPort { worker, _hook: hook });
+            Ok((id, worker))
+        })();
+        if result.is_err() {
+            self.free_ids.push(id);
+        }
+        result
+    }
+
+    /// Detaches a pod port (hook first, so nothing new arrives), returning its frames.
+    pub fn remove_pod_port(&mut self, id: PortId) -> Result<(), Error> {
+        let Some(pod) = self.pods.remove(&id) else { return Ok(()) };
+        let worker = pod.worker;
+        drop(pod);
+        let (done_tx, done_rx) = bounded(1);
+        let w = &mut self.workers[worker as usize];
+        w.commands.send(Command::RemovePort(id, done_tx)).map_err(|_| Error::WorkerGone(worker))?;
+        done_rx.recv_timeout(Duration::from_secs(5)).map_err(|_| Error::WorkerGone(worker))?;
+        w.ports = w.ports.saturating_sub(1);
+        self.free_ids.push(id);
+        Ok(())
+    }
+
+    /// Makes `snap` the table version every worker uses from its next batch.
+    pub fn publish(&self, snap: Snapshot) {
+        self.shared.tables.publish(snap);
+    }
+
+    /// The published tables.
+    pub fn tables(&self) -> &Tables {
+        &self.shared.tables
+    }
+
+    /// Every worker's counters.
+    pub fn counters(&self) -> &[Arc<WorkerCounters>] {
+        &self.shared.counters
+    }
+
+    /// Frames in the node's free pool (for leak checks).
+    pub fn pooled_frames(&self) -> usize {
+        self.shared.pool.len()
+    }
+}
+
+impl Dataplane {
+    /// Stops the workers and detaches every XDP program (idempotent).
+    pub fn shutdown(&mut self) {
+        self.shared.stop.store(true, Ordering::Relaxed);
+        for w in &mut self.workers {
+            if let Some(t) = w.thread.take() {
+                let _ = t.join();
+            }
+        }
+        self.pods.clear();
+        self.uplink_hook = None;
+    }
+}
+
+impl Drop for Dataplane {
+    fn drop(&mut self) {
+        self.shutdown();
+    }
+}

@@ -1,0 +1,268 @@
+//! The pipeline on byte frames: two nodes' snapshots, frames built with encap's Reprs,
+//! every verdict and every rewritten field checked.
+
+use std::net::Ipv4Addr;
+
+use encap::{
+    EtherType, EthernetAddress, IpProtocol,
+    arp::{ArpPacket, ArpRepr, Operation},
+    ethernet::{EthernetFrame, EthernetRepr},
+    ipv4::{Ipv4Packet, Ipv4Repr},
+    udp::{UdpPacket, UdpRepr},
+    vxlan::{self, VxlanEncap, VxlanProfile},
+};
+use proptest::prelude::*;
+
+use super::*;
+use crate::snapshot::{Endpoint, NodeConfig, RemoteNode, RouteTarget};
+
+const BUF: usize = 4096 - 256;
+const A_IP: Ipv4Addr = Ipv4Addr::new(10, 100, 0, 11);
+const B_IP: Ipv4Addr = Ipv4Addr::new(10, 100, 0, 12);
+const A_MAC: EthernetAddress = EthernetAddress([2, 0, 0, 0, 0, 0x11]);
+const B_MAC: EthernetAddress = EthernetAddress([2, 0, 0, 0, 0, 0x12]);
+const A_VTEP: EthernetAddress = EthernetAddress([0x0e, 0xaa, 0, 0, 0, 1]);
+const B_VTEP: EthernetAddress = EthernetAddress([0x0e, 0xbb, 0, 0, 0, 2]);
+const GW: EthernetAddress = EthernetAddress([0xee; 6]);
+const POD_A1: Ipv4Addr = Ipv4Addr::new(10, 244, 1, 2);
+const POD_A2: Ipv4Addr = Ipv4Addr::new(10, 244, 1, 3);
+const POD_B1: Ipv4Addr = Ipv4Addr::new(10, 244, 2, 2);
+const MAC_A1: EthernetAddress = EthernetAddress([0x0a, 0x58, 10, 244, 1, 2]);
+const MAC_A2: EthernetAddress = EthernetAddress([0x0a, 0x58, 10, 244, 1, 3]);
+const MAC_B1: EthernetAddress = EthernetAddress([0x0a, 0x58, 10, 244, 2, 2]);
+
+fn node(ip: Ipv4Addr, mac: EthernetAddress, vtep: EthernetAddress, profile: EncapProfile) -> NodeConfig {
+    NodeConfig { node_ip: ip, uplink_mac: mac, vtep_mac: vtep, gateway_mac: GW, profile, uplink_mtu: 1500 }
+}
+
+/// Node A (pods .1.2 on port 1, .1.3 on port 2) and node B (pod .2.2 on port 1), each
+/// knowing the other with a resolved next hop.
+fn cluster(profile: EncapProfile) -> (Snapshot, Snapshot) {
+    let a = node(A_IP, A_MAC, A_VTEP, profile);
+    let b = node(B_IP, B_MAC, B_VTEP, profile);
+    let mut sa = Snapshot::new(1, a.clone());
+    sa.routes.insert("10.244.1.0/24".parse().unwrap(), RouteTarget::LocalPods);
+    sa.add_endpoint(Endpoint { ip: POD_A1, mac: MAC_A1, port: 1, worker: 0 });
+    sa.add_endpoint(Endpoint { ip: POD_A2, mac: MAC_A2, port: 2, worker: 0 });
+    let ib = sa.add_node(RemoteNode::new(&a, "b".into(), B_IP, B_VTEP, Some(B_MAC)));
+    sa.routes.insert("10.244.2.0/24".parse().unwrap(), RouteTarget::Node(ib));
+    let mut sb = Snapshot::new(1, b.clone());
+    sb.routes.insert("10.244.2.0/24".parse().unwrap(), RouteTarget::LocalPods);
+    sb.add_endpoint(Endpoint { ip: POD_B1, mac: MAC_B1, port: 1, worker: 0 });
+    let ia = sb.add_node(RemoteNode::new(&b, "a".into(), A_IP, A_VTEP, Some(A_MAC)));
+    sb.routes.insert("10.244.1.0/24".parse().unwrap(), RouteTarget::Node(ia));
+    (sa, sb)
+}
+
+fn vxlan_cluster() -> (Snapshot, Snapshot) {
+    cluster(EncapProfile::Vxlan(VxlanProfile::FLANNEL))
+}
+
+/// An Ethernet/IPv4/UDP frame in a UMEM-sized buffer; returns (buffer, frame length).
+fn udp_frame(src_mac: EthernetAddress, dst_mac: EthernetAddress, src: Ipv4Addr, dst: Ipv4Addr, ttl: u8, payload: &[u8]) -> (Vec<u8>, usize) {
+    let udp = UdpRepr { src_port: 40000, dst_port: 5201, payload };
+    let ip = Ipv4Repr {
+        src_addr: src,
+        dst_addr: dst,
+        protocol: IpProtocol::Udp,
+        payload_len: udp.buffer_len(),
+        ttl,
+        ident: 7,
+        dont_frag: true,
+        dscp: 0,
+        ecn: 0,
+    };
+    let eth = EthernetRepr { src_addr: src_mac, dst_addr: dst_mac, ethertype: EtherType::Ipv4 };
+    let len = 14 + ip.buffer_len() + ip.payload_len;
+    let mut buf = vec![0xa5; BUF];
+    eth.emit(&mut EthernetFrame::new_unchecked(&mut buf[..len]));
+    ip.emit(&mut Ipv4Packet::new_unchecked(&mut buf[14..len]));
+    udp.emit(&mut UdpPacket::new_unchecked(&mut buf[34..len]), src, dst);
+    (buf, len)
+}
+
+fn ip_of(frame: &[u8]) -> Ipv4Packet<&[u8]> {
+    Ipv4Packet::new_checked(&frame[14..]).expect("valid IPv4")
+}
+
+#[test]
+fn answers_arp_for_the_gateway_from_its_own_pod() {
+    let (sa, _) = vxlan_cluster();
+    let req = ArpRepr {
+        operation: Operation::Request,
+        source_hardware_addr: MAC_A1,
+        source_protocol_addr: POD_A1,
+        target_hardware_addr: EthernetAddress([0; 6]),
+        target_protocol_addr: GATEWAY_IP,
+    };
+    let mut buf = vec![0xa5; BUF];
+    EthernetRepr { src_addr: MAC_A1, dst_addr: EthernetAddress::BROADCAST, ethertype: EtherType::Arp }
+        .emit(&mut EthernetFrame::new_unchecked(&mut buf[..42]));
+    req.emit(&mut ArpPacket::new_unchecked(&mut buf[14..42]));
+    let v = process(&sa, 0, 1, &mut buf, 42);
+    assert_eq!(v, Verdict::Forward { port: 1, worker: 0, len: 42, kind: Kind::ArpReply });
+    let eth = EthernetFrame::new_checked(&buf[..42]).unwrap();
+    assert_eq!((eth.dst_addr(), eth.src_addr()), (MAC_A1, GW));
+    let reply = ArpRepr::parse(&ArpPacket::new_checked(&buf[14..42]).unwrap()).unwrap();
+    assert_eq!(reply.operation, Operation::Reply);
+    assert_eq!((reply.source_hardware_addr, reply.source_protocol_addr), (GW, GATEWAY_IP));
+    assert_eq!((reply.target_hardware_addr, reply.target_protocol_addr), (MAC_A1, POD_A1));
+
+    // The same request claiming another pod's address is not answered.
+    let mut spoof = buf.clone();
+    EthernetRepr { src_addr: MAC_A1, dst_addr: EthernetAddress::BROADCAST, ethertype: EtherType::Arp }
+        .emit(&mut EthernetFrame::new_unchecked(&mut spoof[..42]));
+    ArpRepr { source_protocol_addr: POD_A2, ..req }.emit(&mut ArpPacket::new_unchecked(&mut spoof[14..42]));
+    assert_eq!(process(&sa, 0, 1, &mut spoof, 42), Verdict::Drop(DropReason::ArpIgnored));
+}
+
+#[test]
+fn routes_between_local_pods_rewriting_macs_and_ttl() {
+    let (sa, _) = vxlan_cluster();
+    let (mut buf, len) = udp_frame(MAC_A1, GW, POD_A1, POD_A2, 64, b"hello");
+    let v = process(&sa, 0, 1, &mut buf, len);
+    assert_eq!(v, Verdict::Forward { port: 2, worker: 0, len, kind: Kind::Routed });
+    let eth = EthernetFrame::new_checked(&buf[..len]).unwrap();
+    assert_eq!((eth.src_addr(), eth.dst_addr()), (GW, MAC_A2));
+    let ip = ip_of(&buf[..len]);
+    assert_eq!(ip.ttl(), 63);
+    assert!(ip.verify_checksum());
+    let udp = UdpPacket::new_checked(ip.payload()).unwrap();
+    assert!(udp.verify_checksum(POD_A1, POD_A2), "L4 untouched");
+}
+
+#[test]
+fn vxlan_round_trip_between_two_nodes() {
+    let (sa, sb) = vxlan_cluster();
+    let (mut buf, len) = udp_frame(MAC_A1, GW, POD_A1, POD_B1, 64, b"across nodes");
+    let original_payload = ip_of(&buf[..len]).payload().to_vec();
+    let Verdict::Forward { port, len: out, kind, .. } = process(&sa, 0, 1, &mut buf, len) else { panic!("dropped") };
+    assert_eq!((port, kind, out), (UPLINK, Kind::Encapsulated, len + vxlan::OVERHEAD));
+    let outer = EthernetFrame::new_checked(&buf[..out]).unwrap();
+    assert_eq!((outer.src_addr(), outer.dst_addr()), (A_MAC, B_MAC));
+    let d = vxlan::decap(&buf[..out], B_IP, VxlanProfile::FLANNEL).expect("node B accepts it");
+    assert_eq!((d.outer_src_ip, d.vni), (A_IP, 1));
+    let inner = EthernetFrame::new_checked(&buf[d.inner.clone()]).unwrap();
+    assert_eq!((inner.src_addr(), inner.dst_addr()), (A_VTEP, B_VTEP), "Flannel's inner MACs");
+
+    let Verdict::Forward { port, len: delivered, kind, .. } = process(&sb, 0, UPLINK, &mut buf, out) else { panic!("dropped on B") };
+    assert_eq!((port, kind, delivered), (1, Kind::Decapsulated, len));
+    let eth = EthernetFrame::new_checked(&buf[..delivered]).unwrap();
+    assert_eq!((eth.src_addr(), eth.dst_addr()), (GW, MAC_B1));
+    let ip = ip_of(&buf[..delivered]);
+    assert_eq!((ip.src_addr(), ip.dst_addr(), ip.ttl()), (POD_A1, POD_B1, 62));
+    assert!(ip.verify_checksum());
+    assert_eq!(ip.payload(), &original_payload[..]);
+}
+
+#[test]
+fn direct_profile_rewrites_to_the_next_hop_without_encapsulation() {
+    let (sa, sb) = cluster(EncapProfile::Direct);
+    let (mut buf, len) = udp_frame(MAC_A1, GW, POD_A1, POD_B1, 64, b"host-gw");
+    assert_eq!(process(&sa, 0, 1, &mut buf, len), Verdict::Forward { port: UPLINK, worker: u16::MAX, len, kind: Kind::Routed });
+    let eth = EthernetFrame::new_checked(&buf[..len]).unwrap();
+    assert_eq!((eth.src_addr(), eth.dst_addr()), (A_MAC, B_MAC));
+    assert_eq!(process(&sb, 0, UPLINK, &mut buf, len), Verdict::Forward { port: 1, worker: 0, len, kind: Kind::Routed });
+    assert_eq!(ip_of(&buf[..len]).ttl(), 62);
+}
+
+#[test]
+fn refuses_spoofed_sources_and_unknown_ports() {
+    let (sa, _) = vxlan_cluster();
+    let (mut buf, len) = udp_frame(MAC_A1, GW, POD_A2, POD_B1, 64, b"x");
+    assert_eq!(process(&sa, 0, 1, &mut buf, len), Verdict::Drop(DropReason::Spoofed), "wrong source IP");
+    let (mut buf, len) = udp_frame(MAC_A2, GW, POD_A1, POD_B1, 64, b"x");
+    assert_eq!(process(&sa, 0, 1, &mut buf, len), Verdict::Drop(DropReason::Spoofed), "wrong source MAC");
+    let (mut buf, len) = udp_frame(MAC_A1, GW, POD_A1, POD_B1, 64, b"x");
+    assert_eq!(process(&sa, 0, 9, &mut buf, len), Verdict::Drop(DropReason::NoEndpoint));
+}
+
+#[test]
+fn counts_ttl_expiry_no_route_and_unresolved_neighbours() {
+    let (mut sa, _) = vxlan_cluster();
+    let (mut buf, len) = udp_frame(MAC_A1, GW, POD_A1, POD_B1, 1, b"x");
+    assert_eq!(process(&sa, 0, 1, &mut buf, len), Verdict::Drop(DropReason::TtlExpired));
+    let (mut buf, len) = udp_frame(MAC_A1, GW, POD_A1, Ipv4Addr::new(8, 8, 8, 8), 64, b"x");
+    assert_eq!(process(&sa, 0, 1, &mut buf, len), Verdict::Drop(DropReason::NoRoute));
+    sa.nodes[0] = RemoteNode::new(&sa.node.clone(), "b".into(), B_IP, B_VTEP, None);
+    let (mut buf, len) = udp_frame(MAC_A1, GW, POD_A1, POD_B1, 64, b"x");
+    assert_eq!(process(&sa, 0, 1, &mut buf, len), Verdict::Drop(DropReason::NeighbourUnresolved));
+}
+
+#[test]
+fn refuses_frames_that_would_exceed_the_uplink_mtu() {
+    let (sa, _) = vxlan_cluster();
+    let (mut buf, len) = udp_frame(MAC_A1, GW, POD_A1, POD_B1, 64, &[0u8; 1450 - 28 + 1]);
+    assert_eq!(process(&sa, 0, 1, &mut buf, len), Verdict::Drop(DropReason::TooBig));
+    let (mut buf, len) = udp_frame(MAC_A1, GW, POD_A1, POD_B1, 64, &[0u8; 1450 - 28]);
+    assert!(matches!(process(&sa, 0, 1, &mut buf, len), Verdict::Forward { .. }), "exactly the pod MTU fits");
+}
+
+/// A VXLAN frame from `from` (outer source) carrying a frame for pod B1.
+fn encapsulated(from: Ipv4Addr, vni: u32, inner_dst_mac: EthernetAddress) -> (Vec<u8>, usize) {
+    let (mut buf, len) = udp_frame(A_VTEP, inner_dst_mac, POD_A1, POD_B1, 63, b"in");
+    let profile = VxlanProfile { vni, port: 8472 };
+    let e = VxlanEncap::new(A_MAC, B_MAC, from, B_IP, profile);
+    buf.copy_within(..len, vxlan::OVERHEAD);
+    e.write(&mut buf[..vxlan::OVERHEAD], len, 50000).unwrap();
+    (buf, len + vxlan::OVERHEAD)
+}
+
+#[test]
+fn decap_accepts_only_known_nodes_the_right_vni_and_our_vtep_mac() {
+    let (_, sb) = vxlan_cluster();
+    let (mut buf, len) = encapsulated(A_IP, 1, B_VTEP);
+    assert!(matches!(process(&sb, 0, UPLINK, &mut buf, len), Verdict::Forward { port: 1, kind: Kind::Decapsulated, .. }));
+    let (mut buf, len) = encapsulated(Ipv4Addr::new(10, 100, 0, 99), 1, B_VTEP);
+    assert_eq!(process(&sb, 0, UPLINK, &mut buf, len), Verdict::Drop(DropReason::UnknownVtep));
+    let (mut buf, len) = encapsulated(A_IP, 4096, B_VTEP);
+    assert_eq!(process(&sb, 0, UPLINK, &mut buf, len), Verdict::Drop(DropReason::WrongVni));
+    let (mut buf, len) = encapsulated(A_IP, 1, A_VTEP);
+    assert_eq!(process(&sb, 0, UPLINK, &mut buf, len), Verdict::Drop(DropReason::WrongInnerMac));
+    let (mut buf, len) = encapsulated(A_IP, 1, B_VTEP);
+    buf[14 + 20 + 8] = 0x0c; // VXLAN flags: I plus a reserved bit
+    assert_eq!(process(&sb, 0, UPLINK, &mut buf, len), Verdict::Drop(DropReason::BadVxlanFlags));
+}
+
+#[test]
+fn malformed_outer_frames_are_dropped_with_reasons() {
+    let (_, sb) = vxlan_cluster();
+    let (good, len) = encapsulated(A_IP, 1, B_VTEP);
+    for cut in [0, 5, 13, 14, 20, 33, 41, 49, 50, 63] {
+        let mut buf = good.clone();
+        let v = process(&sb, 0, UPLINK, &mut buf, cut);
+        assert!(matches!(v, Verdict::Drop(_)), "truncated to {cut}: {v:?}");
+    }
+    let mut buf = good.clone();
+    buf[14] = 0x44; // IHL 4
+    assert!(matches!(process(&sb, 0, UPLINK, &mut buf, len), Verdict::Drop(DropReason::BadOuterHeader | DropReason::Truncated)));
+    let mut buf = good.clone();
+    buf[16] = 0xff; // total length beyond the frame
+    buf[17] = 0xff;
+    assert!(matches!(process(&sb, 0, UPLINK, &mut buf, len), Verdict::Drop(_)));
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(2000))]
+
+    /// No input panics, from a pod or from the uplink, and a forwarded frame fits its buffer.
+    #[test]
+    fn arbitrary_bytes_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..200), from_pod in any::<bool>()) {
+        let (sa, sb) = vxlan_cluster();
+        let mut buf = vec![0u8; BUF];
+        buf[..bytes.len()].copy_from_slice(&bytes);
+        let v = if from_pod { process(&sa, 0, 1, &mut buf, bytes.len()) } else { process(&sb, 0, UPLINK, &mut buf, bytes.len()) };
+        if let Verdict::Forward { len, .. } = v {
+            prop_assert!(len <= BUF);
+        }
+    }
+
+    /// Mutating any byte of a valid VXLAN frame never panics.
+    #[test]
+    fn mutated_vxlan_never_panics(pos in 0usize..120, val in any::<u8>(), cut in 0usize..130) {
+        let (_, sb) = vxlan_cluster();
+        let (mut buf, len) = encapsulated(A_IP, 1, B_VTEP);
+        buf[pos] = val;
+        let _ = process(&sb, 0, UPLINK, &mut buf, len.min(cut.max(1)));
+    }
+}

@@ -1,0 +1,180 @@
+//! The tables the pipeline reads, as one immutable [`Snapshot`], and their publication.
+//!
+//! The control thread builds a whole new snapshot off the fast path and swaps one pointer
+//! ([`Tables::publish`], arc-swap: RCU without epochs to manage). A worker loads the current
+//! snapshot once per batch, so every packet of a batch is judged by one version; the old
+//! version is freed when the last worker lets go of it.
+
+use std::{collections::HashMap, net::Ipv4Addr, sync::Arc};
+
+use arc_swap::ArcSwap;
+use encap::{
+    ethernet::EthernetAddress,
+    vxlan::{VxlanEncap, VxlanProfile},
+};
+
+use crate::{fxhash::FxBuildHasher, route::RouteTable};
+
+/// An interface the forwarder serves, as the tables name it. [`UPLINK`] is the uplink (each
+/// worker has its own socket on it); pod ports are numbered from 1.
+pub type PortId = u16;
+
+/// The uplink's port id.
+pub const UPLINK: PortId = 0;
+
+/// Ports per node, the uplink included.
+pub const MAX_PORTS: usize = 1024;
+
+/// The address pods use as their default gateway (they ARP for it; the forwarder answers).
+pub const GATEWAY_IP: Ipv4Addr = Ipv4Addr::new(169, 254, 1, 1);
+
+/// How traffic to other nodes is carried.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EncapProfile {
+    /// VXLAN as Flannel's `flannel.1` (VNI 1, UDP 8472), or another VNI/port.
+    Vxlan(VxlanProfile),
+    /// No encapsulation: the frame goes to the next hop's MAC (Flannel host-gw).
+    Direct,
+}
+
+/// This node, as the pipeline needs it.
+#[derive(Debug, Clone)]
+pub struct NodeConfig {
+    pub node_ip: Ipv4Addr,
+    pub uplink_mac: EthernetAddress,
+    /// Inner source MAC of encapsulated frames and inner destination MAC accepted on decap.
+    pub vtep_mac: EthernetAddress,
+    /// The MAC the forwarder answers ARP for [`GATEWAY_IP`] with.
+    pub gateway_mac: EthernetAddress,
+    pub profile: EncapProfile,
+    /// MTU of the uplink (IP bytes per frame).
+    pub uplink_mtu: u16,
+}
+
+/// A pod on this node.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Endpoint {
+    pub ip: Ipv4Addr,
+    pub mac: EthernetAddress,
+    pub port: PortId,
+    /// The worker that owns `port`.
+    pub worker: u16,
+}
+
+/// Another node of the cluster.
+#[derive(Debug, Clone)]
+pub struct RemoteNode {
+    pub name: String,
+    pub underlay_ip: Ipv4Addr,
+    pub vtep_mac: EthernetAddress,
+    /// MAC of the underlay next hop, from the neighbour table; `None` while unresolved.
+    pub next_hop_mac: Option<EthernetAddress>,
+    /// Precomputed outer headers, present when the next hop is resolved and the profile is VXLAN.
+    pub encap: Option<VxlanEncap>,
+}
+
+impl RemoteNode {
+    /// A node; the outer header template is derived from `local` when `next_hop_mac` is known.
+    pub fn new(
+        local: &NodeConfig,
+        name: String,
+        underlay_ip: Ipv4Addr,
+        vtep_mac: EthernetAddress,
+        next_hop_mac: Option<EthernetAddress>,
+    ) -> Self {
+        let encap = match (local.profile, next_hop_mac) {
+            (EncapProfile::Vxlan(profile), Some(mac)) => {
+                Some(VxlanEncap::new(local.uplink_mac, mac, local.node_ip, underlay_ip, profile))
+            }
+            _ => None,
+        };
+        RemoteNode { name, underlay_ip, vtep_mac, next_hop_mac, encap }
+    }
+}
+
+/// Where a route leads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RouteTarget {
+    /// This node's pod subnet: the endpoint table says which port.
+    LocalPods,
+    /// A remote node's pod subnet: index into [`Snapshot::nodes`].
+    Node(u32),
+}
+
+/// One version of every table the pipeline reads.
+#[derive(Debug, Clone)]
+pub struct Snapshot {
+    pub version: u64,
+    pub node: NodeConfig,
+    pub routes: RouteTable<RouteTarget>,
+    pub endpoints: HashMap<Ipv4Addr, Endpoint, FxBuildHasher>,
+    /// The endpoint behind each port, for anti-spoofing; indexed by [`PortId`].
+    pub ports: Vec<Option<Endpoint>>,
+    pub nodes: Vec<RemoteNode>,
+    pub nodes_by_ip: HashMap<Ipv4Addr, u32, FxBuildHasher>,
+}
+
+impl Snapshot {
+    /// An empty table set for `node` (no routes, no pods, no peers).
+    pub fn new(version: u64, node: NodeConfig) -> Self {
+        Snapshot {
+            version,
+            node,
+            routes: RouteTable::default(),
+            endpoints: HashMap::default(),
+            ports: vec![None; MAX_PORTS],
+            nodes: Vec::new(),
+            nodes_by_ip: HashMap::default(),
+        }
+    }
+
+    /// Adds a local pod.
+    pub fn add_endpoint(&mut self, ep: Endpoint) {
+        self.endpoints.insert(ep.ip, ep);
+        if let Some(slot) = self.ports.get_mut(ep.port as usize) {
+            *slot = Some(ep);
+        }
+    }
+
+    /// Adds a remote node and returns its index for [`RouteTarget::Node`].
+    pub fn add_node(&mut self, node: RemoteNode) -> u32 {
+        let idx = self.nodes.len() as u32;
+        self.nodes_by_ip.insert(node.underlay_ip, idx);
+        self.nodes.push(node);
+        idx
+    }
+
+    /// The endpoint behind `port`.
+    #[inline]
+    pub fn port_endpoint(&self, port: PortId) -> Option<&Endpoint> {
+        self.ports.get(port as usize).and_then(Option::as_ref)
+    }
+}
+
+/// The published snapshot, shared by the control thread (writer) and the workers (readers).
+#[derive(Debug)]
+pub struct Tables {
+    current: ArcSwap<Snapshot>,
+}
+
+impl Tables {
+    pub fn new(first: Snapshot) -> Self {
+        Tables { current: ArcSwap::from_pointee(first) }
+    }
+
+    /// Makes `next` the version every worker uses from its next batch on.
+    pub fn publish(&self, next: Snapshot) {
+        self.current.store(Arc::new(next));
+    }
+
+    /// The current version (cheap: no reference count traffic on the common path).
+    #[inline]
+    pub fn load(&self) -> arc_swap::Guard<Arc<Snapshot>> {
+        self.current.load()
+    }
+
+    /// A counted reference to the current version, for the control thread.
+    pub fn load_full(&self) -> Arc<Snapshot> {
+        self.current.load_full()
+    }
+}

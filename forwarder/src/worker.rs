@@ -1,0 +1,409 @@
+//! A worker: one thread pinned to one core, run to completion over its ports.
+//!
+//! Each turn: take the current snapshot → frames handed over by other workers go to their
+//! TX queues → per port: completions back to the free list, fill ring topped up, a batch
+//! of RX frames through [`pipeline::process`] → TX queues flushed, one wakeup per port.
+//! A frame whose egress port belongs to another worker is handed over by descriptor (all
+//! workers of a node share one UMEM). No locks, no allocation, no system calls on this path
+//! except the TX wakeups copy-mode AF_XDP needs and, when idle, poll(2).
+//!
+//! Frames are accounted for exactly: every UMEM frame is in the node's free pool, a
+//! worker's free list, a port's fill/RX/TX/completion ring (recorded in `owner`), or in
+//! flight inside one turn. Removing a port returns all frames its rings held.
+
+use std::{
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
+    time::Duration,
+};
+
+use crossbeam::{channel::Receiver, queue::ArrayQueue};
+use xsk_rs::{FrameDesc, Umem};
+
+use crate::{
+    counters::{DropReason, WorkerCounters, bump},
+    pipeline::{self, Kind, Verdict},
+    port::Port,
+    snapshot::{MAX_PORTS, PortId, Tables, UPLINK},
+};
+
+/// No port holds the frame.
+const NO_OWNER: PortId = PortId::MAX;
+
+/// What a worker does when a turn found no work.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum IdleStrategy {
+    /// Busy-poll forever (DPDK style): lowest latency, one core at 100%.
+    Spin,
+    /// Spin for a while, then sleep in poll(2) on the ports for up to 1 ms, so a machine
+    /// with few cores keeps CPU for the kernel's own packet work.
+    Adaptive,
+}
+
+/// Empty turns before an adaptive worker sleeps.
+const SPIN_TURNS: u32 = 256;
+
+/// State shared by the workers of a node and the control thread.
+#[derive(Debug)]
+pub struct Shared {
+    pub tables: Tables,
+    pub umem: Umem,
+    pub frame_size: usize,
+    pub frame_count: usize,
+    /// Frames no worker holds; workers take from it when empty and give back when full.
+    pub pool: ArrayQueue<FrameDesc>,
+    /// Inbound hand-off ring of each worker: (frame, egress port).
+    pub handoff: Vec<ArrayQueue<(FrameDesc, PortId)>>,
+    pub counters: Vec<Arc<WorkerCounters>>,
+    pub stop: AtomicBool,
+    /// The descriptor of every frame as the UMEM was created, by frame index.
+    pub all_frames: Vec<FrameDesc>,
+}
+
+/// Control → worker.
+#[derive(Debug)]
+pub enum Command {
+    /// Serve this port from now on; answer when it is in.
+    AddPort(Box<Port>, crossbeam::channel::Sender<()>),
+    /// Stop serving the port and return its frames; answer when done.
+    RemovePort(PortId, crossbeam::channel::Sender<()>),
+}
+
+/// Worker settings.
+#[derive(Debug, Clone, Copy)]
+pub struct WorkerConfig {
+    pub batch: usize,
+    pub idle: IdleStrategy,
+    /// Frames kept in each port's fill ring.
+    pub fill_target: usize,
+}
+
+/// One worker's state.
+#[derive(Debug)]
+pub struct Worker {
+    index: u16,
+    shared: Arc<Shared>,
+    counters: Arc<WorkerCounters>,
+    commands: Receiver<Command>,
+    cfg: WorkerConfig,
+    ports: Vec<Option<Port>>,
+    active: Vec<PortId>,
+    /// Frames in each port's fill + RX rings.
+    filled: Vec<usize>,
+    tx_pending: Vec<Vec<FrameDesc>>,
+    free: Vec<FrameDesc>,
+    owner: Vec<PortId>,
+    batch: Vec<FrameDesc>,
+    pollfds: Vec<libc::pollfd>,
+}
+
+impl Worker {
+    pub fn new(index: u16, shared: Arc<Shared>, commands: Receiver<Command>, cfg: WorkerConfig) -> Self {
+        let counters = Arc::clone(&shared.counters[index as usize]);
+        let frames = shared.frame_count;
+        Worker {
+            index,
+            counters,
+            commands,
+            cfg,
+            ports: (0..MAX_PORTS).map(|_| None).collect(),
+            active: Vec::new(),
+            filled: vec![0; MAX_PORTS],
+            tx_pending: (0..MAX_PORTS).map(|_| Vec::new()).collect(),
+            free: Vec::with_capacity(frames),
+            owner: vec![NO_OWNER; frames],
+            batch: vec![FrameDesc::default(); cfg.batch.max(1)],
+            pollfds: Vec::new(),
+            shared,
+        }
+    }
+
+    /// Runs until the dataplane stops.
+    pub fn run(mut self) {
+        let mut turn: u64 = 0;
+        let mut empty_turns: u32 = 0;
+        while !self.shared.stop.load(Ordering::Relaxed) {
+            if turn % 64 == 0 {
+                self.handle_commands();
+            }
+            turn += 1;
+            let work = self.turn();
+            if work > 0 {
+                empty_turns = 0;
+                continue;
+            }
+            empty_turns += 1;
+            if self.cfg.idle == IdleStrategy::Adaptive && empty_turns >= SPIN_TURNS {
+                self.sleep();
+                empty_turns = SPIN_TURNS / 2;
+            } else {
+                std::hint::spin_loop();
+            }
+        }
+        // Drain commands so nobody waits on an answer forever.
+        self.handle_commands();
+    }
+
+    fn handle_commands(&mut self) {
+        while let Ok(cmd) = self.commands.try_recv() {
+            match cmd {
+                Command::AddPort(port, done) => {
+                    let id = port.id;
+                    if let Some(old) = self.ports[id as usize].take() {
+                        self.release_port(old);
+                    }
+                    self.ports[id as usize] = Some(*port);
+                    self.tx_pending[id as usize].reserve(self.cfg.batch * 4);
+                    self.active.push(id);
+                    self.refresh_pollfds();
+                    let _ = done.send(());
+                }
+                Command::RemovePort(id, done) => {
+                    if let Some(port) = self.ports[id as usize].take() {
+                        self.active.retain(|p| *p != id);
+                        self.release_port(port);
+                        self.refresh_pollfds();
+                    }
+                    let _ = done.send(());
+                }
+            }
+        }
+    }
+
+    /// Closes the port's socket and takes back every frame its rings held.
+    fn release_port(&mut self, port: Port) {
+        let id = port.id;
+        drop(port);
+        for (idx, owner) in self.owner.iter_mut().enumerate() {
+            if *owner == id {
+                *owner = NO_OWNER;
+                self.free.push(frame_desc(&self.shared, idx));
+            }
+        }
+        self.filled[id as usize] = 0;
+        for desc in self.tx_pending[id as usize].drain(..) {
+            self.free.push(desc);
+        }
+    }
+
+    fn refresh_pollfds(&mut self) {
+        self.pollfds = self
+            .active
+            .iter()
+            .filter_map(|id| self.ports[*id as usize].as_ref())
+            .map(|p| libc::pollfd { fd: p.fd(), events: libc::POLLIN, revents: 0 })
+            .collect();
+    }
+
+    fn sleep(&mut self) {
+        bump(&self.counters.idle_sleeps, 1);
+        if self.pollfds.is_empty() {
+            std::thread::sleep(Duration::from_millis(1));
+            return;
+        }
+        // SAFETY: pollfds is a live, correctly sized array of pollfd for the call's duration;
+        // the descriptors belong to sockets this worker owns.
+        unsafe { libc::poll(self.pollfds.as_mut_ptr(), self.pollfds.len() as libc::nfds_t, 1) };
+    }
+
+    /// One pass over everything; returns the number of frames moved.
+    fn turn(&mut self) -> usize {
+        let tables = &self.shared.tables;
+        let snap = tables.load();
+        if self.counters.snapshot_version.load(Ordering::Relaxed) != snap.version {
+            self.counters.snapshot_version.store(snap.version, Ordering::Relaxed);
+        }
+        let mut work = 0;
+
+        // Frames other workers routed to our ports.
+        let inbound = &self.shared.handoff[self.index as usize];
+        for _ in 0..self.cfg.batch {
+            let Some((desc, port)) = inbound.pop() else { break };
+            work += 1;
+            if self.ports[port as usize].is_some() {
+                self.tx_pending[port as usize].push(desc);
+            } else {
+                self.counters.count_drop(DropReason::NoSuchPort);
+                self.free.push(desc);
+            }
+        }
+
+        for i in 0..self.active.len() {
+            let id = self.active[i];
+            self.reclaim_completions(id);
+            self.refill(id);
+            work += self.receive(id, &snap);
+        }
+        self.flush_tx();
+        self.balance_free_list();
+        work
+    }
+
+    fn reclaim_completions(&mut self, id: PortId) {
+        let Some(port) = self.ports[id as usize].as_mut() else { return };
+        loop {
+            // SAFETY: the completion ring only returns frames of this UMEM that we submitted.
+            let n = unsafe { port.comp.consume(&mut self.batch) };
+            for desc in &self.batch[..n] {
+                self.owner[frame_index(&self.shared, desc)] = NO_OWNER;
+                self.free.push(*desc);
+            }
+            if n < self.batch.len() {
+                break;
+            }
+        }
+    }
+
+    fn refill(&mut self, id: PortId) {
+        let want = self.cfg.fill_target.saturating_sub(self.filled[id as usize]);
+        if want < self.cfg.batch.min(self.cfg.fill_target) {
+            return;
+        }
+        if self.free.len() < want {
+            self.take_from_pool(want);
+        }
+        let n = want.min(self.free.len());
+        if n == 0 {
+            return;
+        }
+        let Some(port) = self.ports[id as usize].as_mut() else { return };
+        let start = self.free.len() - n;
+        // SAFETY: the frames come from our free list: no ring and no other worker holds them.
+        let produced = unsafe { port.fill.produce(&self.free[start..]) };
+        for desc in self.free.drain(start..start + produced) {
+            self.owner[frame_index(&self.shared, &desc)] = id;
+        }
+        self.filled[id as usize] += produced;
+        if produced > 0 && port.fill.needs_wakeup() {
+            let _ = port.fill.wakeup(port.rx.fd_mut(), 0);
+        }
+    }
+
+    fn receive(&mut self, id: PortId, snap: &crate::snapshot::Snapshot) -> usize {
+        let Some(port) = self.ports[id as usize].as_mut() else { return 0 };
+        // SAFETY: the RX ring returns frames of this UMEM that the kernel has filled.
+        let n = unsafe { port.rx.consume(&mut self.batch) };
+        if n == 0 {
+            return 0;
+        }
+        self.filled[id as usize] = self.filled[id as usize].saturating_sub(n);
+        bump(&self.counters.rx_batches, 1);
+        bump(&self.counters.rx_packets, n as u64);
+        let mut rx_bytes = 0u64;
+        for i in 0..n {
+            let mut desc = self.batch[i];
+            self.owner[frame_index(&self.shared, &desc)] = NO_OWNER;
+            let len = desc.lengths().data();
+            rx_bytes += len as u64;
+            let verdict = {
+                // SAFETY: the frame was just taken off the RX ring: nothing else reads or
+                // writes it until we put it on a ring again.
+                let mut data = unsafe { self.shared.umem.data_mut(&mut desc) };
+                data.cursor().set_pos(usize::MAX); // the whole buffer, for encapsulation
+                let v = pipeline::process(snap, self.index, id, data.contents_mut(), len);
+                let out_len = match v {
+                    Verdict::Forward { len, .. } => len,
+                    Verdict::Drop(_) => len,
+                };
+                data.cursor().set_pos(out_len);
+                v
+            };
+            match verdict {
+                Verdict::Drop(reason) => {
+                    self.counters.count_drop(reason);
+                    self.free.push(desc);
+                }
+                Verdict::Forward { port, worker, kind, .. } => {
+                    match kind {
+                        Kind::Encapsulated => bump(&self.counters.encapsulated, 1),
+                        Kind::Decapsulated => bump(&self.counters.decapsulated, 1),
+                        Kind::ArpReply => bump(&self.counters.arp_replies, 1),
+                        Kind::Routed => {}
+                    }
+                    if port == UPLINK || worker == self.index {
+                        if self.ports[port as usize].is_some() {
+                            self.tx_pending[port as usize].push(desc);
+                        } else {
+                            self.counters.count_drop(DropReason::NoSuchPort);
+                            self.free.push(desc);
+                        }
+                    } else {
+                        match self.shared.handoff.get(worker as usize).map(|q| q.push((desc, port))) {
+                            Some(Ok(())) => {}
+                            _ => {
+                                self.counters.count_drop(DropReason::HandoffFull);
+                                self.free.push(desc);
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        bump(&self.counters.rx_bytes, rx_bytes);
+        n
+    }
+
+    fn flush_tx(&mut self) {
+        for i in 0..self.active.len() {
+            let id = self.active[i] as usize;
+            if self.tx_pending[id].is_empty() {
+                continue;
+            }
+            let Some(port) = self.ports[id].as_mut() else { continue };
+            let pending = &mut self.tx_pending[id];
+            // SAFETY: every pending frame is ours alone (taken off an RX ring or a hand-off
+            // ring and not put anywhere else).
+            let sent = unsafe { port.tx.produce(pending) };
+            let mut bytes = 0u64;
+            for desc in &pending[..sent] {
+                self.owner[frame_index(&self.shared, desc)] = id as PortId;
+                bytes += desc.lengths().data() as u64;
+            }
+            for desc in pending.drain(sent..) {
+                self.counters.count_drop(DropReason::TxRingFull);
+                self.free.push(desc);
+            }
+            pending.clear();
+            if sent > 0 {
+                bump(&self.counters.tx_packets, sent as u64);
+                bump(&self.counters.tx_bytes, bytes);
+                if port.tx.needs_wakeup() {
+                    let _ = port.tx.wakeup();
+                }
+            }
+        }
+    }
+
+    fn take_from_pool(&mut self, want: usize) {
+        while self.free.len() < want {
+            match self.shared.pool.pop() {
+                Some(d) => self.free.push(d),
+                None => break,
+            }
+        }
+    }
+
+    /// Gives frames beyond what this worker's ports can use back to the node's pool, so
+    /// frames that drift here through hand-offs return to the workers that receive.
+    fn balance_free_list(&mut self) {
+        let keep = self.cfg.fill_target * (self.active.len() + 1) + self.cfg.batch * 4;
+        while self.free.len() > keep {
+            let Some(d) = self.free.pop() else { break };
+            if let Err(d) = self.shared.pool.push(d) {
+                self.free.push(d);
+                break;
+            }
+        }
+    }
+}
+
+fn frame_index(shared: &Shared, desc: &FrameDesc) -> usize {
+    (desc.addr() / shared.frame_size).min(shared.frame_count - 1)
+}
+
+/// The descriptor of frame number `idx` (its data segment address as xsk-rs lays it out).
+fn frame_desc(shared: &Shared, idx: usize) -> FrameDesc {
+    shared.all_frames[idx]
+}
