@@ -1,0 +1,414 @@
+//! The node agent: owns the data plane, the cluster state read from the datastore, IPAM
+//! and the local endpoints, and recomputes and publishes the tables when any of them
+//! changes. The control loop watches the manifest directory and the kernel's neighbour
+//! table; the local API (`server.rs`) changes endpoints. A manifest directory that stops
+//! validating leaves the last good state in force.
+
+use std::{
+    collections::{BTreeMap, HashMap},
+    net::Ipv4Addr,
+    path::PathBuf,
+    sync::{Arc, Mutex},
+    time::{Duration, Instant, SystemTime},
+};
+
+use anyhow::{Context, bail};
+use encap::{ethernet::EthernetAddress, vxlan::VxlanProfile};
+use forwarder::{
+    Dataplane, DataplaneConfig, EncapProfile, Endpoint, NodeConfig,
+    port::CopyMode,
+    worker::IdleStrategy,
+    xdp_hook::{AttachMode, HookMode},
+};
+use serde_json::{Value, json};
+
+use crate::{
+    calc,
+    cluster::{self, ClusterState},
+    ipam::Ipam,
+    neighbour,
+};
+
+/// The MAC pods see as their gateway (Calico uses the same one).
+pub const GATEWAY_MAC: EthernetAddress = EthernetAddress([0xee; 6]);
+
+/// Where cluster state comes from.
+#[derive(Debug, Clone)]
+pub enum Datastore {
+    Dir(PathBuf),
+}
+
+impl std::str::FromStr for Datastore {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s.split_once(':') {
+            Some(("dir", path)) if !path.is_empty() => Ok(Datastore::Dir(PathBuf::from(path))),
+            Some(("etcd", _)) => Err(format!("{s:?}: the etcd datastore is not available yet; accepted: dir:PATH")),
+            _ => Err(format!("{s:?} is not a datastore; accepted: dir:PATH")),
+        }
+    }
+}
+
+/// The encapsulation profile names of the CLI.
+pub fn parse_profile(s: &str) -> Result<EncapProfile, String> {
+    match s {
+        "vxlan-flannel" => Ok(EncapProfile::Vxlan(VxlanProfile::FLANNEL)),
+        "direct" => Ok(EncapProfile::Direct),
+        _ => Err(format!("{s:?} is not an encapsulation profile; accepted: vxlan-flannel, direct")),
+    }
+}
+
+/// Settings of `twill agent`.
+#[derive(Debug, Clone)]
+pub struct AgentConfig {
+    pub datastore: Datastore,
+    pub node: String,
+    pub uplink: String,
+    pub cores: Vec<usize>,
+    pub state_dir: PathBuf,
+    pub profile: EncapProfile,
+    pub batch: usize,
+    pub idle: IdleStrategy,
+    pub attach: AttachMode,
+    pub copy_mode: CopyMode,
+    pub frames: u32,
+}
+
+/// Everything the agent owns, behind one lock.
+pub struct Agent {
+    cfg: AgentConfig,
+    dataplane: Dataplane,
+    node: NodeConfig,
+    cluster: ClusterState,
+    ipam: Ipam,
+    endpoints: BTreeMap<String, Endpoint>,
+    neighbours: HashMap<Ipv4Addr, EthernetAddress>,
+    version: u64,
+    last_error: Option<String>,
+}
+
+impl std::fmt::Debug for Agent {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Agent").field("node", &self.cfg.node).field("version", &self.version).finish()
+    }
+}
+
+fn read_sys(ifname: &str, attr: &str) -> anyhow::Result<String> {
+    let p = format!("/sys/class/net/{ifname}/{attr}");
+    Ok(std::fs::read_to_string(&p).with_context(|| format!("cannot read {p}: is {ifname:?} an interface here?"))?.trim().to_string())
+}
+
+fn load(ds: &Datastore) -> Result<ClusterState, cluster::ManifestError> {
+    match ds {
+        Datastore::Dir(dir) => cluster::read_dir(dir),
+    }
+}
+
+impl Agent {
+    /// Reads the datastore, starts the data plane and re-attaches pods that were attached
+    /// before a restart.
+    pub fn start(cfg: AgentConfig) -> anyhow::Result<Agent> {
+        let cluster = load(&cfg.datastore)?;
+        let Some(me) = cluster.nodes.get(&cfg.node).cloned() else {
+            bail!(
+                "node {:?} is not in the datastore {:?} (nodes there: {})",
+                cfg.node,
+                cfg.datastore,
+                cluster.nodes.keys().cloned().collect::<Vec<_>>().join(", ")
+            );
+        };
+        let uplink_mac: EthernetAddress = read_sys(&cfg.uplink, "address")?
+            .parse()
+            .map_err(|_| anyhow::anyhow!("uplink {} has no Ethernet address", cfg.uplink))?;
+        let uplink_mtu: u16 = read_sys(&cfg.uplink, "mtu")?.parse().context("uplink MTU")?;
+        let node = NodeConfig {
+            node_ip: me.address,
+            uplink_mac,
+            vtep_mac: me.vtep_mac,
+            gateway_mac: GATEWAY_MAC,
+            profile: cfg.profile,
+            uplink_mtu,
+        };
+        let (vxlan_port, pod_cidr) = match cfg.profile {
+            EncapProfile::Vxlan(p) => (Some(p.port), None),
+            EncapProfile::Direct => (None, Some((me.pod_cidr.addr(), me.pod_cidr.len()))),
+        };
+        let dp_cfg = DataplaneConfig {
+            uplink: cfg.uplink.clone(),
+            cores: cfg.cores.clone(),
+            batch: cfg.batch,
+            idle: cfg.idle,
+            attach: cfg.attach,
+            copy_mode: cfg.copy_mode,
+            uplink_hook: HookMode::Uplink { node_ip: me.address, vxlan_port, ipip: false, pod_cidr },
+            frames: cfg.frames,
+            fill_target: 512,
+        };
+        let neighbours = HashMap::new();
+        let first = calc::snapshot(1, &node, &cfg.node, &cluster, [], &neighbours);
+        let dataplane = Dataplane::start(dp_cfg, first).context("starting the data plane")?;
+        let ipam = Ipam::open(&cfg.state_dir, me.pod_cidr)?;
+        let mut agent = Agent {
+            cfg,
+            dataplane,
+            node,
+            cluster,
+            ipam,
+            endpoints: BTreeMap::new(),
+            neighbours,
+            version: 1,
+            last_error: None,
+        };
+        agent.reattach();
+        agent.refresh_neighbours(true);
+        agent.publish();
+        Ok(agent)
+    }
+
+    fn reattach(&mut self) {
+        let existing: Vec<(String, String, String)> = self
+            .ipam
+            .allocations()
+            .iter()
+            .filter_map(|(id, a)| Some((id.clone(), a.host_ifname.clone()?, a.mac.clone()?)))
+            .collect();
+        for (id, host, mac) in existing {
+            match self.attach(&id, &host, &mac) {
+                Ok(()) => tracing::info!(container = %id, host_ifname = %host, "re-attached pod after restart"),
+                Err(e) => tracing::warn!(container = %id, host_ifname = %host, error = %e, "could not re-attach pod"),
+            }
+        }
+    }
+
+    /// Publishes a new table version from the current state.
+    fn publish(&mut self) {
+        self.version += 1;
+        let snap = calc::snapshot(
+            self.version,
+            &self.node,
+            &self.cfg.node,
+            &self.cluster,
+            self.endpoints.values().copied(),
+            &self.neighbours,
+        );
+        self.dataplane.publish(snap);
+    }
+
+    /// Re-reads the datastore; keeps the last good state when it does not validate.
+    pub fn reload(&mut self) {
+        match load(&self.cfg.datastore) {
+            Ok(state) if state == self.cluster => self.last_error = None,
+            Ok(state) => {
+                if let Some(me) = state.nodes.get(&self.cfg.node)
+                    && me.pod_cidr != self.cluster.nodes[&self.cfg.node].pod_cidr
+                {
+                    tracing::error!(node = %self.cfg.node, "this node's podCIDR changed; keeping the old one until restart");
+                    return;
+                }
+                let before: Vec<_> = self.cluster.nodes.keys().cloned().collect();
+                let after: Vec<_> = state.nodes.keys().cloned().collect();
+                tracing::info!(?before, ?after, "cluster state changed");
+                self.cluster = state;
+                self.last_error = None;
+                self.refresh_neighbours(true);
+                self.publish();
+            }
+            Err(e) => {
+                let msg = e.to_string();
+                if self.last_error.as_deref() != Some(&msg) {
+                    tracing::error!(error = %msg, "datastore does not validate; keeping the last good state");
+                    self.last_error = Some(msg);
+                }
+            }
+        }
+    }
+
+    /// Reads next-hop MACs of the other nodes from the kernel; nudges unresolved ones.
+    /// Publishes when something changed (unless `quiet`, where the caller publishes).
+    pub fn refresh_neighbours(&mut self, quiet: bool) {
+        let arp = neighbour::read_arp(&self.cfg.uplink);
+        let mut next = HashMap::new();
+        for (name, n) in &self.cluster.nodes {
+            if *name == self.cfg.node {
+                continue;
+            }
+            let hop = neighbour::next_hop(&self.cfg.uplink, n.address);
+            match arp.get(&hop) {
+                Some(mac) => {
+                    next.insert(n.address, *mac);
+                }
+                None => neighbour::nudge(n.address),
+            }
+        }
+        if next != self.neighbours {
+            tracing::info!(resolved = next.len(), "underlay neighbours changed");
+            self.neighbours = next;
+            if !quiet {
+                self.publish();
+            }
+        }
+    }
+
+    fn unresolved_peers(&self) -> bool {
+        self.cluster.nodes.len().saturating_sub(1) > self.neighbours.len()
+    }
+
+    /// Allocates (or returns) the address of a container.
+    pub fn allocate(&mut self, container_id: &str, namespace: &str, pod: &str, ifname: &str) -> anyhow::Result<Value> {
+        let ip = self.ipam.allocate(container_id, namespace, pod, ifname)?;
+        let mtu = match self.node.profile {
+            EncapProfile::Vxlan(_) => self.node.uplink_mtu - encap::vxlan::OVERHEAD as u16,
+            EncapProfile::Direct => self.node.uplink_mtu,
+        };
+        tracing::info!(container = %container_id, %namespace, %pod, %ip, "allocated");
+        Ok(json!({"ip": ip.to_string(), "prefix_len": 32, "gateway": forwarder::snapshot::GATEWAY_IP.to_string(),
+                  "gateway_mac": GATEWAY_MAC.to_string(), "mtu": mtu}))
+    }
+
+    /// Serves a pod's host-side veth and publishes its endpoint.
+    pub fn attach(&mut self, container_id: &str, host_ifname: &str, pod_mac: &str) -> anyhow::Result<()> {
+        let Some(alloc) = self.ipam.get(container_id).cloned() else {
+            bail!("container {container_id:?} has no address: call allocate first");
+        };
+        let mac: EthernetAddress =
+            pod_mac.parse().map_err(|_| anyhow::anyhow!("pod_mac {pod_mac:?} is not a MAC address (aa:bb:cc:dd:ee:ff)"))?;
+        if let Some(old) = self.endpoints.remove(container_id) {
+            self.publish();
+            self.dataplane.remove_pod_port(old.port)?;
+        }
+        let (port, worker) = self.dataplane.add_pod_port(host_ifname)?;
+        self.endpoints.insert(container_id.to_string(), Endpoint { ip: alloc.ip, mac, port, worker });
+        self.ipam.set_attachment(container_id, host_ifname, pod_mac)?;
+        self.publish();
+        tracing::info!(container = %container_id, %host_ifname, port, worker, "attached");
+        Ok(())
+    }
+
+    /// Withdraws a container's endpoint, detaches its port and frees its address.
+    pub fn release(&mut self, container_id: &str) -> anyhow::Result<bool> {
+        if let Some(ep) = self.endpoints.remove(container_id) {
+            self.publish();
+            self.dataplane.remove_pod_port(ep.port)?;
+        }
+        let released = self.ipam.release(container_id)?.is_some();
+        tracing::info!(container = %container_id, released, "released");
+        Ok(released)
+    }
+
+    /// Stops the workers and detaches every XDP program.
+    pub fn shutdown(&mut self) {
+        self.dataplane.shutdown();
+    }
+
+    /// Counters summed over workers, and per worker.
+    pub fn stats(&self) -> Value {
+        let mut total: BTreeMap<String, u64> = BTreeMap::new();
+        let mut per_worker = Vec::new();
+        for c in self.dataplane.counters() {
+            let read = c.read();
+            for (k, v) in &read {
+                *total.entry(k.clone()).or_default() += v;
+            }
+            per_worker.push(read.into_iter().collect::<BTreeMap<_, _>>());
+        }
+        total.insert("table_version".into(), self.version);
+        total.insert("endpoints".into(), self.endpoints.len() as u64);
+        total.insert("nodes".into(), self.cluster.nodes.len() as u64);
+        json!({"stats": total, "workers": per_worker})
+    }
+
+    /// `twill get KIND`.
+    pub fn get(&self, kind: &str) -> anyhow::Result<Value> {
+        Ok(match kind {
+            "nodes" => Value::Array(
+                self.cluster
+                    .nodes
+                    .values()
+                    .map(|n| {
+                        let mut v = serde_json::to_value(n).expect("serializable");
+                        v["next_hop_mac"] = json!(self.neighbours.get(&n.address).map(|m| m.to_string()));
+                        v["local"] = json!(n.name == self.cfg.node);
+                        v
+                    })
+                    .collect(),
+            ),
+            "pods" => Value::Array(
+                self.ipam
+                    .allocations()
+                    .iter()
+                    .map(|(id, a)| {
+                        let ep = self.endpoints.get(id);
+                        json!({"container_id": id, "namespace": a.namespace, "pod": a.pod, "ip": a.ip.to_string(),
+                               "host_ifname": a.host_ifname, "mac": a.mac, "port": ep.map(|e| e.port), "worker": ep.map(|e| e.worker)})
+                    })
+                    .collect(),
+            ),
+            "routes" => {
+                let snap = self.dataplane.tables().load_full();
+                Value::Array(
+                    snap.routes
+                        .iter()
+                        .map(|(p, t)| {
+                            let via = match t {
+                                forwarder::RouteTarget::LocalPods => "local".to_string(),
+                                forwarder::RouteTarget::Node(i) => snap.nodes[*i as usize].name.clone(),
+                            };
+                            json!({"prefix": p.to_string(), "via": via})
+                        })
+                        .collect(),
+                )
+            }
+            _ => bail!("unknown kind {kind:?}; accepted: nodes, pods, routes"),
+        })
+    }
+
+    /// The Prometheus text exposition of the counters.
+    pub fn metrics_text(&self) -> String {
+        let mut out = String::new();
+        for (w, c) in self.dataplane.counters().iter().enumerate() {
+            for (k, v) in c.read() {
+                out.push_str(&format!("twill_{k}{{worker=\"{w}\"}} {v}\n"));
+            }
+        }
+        out
+    }
+}
+
+/// Fingerprint of a manifest directory: names, sizes and modification times.
+fn fingerprint(ds: &Datastore) -> Vec<(String, u64, SystemTime)> {
+    let Datastore::Dir(dir) = ds;
+    let mut v: Vec<_> = std::fs::read_dir(dir)
+        .map(|d| {
+            d.filter_map(Result::ok)
+                .filter_map(|e| {
+                    let m = e.metadata().ok()?;
+                    Some((e.file_name().to_string_lossy().into_owned(), m.len(), m.modified().ok()?))
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    v.sort();
+    v
+}
+
+/// The control loop: watches the datastore (every 100 ms) and the neighbour table (every
+/// second) until `stop` is set.
+pub fn control_loop(agent: &Arc<Mutex<Agent>>, stop: &std::sync::atomic::AtomicBool) {
+    let ds = agent.lock().expect("agent lock").cfg.datastore.clone();
+    let mut seen = fingerprint(&ds);
+    let mut last_neigh = Instant::now();
+    while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+        std::thread::sleep(Duration::from_millis(100));
+        let now = fingerprint(&ds);
+        if now != seen {
+            seen = now;
+            agent.lock().expect("agent lock").reload();
+        }
+        let mut a = agent.lock().expect("agent lock");
+        // Unresolved peers are looked at every turn, resolved ones every second.
+        if a.unresolved_peers() || last_neigh.elapsed() >= Duration::from_secs(1) {
+            last_neigh = Instant::now();
+            a.refresh_neighbours(false);
+        }
+    }
+}

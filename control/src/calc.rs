@@ -1,0 +1,74 @@
+//! The calculation from cluster state to data-plane tables: this node's pod subnet to
+//! its local pods, every other node's subnet to that node (VTEP MAC, underlay address and
+//! the resolved next-hop MAC).
+
+use std::{collections::HashMap, net::Ipv4Addr};
+
+use encap::ethernet::EthernetAddress;
+use forwarder::{Endpoint, NodeConfig, RemoteNode, RouteTarget, Snapshot};
+
+use crate::cluster::ClusterState;
+
+/// Builds table version `version` for node `me`.
+pub fn snapshot(
+    version: u64,
+    node: &NodeConfig,
+    me: &str,
+    cluster: &ClusterState,
+    endpoints: impl IntoIterator<Item = Endpoint>,
+    neighbours: &HashMap<Ipv4Addr, EthernetAddress>,
+) -> Snapshot {
+    let mut snap = Snapshot::new(version, node.clone());
+    if let Some(mine) = cluster.nodes.get(me) {
+        snap.routes.insert(mine.pod_cidr, RouteTarget::LocalPods);
+    }
+    for ep in endpoints {
+        snap.add_endpoint(ep);
+    }
+    for (name, info) in &cluster.nodes {
+        if name == me {
+            continue;
+        }
+        let next_hop = neighbours.get(&info.address).copied();
+        let idx = snap.add_node(RemoteNode::new(node, name.clone(), info.address, info.vtep_mac, next_hop));
+        snap.routes.insert(info.pod_cidr, RouteTarget::Node(idx));
+    }
+    snap
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cluster::read_documents;
+    use encap::vxlan::VxlanProfile;
+    use forwarder::EncapProfile;
+
+    #[test]
+    fn routes_every_other_node_and_keeps_unresolved_ones_without_encap() {
+        let mut cluster = ClusterState::default();
+        for (n, i) in [("n1", 1), ("n2", 2), ("n3", 3)] {
+            let y = format!(
+                "kind: Node\nmetadata: {{name: {n}}}\nspec: {{podCIDR: 10.244.{i}.0/24}}\nstatus: {{addresses: [{{type: InternalIP, address: 10.100.0.{}}}]}}\n",
+                10 + i
+            );
+            read_documents(&y, "n.yaml", &mut cluster).unwrap();
+        }
+        let node = NodeConfig {
+            node_ip: Ipv4Addr::new(10, 100, 0, 11),
+            uplink_mac: EthernetAddress([2, 0, 0, 0, 0, 1]),
+            vtep_mac: EthernetAddress([2, 0, 0, 0, 0, 2]),
+            gateway_mac: EthernetAddress([0xee; 6]),
+            profile: EncapProfile::Vxlan(VxlanProfile::FLANNEL),
+            uplink_mtu: 1500,
+        };
+        let neigh = HashMap::from([(Ipv4Addr::new(10, 100, 0, 12), EthernetAddress([2, 0, 0, 0, 0, 12]))]);
+        let snap = snapshot(7, &node, "n1", &cluster, [], &neigh);
+        assert_eq!(snap.version, 7);
+        assert_eq!(snap.routes.lookup(Ipv4Addr::new(10, 244, 1, 5)), Some(&RouteTarget::LocalPods));
+        let RouteTarget::Node(i2) = *snap.routes.lookup(Ipv4Addr::new(10, 244, 2, 5)).unwrap() else { panic!() };
+        let RouteTarget::Node(i3) = *snap.routes.lookup(Ipv4Addr::new(10, 244, 3, 5)).unwrap() else { panic!() };
+        assert!(snap.nodes[i2 as usize].encap.is_some());
+        assert!(snap.nodes[i3 as usize].encap.is_none(), "n3's next hop is unresolved");
+        assert_eq!(snap.routes.lookup(Ipv4Addr::new(10, 245, 0, 1)), None);
+    }
+}

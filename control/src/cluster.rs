@@ -1,0 +1,314 @@
+//! The cluster state the agent works from, read from Kubernetes manifests (users' YAML,
+//! parsed with k8s-openapi's own types) and reduced to what the data plane needs.
+//!
+//! A node's encapsulation identity comes from where Flannel keeps it: the VTEP MAC from
+//! `flannel.alpha.coreos.com/backend-data` (`{"VNI":1,"VtepMAC":"…"}`), the underlay
+//! address from `flannel.alpha.coreos.com/public-ip` or the Node's InternalIP. A node without
+//! the annotation gets a VTEP MAC derived from its name: stable across restarts and the same
+//! on every node that computes it.
+
+use std::{collections::BTreeMap, net::Ipv4Addr, path::Path};
+
+use encap::ethernet::EthernetAddress;
+use forwarder::route::Ipv4Prefix;
+use k8s_openapi::api::core::v1::{Namespace, Node, Pod};
+use serde::{Deserialize, Serialize};
+
+/// Flannel's annotation with the VXLAN identity of a node.
+pub const FLANNEL_BACKEND_DATA: &str = "flannel.alpha.coreos.com/backend-data";
+/// Flannel's annotation with the underlay address of a node.
+pub const FLANNEL_PUBLIC_IP: &str = "flannel.alpha.coreos.com/public-ip";
+
+/// A manifest that could not be used: names the file, the object and the field.
+#[derive(Debug, thiserror::Error)]
+#[error("{file}: {object}: {reason}")]
+pub struct ManifestError {
+    pub file: String,
+    pub object: String,
+    pub reason: String,
+}
+
+/// Where a node's VTEP MAC came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum MacSource {
+    Annotation,
+    Derived,
+}
+
+/// A node, as the data plane needs it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct NodeInfo {
+    pub name: String,
+    #[serde(serialize_with = "as_display")]
+    pub pod_cidr: Ipv4Prefix,
+    pub address: Ipv4Addr,
+    #[serde(serialize_with = "as_display")]
+    pub vtep_mac: EthernetAddress,
+    pub vtep_mac_source: MacSource,
+}
+
+fn as_display<T: std::fmt::Display, S: serde::Serializer>(v: &T, s: S) -> Result<S::Ok, S::Error> {
+    s.collect_str(v)
+}
+
+/// A pod, as declared (its address comes from IPAM when it runs on this node).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct PodInfo {
+    pub namespace: String,
+    pub name: String,
+    pub node: Option<String>,
+    pub labels: BTreeMap<String, String>,
+}
+
+/// Everything read from the datastore.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ClusterState {
+    pub nodes: BTreeMap<String, NodeInfo>,
+    pub namespaces: BTreeMap<String, BTreeMap<String, String>>,
+    pub pods: BTreeMap<(String, String), PodInfo>,
+}
+
+/// The VTEP MAC derived from a node name: FNV-1a of the name, locally administered unicast.
+pub fn derived_vtep_mac(node: &str) -> EthernetAddress {
+    let mut h: u64 = 0xcbf29ce484222325;
+    for b in node.bytes() {
+        h ^= u64::from(b);
+        h = h.wrapping_mul(0x100000001b3);
+    }
+    let b = h.to_be_bytes();
+    EthernetAddress([(b[0] & 0xfe) | 0x02, b[1], b[2], b[3], b[4], b[5]])
+}
+
+#[derive(serde::Deserialize)]
+struct FlannelBackendData {
+    #[serde(rename = "VtepMAC")]
+    vtep_mac: String,
+}
+
+impl NodeInfo {
+    /// Reads a Node object. `object` names it in errors.
+    pub fn from_node(node: &Node, file: &str) -> Result<NodeInfo, ManifestError> {
+        let name = node.metadata.name.clone().unwrap_or_default();
+        let err = |reason: String| ManifestError { file: file.to_string(), object: format!("Node {name:?}"), reason };
+        if name.is_empty() {
+            return Err(err("metadata.name is missing".into()));
+        }
+        let cidr = node
+            .spec
+            .as_ref()
+            .and_then(|s| s.pod_cidr.clone())
+            .ok_or_else(|| err("spec.podCIDR is missing (expected an IPv4 CIDR such as 10.244.1.0/24)".into()))?;
+        let pod_cidr: Ipv4Prefix = cidr.parse().map_err(|e: String| err(format!("spec.podCIDR: {e}")))?;
+        let annotations = node.metadata.annotations.clone().unwrap_or_default();
+        let address = match annotations.get(FLANNEL_PUBLIC_IP) {
+            Some(ip) => ip
+                .parse()
+                .map_err(|_| err(format!("annotation {FLANNEL_PUBLIC_IP}: {ip:?} is not an IPv4 address")))?,
+            None => {
+                let addrs = node.status.as_ref().and_then(|s| s.addresses.clone()).unwrap_or_default();
+                let internal = addrs.iter().find(|a| a.type_ == "InternalIP").ok_or_else(|| {
+                    err("status.addresses has no InternalIP (and no flannel.alpha.coreos.com/public-ip annotation)".into())
+                })?;
+                internal
+                    .address
+                    .parse()
+                    .map_err(|_| err(format!("status.addresses InternalIP {:?} is not an IPv4 address", internal.address)))?
+            }
+        };
+        let (vtep_mac, vtep_mac_source) = match annotations.get(FLANNEL_BACKEND_DATA) {
+            Some(raw) => {
+                let data: FlannelBackendData = serde_json::from_str(raw).map_err(|e| {
+                    err(format!("annotation {FLANNEL_BACKEND_DATA}: {e} (expected {{\"VNI\":1,\"VtepMAC\":\"aa:bb:cc:dd:ee:ff\"}})"))
+                })?;
+                let mac = data
+                    .vtep_mac
+                    .parse()
+                    .map_err(|_| err(format!("annotation {FLANNEL_BACKEND_DATA}: VtepMAC {:?} is not a MAC address", data.vtep_mac)))?;
+                (mac, MacSource::Annotation)
+            }
+            None => (derived_vtep_mac(&name), MacSource::Derived),
+        };
+        Ok(NodeInfo { name, pod_cidr, address, vtep_mac, vtep_mac_source })
+    }
+}
+
+#[derive(serde::Deserialize)]
+struct TypeMeta {
+    #[serde(default)]
+    kind: String,
+}
+
+/// Reads every `*.yaml` / `*.yml` / `*.json` file in `dir` (multi-document YAML allowed).
+/// Kinds other than Node, Namespace and Pod are ignored here. The first bad object fails
+/// the whole read, so a caller can keep its last good state.
+pub fn read_dir(dir: &Path) -> Result<ClusterState, ManifestError> {
+    let mut state = ClusterState::default();
+    let mut files: Vec<_> = std::fs::read_dir(dir)
+        .map_err(|e| ManifestError { file: dir.display().to_string(), object: "directory".into(), reason: e.to_string() })?
+        .filter_map(Result::ok)
+        .map(|e| e.path())
+        .filter(|p| matches!(p.extension().and_then(|e| e.to_str()), Some("yaml" | "yml" | "json")))
+        .collect();
+    files.sort();
+    for path in files {
+        let file = path.display().to_string();
+        let text = match std::fs::read_to_string(&path) {
+            Ok(t) => t,
+            // A file removed between listing and reading is simply gone.
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+            Err(e) => return Err(ManifestError { file, object: "file".into(), reason: e.to_string() }),
+        };
+        read_documents(&text, &file, &mut state)?;
+    }
+    Ok(state)
+}
+
+/// Adds the objects of one manifest text to `state`.
+pub fn read_documents(text: &str, file: &str, state: &mut ClusterState) -> Result<(), ManifestError> {
+    for (i, doc) in serde_yaml::Deserializer::from_str(text).enumerate() {
+        let value = serde_yaml::Value::deserialize(doc).map_err(|e| ManifestError {
+            file: file.to_string(),
+            object: format!("document {}", i + 1),
+            reason: format!("not valid YAML: {e}"),
+        })?;
+        if value.is_null() {
+            continue;
+        }
+        let bad = |object: &str, e: serde_yaml::Error| ManifestError {
+            file: file.to_string(),
+            object: format!("document {} ({object})", i + 1),
+            reason: e.to_string(),
+        };
+        let meta: TypeMeta = serde_yaml::from_value(value.clone()).map_err(|e| bad("kind", e))?;
+        match meta.kind.as_str() {
+            "Node" => {
+                let node: Node = serde_yaml::from_value(value).map_err(|e| bad("Node", e))?;
+                let info = NodeInfo::from_node(&node, file)?;
+                state.nodes.insert(info.name.clone(), info);
+            }
+            "Namespace" => {
+                let ns: Namespace = serde_yaml::from_value(value).map_err(|e| bad("Namespace", e))?;
+                let name = ns.metadata.name.unwrap_or_default();
+                state.namespaces.insert(name, ns.metadata.labels.unwrap_or_default());
+            }
+            "Pod" => {
+                let pod: Pod = serde_yaml::from_value(value).map_err(|e| bad("Pod", e))?;
+                let info = PodInfo {
+                    namespace: pod.metadata.namespace.unwrap_or_else(|| "default".into()),
+                    name: pod.metadata.name.unwrap_or_default(),
+                    node: pod.spec.and_then(|s| s.node_name),
+                    labels: pod.metadata.labels.unwrap_or_default(),
+                };
+                state.pods.insert((info.namespace.clone(), info.name.clone()), info);
+            }
+            "" => {
+                return Err(ManifestError {
+                    file: file.to_string(),
+                    object: format!("document {}", i + 1),
+                    reason: "no `kind` (expected a Kubernetes object such as Node, Namespace or Pod)".into(),
+                });
+            }
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const NODES: &str = r#"
+apiVersion: v1
+kind: Node
+metadata:
+  name: flannel-node
+  annotations:
+    flannel.alpha.coreos.com/backend-data: '{"VNI":1,"VtepMAC":"a2:5e:0b:11:22:33"}'
+    flannel.alpha.coreos.com/backend-type: vxlan
+    flannel.alpha.coreos.com/public-ip: 10.100.0.13
+spec:
+  podCIDR: 10.244.3.0/24
+status:
+  addresses:
+  - type: InternalIP
+    address: 10.100.0.99
+---
+apiVersion: v1
+kind: Node
+metadata:
+  name: n1
+spec:
+  podCIDR: 10.244.1.0/24
+status:
+  addresses:
+  - type: Hostname
+    address: n1
+  - type: InternalIP
+    address: 10.100.0.11
+---
+apiVersion: v1
+kind: Pod
+metadata:
+  name: web
+  namespace: shop
+  labels: {app: web}
+spec:
+  nodeName: n1
+  containers: [{name: c, image: nginx}]
+---
+apiVersion: v1
+kind: Namespace
+metadata:
+  name: shop
+  labels: {team: a}
+"#;
+
+    #[test]
+    fn reads_flannel_annotations_and_internal_ip() {
+        let mut s = ClusterState::default();
+        read_documents(NODES, "nodes.yaml", &mut s).unwrap();
+        let f = &s.nodes["flannel-node"];
+        assert_eq!(f.vtep_mac.to_string(), "a2:5e:0b:11:22:33");
+        assert_eq!(f.vtep_mac_source, MacSource::Annotation);
+        assert_eq!(f.address, Ipv4Addr::new(10, 100, 0, 13), "public-ip annotation wins over InternalIP");
+        assert_eq!(f.pod_cidr.to_string(), "10.244.3.0/24");
+        let n1 = &s.nodes["n1"];
+        assert_eq!(n1.address, Ipv4Addr::new(10, 100, 0, 11));
+        assert_eq!(n1.vtep_mac, derived_vtep_mac("n1"));
+        assert_eq!(n1.vtep_mac_source, MacSource::Derived);
+        assert_eq!(s.pods[&("shop".into(), "web".into())].node.as_deref(), Some("n1"));
+        assert_eq!(s.namespaces["shop"]["team"], "a");
+    }
+
+    #[test]
+    fn derived_mac_is_stable_unicast_and_local() {
+        let a = derived_vtep_mac("node-a");
+        assert_eq!(a, derived_vtep_mac("node-a"));
+        assert_ne!(a, derived_vtep_mac("node-b"));
+        assert_eq!(a.0[0] & 0x01, 0, "unicast");
+        assert_eq!(a.0[0] & 0x02, 0x02, "locally administered");
+    }
+
+    #[test]
+    fn bad_manifests_name_file_object_and_field() {
+        let cases = [
+            ("kind: Node\nmetadata: {name: x}\nspec: {podCIDR: 10.1.0.0/99}\n", "spec.podCIDR"),
+            ("kind: Node\nmetadata: {name: x}\nspec: {}\n", "spec.podCIDR is missing"),
+            ("kind: Node\nmetadata: {name: x}\nspec: {podCIDR: 10.1.0.0/24}\n", "InternalIP"),
+            (
+                "kind: Node\nmetadata: {name: x, annotations: {flannel.alpha.coreos.com/backend-data: 'nope'}}\nspec: {podCIDR: 10.1.0.0/24}\nstatus: {addresses: [{type: InternalIP, address: 10.0.0.1}]}\n",
+                "VtepMAC",
+            ),
+            ("metadata: {name: x}\n", "no `kind`"),
+            ("kind: Pod\nmetadata: [1, 2]\n", "Pod"),
+            ("kind: Node\n  bad: : indent\n", "not valid YAML"),
+        ];
+        for (text, want) in cases {
+            let err = read_documents(text, "bad.yaml", &mut ClusterState::default()).unwrap_err().to_string();
+            assert!(err.starts_with("bad.yaml: "), "{err}");
+            assert!(err.contains(want), "{err:?} should mention {want:?}");
+        }
+    }
+}

@@ -1,0 +1,263 @@
+//! `twill`: the node agent and the command line (see ARCHITECTURE.md, "CLI contracts").
+
+use std::{
+    io::{Read, Write},
+    net::TcpListener,
+    path::PathBuf,
+    sync::{Arc, Mutex, atomic::AtomicBool},
+};
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use control::{
+    agent::{Agent, AgentConfig, Datastore, parse_profile},
+    cluster, server,
+};
+use forwarder::{EncapProfile, port::CopyMode, worker::IdleStrategy, xdp_hook::AttachMode};
+use serde_json::json;
+
+const DEFAULT_SOCKET: &str = "/run/twill/twill.sock";
+
+#[derive(Parser)]
+#[command(name = "twill", version, about = "twill: a Kubernetes pod network with an AF_XDP data plane")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the node agent and its data plane.
+    Agent(AgentArgs),
+    /// Print the data plane's counters.
+    Stats {
+        #[arg(long, default_value = DEFAULT_SOCKET)]
+        socket: PathBuf,
+        #[arg(long)]
+        json: bool,
+    },
+    /// List nodes, pods or routes as the agent sees them.
+    Get {
+        /// nodes | pods | routes
+        kind: String,
+        #[arg(long, default_value = DEFAULT_SOCKET)]
+        socket: PathBuf,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Validate manifests and write them to the datastore.
+    Apply {
+        #[arg(short = 'f', long = "filename")]
+        file: PathBuf,
+        #[arg(long, value_parser = parse_datastore)]
+        datastore: Datastore,
+    },
+}
+
+#[derive(clap::Args)]
+struct AgentArgs {
+    /// dir:PATH (a directory of Kubernetes manifests, watched)
+    #[arg(long, value_parser = parse_datastore)]
+    datastore: Datastore,
+    /// This node's name (its Node manifest).
+    #[arg(long)]
+    node: String,
+    /// The underlay interface.
+    #[arg(long)]
+    uplink: String,
+    /// Cores for the workers, one worker each: "0", "0,1", "0-3".
+    #[arg(long, value_parser = parse_cores)]
+    cores: CoreList,
+    #[arg(long, default_value = DEFAULT_SOCKET)]
+    socket: PathBuf,
+    /// Where IPAM state is kept.
+    #[arg(long, default_value = "/var/lib/twill")]
+    state_dir: PathBuf,
+    /// vxlan-flannel | direct
+    #[arg(long, default_value = "vxlan-flannel", value_parser = parse_profile)]
+    encap: EncapProfile,
+    /// Frames per RX batch (1..=256).
+    #[arg(long, default_value_t = 64)]
+    batch: usize,
+    /// spin | adaptive
+    #[arg(long, default_value = "adaptive", value_parser = parse_idle)]
+    idle: IdleStrategy,
+    /// native | generic XDP attach mode.
+    #[arg(long, default_value = "native", value_parser = parse_attach)]
+    xdp_mode: AttachMode,
+    /// auto | copy | zero-copy AF_XDP binding.
+    #[arg(long, default_value = "auto", value_parser = parse_copy)]
+    copy_mode: CopyMode,
+    /// UMEM frames (4 KB each) for the node.
+    #[arg(long, default_value_t = 16384)]
+    frames: u32,
+    /// Serve Prometheus metrics on this address (e.g. 127.0.0.1:9641).
+    #[arg(long)]
+    metrics: Option<String>,
+}
+
+fn parse_datastore(s: &str) -> Result<Datastore, String> {
+    s.parse()
+}
+
+/// The cores of `--cores`.
+#[derive(Clone)]
+struct CoreList(Vec<usize>);
+
+fn parse_cores(s: &str) -> Result<CoreList, String> {
+    let bad = || format!("{s:?} is not a core list; accepted: 0 | 0,1 | 0-3 | 0,2-3");
+    let mut out = Vec::new();
+    for part in s.split(',') {
+        match part.split_once('-') {
+            Some((a, b)) => {
+                let (a, b): (usize, usize) = (a.trim().parse().map_err(|_| bad())?, b.trim().parse().map_err(|_| bad())?);
+                if a > b {
+                    return Err(bad());
+                }
+                out.extend(a..=b);
+            }
+            None => out.push(part.trim().parse().map_err(|_| bad())?),
+        }
+    }
+    out.dedup();
+    Ok(CoreList(out))
+}
+
+fn parse_idle(s: &str) -> Result<IdleStrategy, String> {
+    match s {
+        "spin" => Ok(IdleStrategy::Spin),
+        "adaptive" => Ok(IdleStrategy::Adaptive),
+        _ => Err(format!("{s:?}: accepted idle strategies are spin, adaptive")),
+    }
+}
+
+fn parse_attach(s: &str) -> Result<AttachMode, String> {
+    match s {
+        "native" => Ok(AttachMode::Native),
+        "generic" => Ok(AttachMode::Generic),
+        _ => Err(format!("{s:?}: accepted XDP modes are native, generic")),
+    }
+}
+
+fn parse_copy(s: &str) -> Result<CopyMode, String> {
+    match s {
+        "auto" => Ok(CopyMode::Auto),
+        "copy" => Ok(CopyMode::Copy),
+        "zero-copy" => Ok(CopyMode::ZeroCopy),
+        _ => Err(format!("{s:?}: accepted copy modes are auto, copy, zero-copy")),
+    }
+}
+
+fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
+        .init();
+    match Cli::parse().command {
+        Command::Agent(args) => run_agent(args),
+        Command::Stats { socket, json } => {
+            let v = server::request(&socket, &json!({"op": "stats"}))?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&v)?);
+            } else if let Some(stats) = v["stats"].as_object() {
+                for (k, val) in stats {
+                    println!("{k:<28} {val}");
+                }
+            }
+            Ok(())
+        }
+        Command::Get { kind, socket, json } => {
+            let v = server::request(&socket, &json!({"op": "get", "kind": kind}))?;
+            let items = v["items"].as_array().cloned().unwrap_or_default();
+            if json {
+                println!("{}", serde_json::to_string_pretty(&items)?);
+            } else {
+                print_table(&kind, &items);
+            }
+            Ok(())
+        }
+        Command::Apply { file, datastore } => apply(&file, &datastore),
+    }
+}
+
+fn print_table(kind: &str, items: &[serde_json::Value]) {
+    let cols: &[&str] = match kind {
+        "nodes" => &["name", "pod_cidr", "address", "vtep_mac", "vtep_mac_source", "next_hop_mac"],
+        "pods" => &["namespace", "pod", "ip", "host_ifname", "mac", "port", "worker"],
+        _ => &["prefix", "via"],
+    };
+    println!("{}", cols.iter().map(|c| format!("{:<20}", c.to_uppercase())).collect::<String>());
+    for it in items {
+        let row: String = cols
+            .iter()
+            .map(|c| {
+                let v = &it[*c];
+                format!("{:<20}", v.as_str().map(str::to_string).unwrap_or_else(|| if v.is_null() { "-".into() } else { v.to_string() }))
+            })
+            .collect();
+        println!("{row}");
+    }
+}
+
+fn apply(file: &std::path::Path, ds: &Datastore) -> anyhow::Result<()> {
+    let Datastore::Dir(dir) = ds;
+    let files: Vec<PathBuf> = if file.is_dir() {
+        let mut v: Vec<_> = std::fs::read_dir(file)?.filter_map(Result::ok).map(|e| e.path()).collect();
+        v.sort();
+        v
+    } else {
+        vec![file.to_path_buf()]
+    };
+    for f in files {
+        let text = std::fs::read_to_string(&f).with_context(|| format!("reading {}", f.display()))?;
+        cluster::read_documents(&text, &f.display().to_string(), &mut Default::default())?;
+        let name = f.file_name().context("file name")?;
+        let tmp = dir.join(format!(".{}.tmp", name.to_string_lossy()));
+        std::fs::write(&tmp, &text)?;
+        std::fs::rename(&tmp, dir.join(name))?;
+        println!("applied {}", f.display());
+    }
+    Ok(())
+}
+
+fn run_agent(args: AgentArgs) -> anyhow::Result<()> {
+    let cfg = AgentConfig {
+        datastore: args.datastore,
+        node: args.node,
+        uplink: args.uplink,
+        cores: args.cores.0,
+        state_dir: args.state_dir,
+        profile: args.encap,
+        batch: args.batch,
+        idle: args.idle,
+        attach: args.xdp_mode,
+        copy_mode: args.copy_mode,
+        frames: args.frames,
+    };
+    tracing::info!(node = %cfg.node, uplink = %cfg.uplink, cores = ?cfg.cores, "starting agent");
+    let agent = Arc::new(Mutex::new(Agent::start(cfg)?));
+    server::serve(&args.socket, Arc::clone(&agent))?;
+    if let Some(addr) = args.metrics {
+        let listener = TcpListener::bind(&addr).with_context(|| format!("binding --metrics {addr}"))?;
+        let agent = Arc::clone(&agent);
+        std::thread::spawn(move || {
+            for mut conn in listener.incoming().flatten() {
+                let mut buf = [0u8; 1024];
+                let _ = conn.read(&mut buf);
+                let body = agent.lock().map(|a| a.metrics_text()).unwrap_or_default();
+                let _ = write!(conn, "HTTP/1.0 200 OK\r\nContent-Type: text/plain; version=0.0.4\r\nContent-Length: {}\r\n\r\n{body}", body.len());
+            }
+        });
+    }
+    let stop = Arc::new(AtomicBool::new(false));
+    // SIGTERM/SIGINT end the control loop, so the agent detaches its XDP programs on the way out.
+    for sig in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT] {
+        signal_hook::flag::register(sig, Arc::clone(&stop)).context("installing signal handlers")?;
+    }
+    tracing::info!(socket = %args.socket.display(), "agent ready");
+    control::agent::control_loop(&agent, &stop);
+    tracing::info!("stopping");
+    agent.lock().map_err(|_| anyhow::anyhow!("agent state poisoned"))?.shutdown();
+    Ok(())
+}
+
