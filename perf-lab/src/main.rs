@@ -1,0 +1,292 @@
+//! `twill-lab`: up / add-node / status / check / demo / down for a cluster of network
+//! namespaces run by twill or by the kernel path Flannel sets up.
+#![forbid(unsafe_code)]
+
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+use clap::{Args, Parser, Subcommand};
+
+use perf_lab::probe;
+use perf_lab::report::{self, DemoReport, LabSummary};
+use perf_lab::topology::{self, Dataplane, Lab, Topology};
+use perf_lab::traffic;
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "twill-lab",
+    about = "Clusters of network namespaces run by twill or kernel Flannel, and traffic between their pods"
+)]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand, Debug)]
+enum Cmd {
+    /// Build a lab and leave it running (state in /run/twill-lab/lab.json).
+    Up {
+        #[command(flatten)]
+        topo: TopoArgs,
+        /// Print the lab as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Add a node (and its pods) to the running lab.
+    AddNode {
+        #[arg(long, value_enum, default_value_t = Dataplane::Twill)]
+        dataplane: Dataplane,
+        #[arg(long, default_value_t = 2)]
+        pods: u32,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show the running lab.
+    Status {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Probe every ordered pod pair of the running lab (ICMP, TCP, UDP).
+    Check {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Measure UDP pps and TCP Gbit/s between two pods of the running lab
+    /// (default: the first pod of node 1 and the first of node 2).
+    Measure {
+        #[arg(long, requires = "dst")]
+        src: Option<String>,
+        #[arg(long, requires = "src")]
+        dst: Option<String>,
+        #[arg(long, default_value_t = 3.0)]
+        duration: f64,
+        #[arg(long)]
+        json: bool,
+    },
+    /// up, probe every pair, measure cross-node UDP pps and TCP Gbit/s, down.
+    Demo {
+        #[command(flatten)]
+        topo: TopoArgs,
+        #[arg(long)]
+        json: bool,
+        /// Leave the lab running afterwards.
+        #[arg(long)]
+        keep: bool,
+        /// Seconds per measurement.
+        #[arg(long, default_value_t = 3.0)]
+        duration: f64,
+    },
+    /// Tear down whatever lab exists (also a half-built one).
+    Down,
+}
+
+#[derive(Args, Debug)]
+struct TopoArgs {
+    #[arg(long, default_value_t = 2)]
+    nodes: u32,
+    #[arg(long, default_value_t = 2)]
+    pods_per_node: u32,
+    /// Data plane of the nodes not named by --flannel-nodes.
+    #[arg(long, value_enum, default_value_t = Dataplane::Twill)]
+    dataplane: Dataplane,
+    /// Node numbers (1-based, comma separated) wired as kernel Flannel whatever --dataplane
+    /// says: `--nodes 3 --flannel-nodes 3` is two twill nodes and one Flannel node.
+    #[arg(long, value_delimiter = ',')]
+    flannel_nodes: Vec<u32>,
+    /// --cores for every agent (default: node i gets core (i-1) mod the core count).
+    #[arg(long)]
+    cores: Option<String>,
+    /// --encap for every agent.
+    #[arg(long)]
+    encap: Option<String>,
+    /// When up fails, leave what was built (agent logs in /run/twill-lab/n*/agent.log).
+    #[arg(long)]
+    keep_on_failure: bool,
+}
+
+impl TopoArgs {
+    fn topology(&self) -> Result<Topology> {
+        if let Some(bad) = self
+            .flannel_nodes
+            .iter()
+            .find(|&&i| i == 0 || i > self.nodes)
+        {
+            bail!(
+                "--flannel-nodes {bad}: nodes are numbered 1..={}",
+                self.nodes
+            );
+        }
+        let mut t = Topology::new().keep_on_failure(self.keep_on_failure);
+        for i in 1..=self.nodes {
+            let dp = if self.flannel_nodes.contains(&i) {
+                Dataplane::KernelFlannel
+            } else {
+                self.dataplane
+            };
+            t = t.node(dp, self.pods_per_node);
+        }
+        if let Some(c) = &self.cores {
+            t = t.cores(c);
+        }
+        if let Some(e) = &self.encap {
+            t = t.encap(e);
+        }
+        Ok(t)
+    }
+}
+
+fn main() -> ExitCode {
+    match run(Cli::parse()) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("twill-lab: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn print_lab(lab: &Lab, json: bool) -> Result<()> {
+    let s = LabSummary::of(lab.state());
+    if json {
+        println!("{}", serde_json::to_string_pretty(&s)?);
+    } else {
+        print!("{}", report::lab_table(&s));
+    }
+    Ok(())
+}
+
+fn run(cli: Cli) -> Result<ExitCode> {
+    match cli.cmd {
+        Cmd::Up { topo, json } => {
+            let lab = topo.topology()?.up()?;
+            print_lab(&lab, json)?;
+            lab.detach();
+        }
+        Cmd::AddNode {
+            dataplane,
+            pods,
+            json,
+        } => {
+            let mut lab = Lab::attach()?;
+            let i = lab.add_node(dataplane, pods)?;
+            if json {
+                print_lab(&lab, true)?;
+            } else {
+                println!("added node n{i} ({dataplane}) with {pods} pods");
+            }
+        }
+        Cmd::Status { json } => print_lab(&Lab::attach()?, json)?,
+        Cmd::Check { json } => {
+            let lab = Lab::attach()?;
+            let pairs = probe::check_all_pairs(lab.pods())?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&pairs)?);
+            } else {
+                print!("{}", report::pairs_table(&pairs));
+            }
+            if pairs.iter().any(|p| !p.ok()) {
+                return Ok(ExitCode::FAILURE);
+            }
+        }
+        Cmd::Measure {
+            src,
+            dst,
+            duration,
+            json,
+        } => {
+            let lab = Lab::attach()?;
+            let (a, b) = match (src, dst) {
+                (Some(s), Some(d)) => (
+                    lab.pod(&s)
+                        .with_context(|| format!("no pod {s} in the lab"))?,
+                    lab.pod(&d)
+                        .with_context(|| format!("no pod {d} in the lab"))?,
+                ),
+                _ => traffic::cross_node_pair(lab.pods())
+                    .context("no pod on node 1 and node 2 to measure between")?,
+            };
+            let d = Duration::from_secs_f64(duration);
+            let udp = traffic::udp_rate(a, b, d)?;
+            let tcp = traffic::tcp_throughput(a, b, d)?;
+            if json {
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(
+                        &serde_json::json!({"udp_rate": udp, "tcp_throughput": tcp})
+                    )?
+                );
+            } else {
+                let r = DemoReport::measurements_only(udp, tcp);
+                print!("{}", report::measurements_table(&r));
+            }
+        }
+        Cmd::Demo {
+            topo,
+            json,
+            keep,
+            duration,
+        } => {
+            let lab = topo.topology()?.up()?;
+            let r = demo(&lab, Duration::from_secs_f64(duration));
+            let torn_down = if keep {
+                lab.detach();
+                Ok(())
+            } else {
+                lab.down().context("tearing the demo lab down")
+            };
+            let r = r?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&r)?);
+            } else {
+                print!(
+                    "{}\n{}\n{}",
+                    report::lab_table(&r.lab),
+                    report::pairs_table(&r.pairs),
+                    report::measurements_table(&r)
+                );
+            }
+            torn_down?;
+            if !r.ok() {
+                return Ok(ExitCode::FAILURE);
+            }
+        }
+        Cmd::Down => {
+            topology::down_all()?;
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn demo(lab: &Lab, d: Duration) -> Result<DemoReport> {
+    let pairs = probe::check_all_pairs(lab.pods())?;
+    let failed = pairs.iter().filter(|p| !p.ok()).count();
+    let (mut udp, mut udp_err, mut tcp, mut tcp_err) = (None, None, None, None);
+    match traffic::cross_node_pair(lab.pods()) {
+        Some((a, b)) => {
+            match traffic::udp_rate(a, b, d) {
+                Ok(r) => udp = Some(r),
+                Err(e) => udp_err = Some(format!("{e:#}")),
+            }
+            match traffic::tcp_throughput(a, b, d) {
+                Ok(r) => tcp = Some(r),
+                Err(e) => tcp_err = Some(format!("{e:#}")),
+            }
+        }
+        None => {
+            let e = "no pod on node 1 and node 2 to measure between".to_owned();
+            (udp_err, tcp_err) = (Some(e.clone()), Some(e));
+        }
+    }
+    Ok(DemoReport {
+        lab: LabSummary::of(lab.state()),
+        pairs_total: pairs.len(),
+        pairs_failed: failed,
+        all_pairs_ok: failed == 0,
+        pairs,
+        udp_rate: udp,
+        udp_rate_error: udp_err,
+        tcp_throughput: tcp,
+        tcp_throughput_error: tcp_err,
+    })
+}

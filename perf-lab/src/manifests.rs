@@ -1,0 +1,172 @@
+//! The Kubernetes objects the lab writes into the manifest directory the agents watch
+//! (`twill agent --datastore dir:PATH`): one YAML file per object, written atomically
+//! (temporary dot-file, then rename) so a watcher never reads half a file.
+//!
+//! A Node carries `spec.podCIDR` and its InternalIP; a kernel-flannel node also carries the
+//! annotations flanneld publishes for its vxlan backend, which is how twill nodes learn its
+//! VTEP MAC. A Pod is written before CNI ADD (as the API server has it when kubelet calls the
+//! plugin) and rewritten with `status.podIP` after, as kubelet reports it.
+
+use std::net::Ipv4Addr;
+use std::path::Path;
+
+use anyhow::{Context, Result};
+use serde_json::{Value, json};
+
+/// flanneld's vxlan-backend identity of a node.
+#[derive(Debug, Clone)]
+pub struct FlannelBackend {
+    pub vtep_mac: String,
+    pub public_ip: Ipv4Addr,
+}
+
+pub fn node(
+    name: &str,
+    pod_cidr: &str,
+    address: Ipv4Addr,
+    flannel: Option<&FlannelBackend>,
+) -> Result<String> {
+    let mut metadata = json!({
+        "name": name,
+        "labels": { "kubernetes.io/hostname": name, "kubernetes.io/os": "linux" },
+    });
+    if let Some(f) = flannel {
+        let backend_data = json!({ "VNI": 1, "VtepMAC": f.vtep_mac }).to_string();
+        metadata["annotations"] = json!({
+            "flannel.alpha.coreos.com/backend-data": backend_data,
+            "flannel.alpha.coreos.com/backend-type": "vxlan",
+            "flannel.alpha.coreos.com/kube-subnet-manager": "true",
+            "flannel.alpha.coreos.com/public-ip": f.public_ip.to_string(),
+        });
+    }
+    to_yaml(&json!({
+        "apiVersion": "v1",
+        "kind": "Node",
+        "metadata": metadata,
+        "spec": { "podCIDR": pod_cidr, "podCIDRs": [pod_cidr] },
+        "status": {
+            "addresses": [
+                { "type": "InternalIP", "address": address.to_string() },
+                { "type": "Hostname", "address": name },
+            ],
+        },
+    }))
+}
+
+pub fn namespace(name: &str) -> Result<String> {
+    to_yaml(&json!({
+        "apiVersion": "v1",
+        "kind": "Namespace",
+        "metadata": { "name": name, "labels": { "kubernetes.io/metadata.name": name } },
+    }))
+}
+
+/// A Pod scheduled on `node_name`; with `ip` it is Running with that address.
+pub fn pod(
+    name: &str,
+    namespace: &str,
+    node_name: &str,
+    host_ip: Ipv4Addr,
+    ip: Option<Ipv4Addr>,
+) -> Result<String> {
+    let status = match ip {
+        Some(ip) => json!({
+            "phase": "Running",
+            "hostIP": host_ip.to_string(),
+            "podIP": ip.to_string(),
+            "podIPs": [{ "ip": ip.to_string() }],
+        }),
+        None => json!({ "phase": "Pending", "hostIP": host_ip.to_string() }),
+    };
+    to_yaml(&json!({
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {
+            "name": name,
+            "namespace": namespace,
+            "labels": { "app": "twill-lab", "twill-lab/node": node_name, "twill-lab/pod": name },
+        },
+        "spec": {
+            "nodeName": node_name,
+            "containers": [{ "name": "app", "image": "twill-lab/probe" }],
+        },
+        "status": status,
+    }))
+}
+
+pub fn node_file(name: &str) -> String {
+    format!("node-{name}.yaml")
+}
+pub fn namespace_file(name: &str) -> String {
+    format!("namespace-{name}.yaml")
+}
+pub fn pod_file(namespace: &str, name: &str) -> String {
+    format!("pod-{namespace}-{name}.yaml")
+}
+
+/// Writes `content` to `dir/file` via a temporary `.file.tmp` and a rename.
+pub fn write(dir: &Path, file: &str, content: &str) -> Result<()> {
+    let tmp = dir.join(format!(".{file}.tmp"));
+    let dst = dir.join(file);
+    std::fs::write(&tmp, content).with_context(|| format!("writing {}", tmp.display()))?;
+    std::fs::rename(&tmp, &dst)
+        .with_context(|| format!("renaming {} to {}", tmp.display(), dst.display()))
+}
+
+fn to_yaml(v: &Value) -> Result<String> {
+    serde_yaml::to_string(v).context("serialising a manifest to YAML")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use k8s_openapi::api::core::v1::{Namespace, Node, Pod};
+
+    #[test]
+    fn node_parses_as_kubernetes_node_with_flannel_annotations() {
+        let f = FlannelBackend {
+            vtep_mac: "aa:bb:cc:dd:ee:01".into(),
+            public_ip: Ipv4Addr::new(10, 100, 0, 13),
+        };
+        let y = node("n3", "10.244.3.0/24", f.public_ip, Some(&f)).unwrap();
+        let n: Node = serde_yaml::from_str(&y).unwrap();
+        assert_eq!(n.metadata.name.as_deref(), Some("n3"));
+        assert_eq!(n.spec.unwrap().pod_cidr.as_deref(), Some("10.244.3.0/24"));
+        let addr = &n.status.unwrap().addresses.unwrap()[0];
+        assert_eq!(
+            (addr.type_.as_str(), addr.address.as_str()),
+            ("InternalIP", "10.100.0.13")
+        );
+        let ann = n.metadata.annotations.unwrap();
+        let bd: Value =
+            serde_json::from_str(&ann["flannel.alpha.coreos.com/backend-data"]).unwrap();
+        assert_eq!(bd, json!({"VNI": 1, "VtepMAC": "aa:bb:cc:dd:ee:01"}));
+        assert_eq!(ann["flannel.alpha.coreos.com/backend-type"], "vxlan");
+        assert_eq!(ann["flannel.alpha.coreos.com/public-ip"], "10.100.0.13");
+    }
+
+    #[test]
+    fn twill_node_has_no_flannel_annotations() {
+        let y = node("n1", "10.244.1.0/24", Ipv4Addr::new(10, 100, 0, 11), None).unwrap();
+        let n: Node = serde_yaml::from_str(&y).unwrap();
+        assert!(n.metadata.annotations.is_none());
+    }
+
+    #[test]
+    fn pod_and_namespace_parse() {
+        let y = pod(
+            "p1-n1",
+            "default",
+            "n1",
+            Ipv4Addr::new(10, 100, 0, 11),
+            Some(Ipv4Addr::new(10, 244, 1, 2)),
+        )
+        .unwrap();
+        let p: Pod = serde_yaml::from_str(&y).unwrap();
+        assert_eq!(p.metadata.namespace.as_deref(), Some("default"));
+        assert_eq!(p.spec.unwrap().node_name.as_deref(), Some("n1"));
+        assert_eq!(p.status.unwrap().pod_ip.as_deref(), Some("10.244.1.2"));
+        let ns: Namespace = serde_yaml::from_str(&namespace("default").unwrap()).unwrap();
+        assert_eq!(ns.metadata.name.as_deref(), Some("default"));
+    }
+}

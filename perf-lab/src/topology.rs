@@ -1,0 +1,722 @@
+//! The lab's cluster: an underlay namespace `tw-ul` with bridge `br0`, node namespaces
+//! `tw-n{i}` (eth0 = 10.100.0.{10+i}/24, pod CIDR 10.244.{i}.0/24), pod namespaces
+//! `tw-n{i}-p{j}`, each node run by twill or wired as kernel Flannel (see
+//! [`crate::kernel_flannel`]), mixed freely. [`Topology`] describes one; [`Lab`] is a running
+//! one and the guard that tears it down. Its state is kept in `/run/twill-lab/lab.json`
+//! after every step, so `twill-lab down` can clean up after a lab that failed halfway.
+
+use std::fmt;
+use std::net::Ipv4Addr;
+use std::path::PathBuf;
+use std::sync::{Mutex, MutexGuard};
+use std::time::Duration;
+
+use anyhow::{Context, Result, anyhow, bail};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use crate::cni_runtime::{self, CniCall};
+use crate::kernel_flannel;
+use crate::manifests::{self, FlannelBackend};
+use crate::netns::{self, ip};
+pub use crate::teardown::down_all;
+use crate::teardown::teardown;
+use crate::twill_node::{self, AgentConfig, AgentFiles, Binaries};
+
+pub const LAB_DIR: &str = "/run/twill-lab";
+pub const UNDERLAY_NS: &str = "tw-ul";
+pub const UNDERLAY_BRIDGE: &str = "br0";
+/// The Kubernetes namespace of every lab pod.
+pub const POD_NAMESPACE: &str = "default";
+/// Node addresses are 10.100.0.{10+i}: at most this many nodes.
+pub const MAX_NODES: u32 = 200;
+
+/// Which data plane runs a node.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "kebab-case")]
+pub enum Dataplane {
+    /// `twill agent` + `twill-cni`.
+    Twill,
+    /// The kernel path flanneld's vxlan backend and the bridge plugin set up.
+    KernelFlannel,
+}
+
+impl fmt::Display for Dataplane {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Dataplane::Twill => "twill",
+            Dataplane::KernelFlannel => "kernel-flannel",
+        })
+    }
+}
+
+/// One node of a [`Topology`].
+#[derive(Debug, Clone, Copy)]
+pub struct NodeSpec {
+    pub dataplane: Dataplane,
+    pub pods: u32,
+}
+
+/// A cluster to build: nodes in order (node i is the i-th, 1-based), each with its data
+/// plane and pod count.
+#[derive(Debug, Clone, Default)]
+pub struct Topology {
+    pub nodes: Vec<NodeSpec>,
+    /// `--cores` for every agent; default: node i gets core (i-1) mod the core count.
+    pub cores: Option<String>,
+    /// `--encap` for every agent; default: the agent's.
+    pub encap: Option<String>,
+    /// Leave what was built in place when `up` fails (for reading agent logs).
+    pub keep_on_failure: bool,
+}
+
+impl Topology {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// `nodes` nodes of one data plane with `pods_per_node` pods each.
+    pub fn uniform(nodes: u32, pods_per_node: u32, dataplane: Dataplane) -> Self {
+        (0..nodes).fold(Self::new(), |t, _| t.node(dataplane, pods_per_node))
+    }
+
+    /// Appends a node.
+    pub fn node(mut self, dataplane: Dataplane, pods: u32) -> Self {
+        self.nodes.push(NodeSpec { dataplane, pods });
+        self
+    }
+
+    pub fn cores(mut self, cores: &str) -> Self {
+        self.cores = Some(cores.to_owned());
+        self
+    }
+
+    pub fn encap(mut self, encap: &str) -> Self {
+        self.encap = Some(encap.to_owned());
+        self
+    }
+
+    pub fn keep_on_failure(mut self, keep: bool) -> Self {
+        self.keep_on_failure = keep;
+        self
+    }
+
+    /// Builds the lab; see [`Lab::up`].
+    pub fn up(&self) -> Result<Lab> {
+        Lab::up(self)
+    }
+}
+
+/// A running twill agent.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct AgentState {
+    pub files: AgentFiles,
+    pub pid: u32,
+    pub cores: String,
+}
+
+/// A node as built.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct NodeState {
+    pub index: u32,
+    /// Kubernetes Node name `n{i}`.
+    pub name: String,
+    pub netns: String,
+    pub dataplane: Dataplane,
+    pub address: Ipv4Addr,
+    pub pod_cidr: String,
+    /// The veth end in `tw-ul` attached to `br0`.
+    pub underlay_link: String,
+    /// flannel.1's MAC, or what the twill agent reports.
+    pub vtep_mac: Option<String>,
+    pub agent: Option<AgentState>,
+    /// Pods created so far (the next one is `p{next_pod+1}`).
+    pub pods_created: u32,
+    /// Kernel-flannel nodes: peers whose route, neighbour and FDB entry are installed.
+    #[serde(default)]
+    pub flannel_peers: Vec<String>,
+}
+
+/// A pod as built.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct PodState {
+    /// Kubernetes Pod name `p{j}-n{i}`.
+    pub name: String,
+    pub namespace: String,
+    pub node: String,
+    pub node_index: u32,
+    pub index: u32,
+    pub dataplane: Dataplane,
+    pub netns: String,
+    pub ifname: String,
+    /// Known once ADD succeeded (twill: from the CNI result).
+    pub ip: Option<Ipv4Addr>,
+    /// Twill pods: the CNI container id used for ADD and DEL.
+    pub container_id: Option<String>,
+    /// Twill pods: the CNI ADD result (DEL's prevResult).
+    pub cni_result: Option<Value>,
+    /// Kernel-flannel pods: the host end of the pod's veth, on cni0.
+    pub host_veth: Option<String>,
+}
+
+impl PodState {
+    pub fn ip(&self) -> Result<Ipv4Addr> {
+        self.ip.ok_or_else(|| {
+            anyhow!(
+                "pod {} has no address (its CNI ADD did not complete)",
+                self.name
+            )
+        })
+    }
+}
+
+/// Everything `lab.json` records.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct LabState {
+    pub nodes: Vec<NodeState>,
+    pub pods: Vec<PodState>,
+    pub cores: Option<String>,
+    pub encap: Option<String>,
+    pub binaries: Option<Binaries>,
+}
+
+impl LabState {
+    pub fn node(&self, name: &str) -> Option<&NodeState> {
+        self.nodes.iter().find(|n| n.name == name)
+    }
+}
+
+pub fn lab_dir() -> PathBuf {
+    PathBuf::from(LAB_DIR)
+}
+pub fn lab_json() -> PathBuf {
+    lab_dir().join("lab.json")
+}
+pub fn manifests_dir() -> PathBuf {
+    lab_dir().join("manifests")
+}
+
+/// One lab per process at a time (the names are fixed); tests in one binary queue here.
+static LAB_SERIAL: Mutex<()> = Mutex::new(());
+
+/// A running lab. Dropping it tears it down (agents, CNI DEL, namespaces, /run/twill-lab)
+/// unless [`Lab::detach`] was called or it came from [`Lab::attach`].
+#[derive(Debug)]
+pub struct Lab {
+    state: LabState,
+    teardown_on_drop: bool,
+    _serial: MutexGuard<'static, ()>,
+}
+
+impl Lab {
+    /// Builds `topo`: underlay, nodes (agents started and ready, Flannel peers installed),
+    /// then pods. Fails if a lab is already up. On failure everything built is torn down
+    /// (unless `topo.keep_on_failure`).
+    pub fn up(topo: &Topology) -> Result<Lab> {
+        netns::require_root()?;
+        anyhow::ensure!(!topo.nodes.is_empty(), "a lab needs at least one node");
+        anyhow::ensure!(
+            topo.nodes.len() as u32 <= MAX_NODES,
+            "at most {MAX_NODES} nodes"
+        );
+        let serial = LAB_SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+        if lab_json().exists() {
+            bail!(
+                "a lab is already up ({} exists); run `twill-lab down` first",
+                lab_json().display()
+            );
+        }
+        let stale = netns::list_lab();
+        if !stale.is_empty() {
+            bail!(
+                "lab namespaces already exist ({}); run `twill-lab down` first",
+                stale.join(", ")
+            );
+        }
+        let binaries = if topo.nodes.iter().any(|n| n.dataplane == Dataplane::Twill) {
+            Some(Binaries::locate()?)
+        } else {
+            None
+        };
+        let mut lab = Lab {
+            state: LabState {
+                cores: topo.cores.clone(),
+                encap: topo.encap.clone(),
+                binaries,
+                ..Default::default()
+            },
+            teardown_on_drop: true,
+            _serial: serial,
+        };
+        if let Err(e) = lab.build(topo) {
+            if topo.keep_on_failure {
+                lab.teardown_on_drop = false;
+                eprintln!(
+                    "twill-lab: up failed; keeping the lab for inspection (`twill-lab down` removes it)"
+                );
+            }
+            return Err(e);
+        }
+        Ok(lab)
+    }
+
+    fn build(&mut self, topo: &Topology) -> Result<()> {
+        std::fs::create_dir_all(manifests_dir())
+            .with_context(|| format!("creating {}", manifests_dir().display()))?;
+        self.persist()?;
+        netns::add(UNDERLAY_NS)?;
+        ip(
+            UNDERLAY_NS,
+            &["link", "add", UNDERLAY_BRIDGE, "type", "bridge"],
+        )?;
+        ip(UNDERLAY_NS, &["link", "set", UNDERLAY_BRIDGE, "up"])?;
+        manifests::write(
+            &manifests_dir(),
+            &manifests::namespace_file(POD_NAMESPACE),
+            &manifests::namespace(POD_NAMESPACE)?,
+        )?;
+        let mut created = Vec::new();
+        for spec in &topo.nodes {
+            created.push(self.create_node(spec.dataplane)?);
+        }
+        self.finish_nodes(&created)?;
+        for (idx, spec) in created.iter().zip(&topo.nodes) {
+            for _ in 0..spec.pods {
+                self.add_pod(*idx)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// The lab `twill-lab up` left running, from lab.json. Dropping it leaves the lab up.
+    pub fn attach() -> Result<Lab> {
+        netns::require_root()?;
+        let serial = LAB_SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+        let state = load_state()?.ok_or_else(|| {
+            anyhow!(
+                "no lab is up ({} not found); run `twill-lab up`",
+                lab_json().display()
+            )
+        })?;
+        Ok(Lab {
+            state,
+            teardown_on_drop: false,
+            _serial: serial,
+        })
+    }
+
+    /// Leaves the lab running after this value is gone (for `twill-lab up`).
+    pub fn detach(mut self) {
+        self.teardown_on_drop = false;
+    }
+
+    /// Tears the lab down now, reporting what could not be cleaned.
+    pub fn down(mut self) -> Result<()> {
+        self.teardown_on_drop = false;
+        teardown(Some(&self.state))
+    }
+
+    pub fn state(&self) -> &LabState {
+        &self.state
+    }
+    pub fn nodes(&self) -> &[NodeState] {
+        &self.state.nodes
+    }
+    pub fn pods(&self) -> &[PodState] {
+        &self.state.pods
+    }
+    pub fn node(&self, name: &str) -> Option<&NodeState> {
+        self.state.node(name)
+    }
+    pub fn pod(&self, name: &str) -> Option<&PodState> {
+        self.state.pods.iter().find(|p| p.name == name)
+    }
+    /// The pods of node `n{index}`.
+    pub fn pods_on(&self, index: u32) -> impl Iterator<Item = &PodState> {
+        self.state
+            .pods
+            .iter()
+            .filter(move |p| p.node_index == index)
+    }
+
+    /// Adds a node (and `pods` pods on it) to the running lab; Flannel nodes learn it at once,
+    /// twill agents from its Node manifest. Returns its index.
+    pub fn add_node(&mut self, dataplane: Dataplane, pods: u32) -> Result<u32> {
+        if dataplane == Dataplane::Twill && self.state.binaries.is_none() {
+            self.state.binaries = Some(Binaries::locate()?);
+        }
+        let idx = self.create_node(dataplane)?;
+        self.finish_nodes(&[idx])?;
+        for _ in 0..pods {
+            self.add_pod(idx)?;
+        }
+        Ok(idx)
+    }
+
+    /// `{"op":"stats"}` answered by the agent of twill node `name`.
+    pub fn agent_stats(&self, name: &str) -> Result<Value> {
+        let n = self
+            .node(name)
+            .ok_or_else(|| anyhow!("no node {name} in the lab"))?;
+        let a = n
+            .agent
+            .as_ref()
+            .ok_or_else(|| anyhow!("node {name} runs {}, not a twill agent", n.dataplane))?;
+        twill_node::request(
+            &a.files.socket,
+            &serde_json::json!({"op": "stats"}),
+            Duration::from_secs(5),
+        )
+    }
+
+    fn persist(&self) -> Result<()> {
+        let path = lab_json();
+        let tmp = path.with_extension("json.tmp");
+        let text = serde_json::to_string_pretty(&self.state)?;
+        std::fs::write(&tmp, text).with_context(|| format!("writing {}", tmp.display()))?;
+        std::fs::rename(&tmp, &path).with_context(|| format!("writing {}", path.display()))
+    }
+
+    fn node_mut(&mut self, index: u32) -> &mut NodeState {
+        self.state
+            .nodes
+            .iter_mut()
+            .find(|n| n.index == index)
+            .expect("node index from this lab")
+    }
+
+    fn create_node(&mut self, dataplane: Dataplane) -> Result<u32> {
+        let i = self.state.nodes.iter().map(|n| n.index).max().unwrap_or(0) + 1;
+        anyhow::ensure!(i <= MAX_NODES, "at most {MAX_NODES} nodes");
+        let node = NodeState {
+            index: i,
+            name: format!("n{i}"),
+            netns: format!("tw-n{i}"),
+            dataplane,
+            address: Ipv4Addr::new(10, 100, 0, (10 + i) as u8),
+            pod_cidr: format!("10.244.{i}.0/24"),
+            underlay_link: format!("tw-n{i}"),
+            vtep_mac: None,
+            agent: None,
+            pods_created: 0,
+            flannel_peers: Vec::new(),
+        };
+        self.state.nodes.push(node.clone());
+        self.persist()?;
+        let ns = node.netns.as_str();
+        netns::add(ns)?;
+        ip(
+            UNDERLAY_NS,
+            &[
+                "link",
+                "add",
+                &node.underlay_link,
+                "type",
+                "veth",
+                "peer",
+                "name",
+                "eth0",
+                "netns",
+                ns,
+            ],
+        )?;
+        ip(
+            UNDERLAY_NS,
+            &[
+                "link",
+                "set",
+                &node.underlay_link,
+                "master",
+                UNDERLAY_BRIDGE,
+                "up",
+            ],
+        )?;
+        ip(ns, &["link", "set", "eth0", "mtu", "1500"])?;
+        ip(
+            ns,
+            &[
+                "addr",
+                "add",
+                &format!("{}/24", node.address),
+                "dev",
+                "eth0",
+            ],
+        )?;
+        ip(ns, &["link", "set", "eth0", "up"])?;
+        netns::sysctl(ns, "net.ipv4.ip_forward", "1")?;
+        let mdir = manifests_dir();
+        match dataplane {
+            Dataplane::KernelFlannel => {
+                let mac = kernel_flannel::setup_node(ns, node.address, &node.pod_cidr)
+                    .with_context(|| format!("wiring node {} as kernel Flannel", node.name))?;
+                let fb = FlannelBackend {
+                    vtep_mac: mac.clone(),
+                    public_ip: node.address,
+                };
+                let y = manifests::node(&node.name, &node.pod_cidr, node.address, Some(&fb))?;
+                manifests::write(&mdir, &manifests::node_file(&node.name), &y)?;
+                self.node_mut(i).vtep_mac = Some(mac);
+            }
+            Dataplane::Twill => {
+                let y = manifests::node(&node.name, &node.pod_cidr, node.address, None)?;
+                manifests::write(&mdir, &manifests::node_file(&node.name), &y)?;
+                let bins = self
+                    .state
+                    .binaries
+                    .clone()
+                    .ok_or_else(|| anyhow!("twill binaries not located"))?;
+                let cores = self.state.cores.clone().unwrap_or_else(|| default_core(i));
+                let files = AgentFiles::new(lab_dir().join(&node.name));
+                let cfg = AgentConfig {
+                    manifests: &mdir,
+                    node: &node.name,
+                    cores: &cores,
+                    encap: self.state.encap.as_deref(),
+                };
+                let pid = twill_node::start_agent(&bins, ns, &files, &cfg)?;
+                self.node_mut(i).agent = Some(AgentState { files, pid, cores });
+            }
+        }
+        self.persist()?;
+        Ok(i)
+    }
+
+    /// Waits for new agents, learns their VTEP MACs, installs Flannel peers everywhere.
+    fn finish_nodes(&mut self, created: &[u32]) -> Result<()> {
+        let twill: Vec<NodeState> = created
+            .iter()
+            .filter_map(|i| {
+                self.state
+                    .nodes
+                    .iter()
+                    .find(|n| n.index == *i && n.dataplane == Dataplane::Twill)
+            })
+            .cloned()
+            .collect();
+        for n in &twill {
+            let a = n.agent.as_ref().expect("twill node has an agent");
+            twill_node::wait_ready(&n.name, a.pid, &a.files, twill_node::READY_TIMEOUT)?;
+        }
+        for n in &twill {
+            let a = n.agent.as_ref().expect("twill node has an agent");
+            let bins = self
+                .state
+                .binaries
+                .as_ref()
+                .expect("binaries located for twill nodes");
+            let mac =
+                twill_node::wait_vtep_mac(bins, &a.files.socket, &n.name, Duration::from_secs(10))
+                    .with_context(|| {
+                        format!(
+                            "agent log tail ({}):\n{}",
+                            a.files.log.display(),
+                            twill_node::log_tail(&a.files.log, 20)
+                        )
+                    })?;
+            self.node_mut(n.index).vtep_mac = Some(mac);
+        }
+        self.persist()?;
+        self.sync_flannel_peers()
+    }
+
+    /// For every kernel-flannel node, installs each other node it does not know yet.
+    fn sync_flannel_peers(&mut self) -> Result<()> {
+        let all = self.state.nodes.clone();
+        for f in all
+            .iter()
+            .filter(|n| n.dataplane == Dataplane::KernelFlannel)
+        {
+            for k in all
+                .iter()
+                .filter(|k| k.index != f.index && !f.flannel_peers.contains(&k.name))
+            {
+                let vtep_mac = k
+                    .vtep_mac
+                    .clone()
+                    .ok_or_else(|| anyhow!("node {} has no VTEP MAC yet", k.name))?;
+                let peer = kernel_flannel::Peer {
+                    pod_cidr: k.pod_cidr.clone(),
+                    node_ip: k.address,
+                    vtep_mac,
+                };
+                kernel_flannel::add_peer(&f.netns, &peer).with_context(|| {
+                    format!("installing peer {} on Flannel node {}", k.name, f.name)
+                })?;
+                self.node_mut(f.index).flannel_peers.push(k.name.clone());
+                self.persist()?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Adds a pod on node `n{index}`; returns its name.
+    pub fn add_pod(&mut self, index: u32) -> Result<String> {
+        let node = self
+            .state
+            .nodes
+            .iter()
+            .find(|n| n.index == index)
+            .cloned()
+            .ok_or_else(|| anyhow!("no node n{index}"))?;
+        let j = node.pods_created + 1;
+        anyhow::ensure!(j <= 250, "at most 250 pods per node");
+        self.node_mut(index).pods_created = j;
+        let name = format!("p{j}-n{index}");
+        let pod_ns = format!("tw-n{index}-p{j}");
+        let twill = node.dataplane == Dataplane::Twill;
+        self.state.pods.push(PodState {
+            name: name.clone(),
+            namespace: POD_NAMESPACE.to_owned(),
+            node: node.name.clone(),
+            node_index: index,
+            index: j,
+            dataplane: node.dataplane,
+            netns: pod_ns.clone(),
+            ifname: "eth0".to_owned(),
+            ip: None,
+            container_id: twill.then(|| format!("n{index}-p{j}-{}", random_hex(8))),
+            cni_result: None,
+            host_veth: (!twill).then(|| format!("tw-p{j}")),
+        });
+        self.persist()?;
+        netns::add(&pod_ns)?;
+        let mdir = manifests_dir();
+        let pod_file = manifests::pod_file(POD_NAMESPACE, &name);
+        manifests::write(
+            &mdir,
+            &pod_file,
+            &manifests::pod(&name, POD_NAMESPACE, &node.name, node.address, None)?,
+        )?;
+        let pod = self.state.pods.last().cloned().expect("pod just pushed");
+        let (ip, result) = if twill {
+            let added = cni_runtime::add(&self.cni_call(&pod)?)?;
+            (added.ip, Some(added.result))
+        } else {
+            let host = pod
+                .host_veth
+                .as_deref()
+                .expect("flannel pod has a host veth");
+            let ip = kernel_flannel::add_pod(&node.netns, &node.pod_cidr, &pod_ns, j, host)
+                .with_context(|| format!("wiring pod {name} on Flannel node {}", node.name))?;
+            (ip, None)
+        };
+        let p = self
+            .state
+            .pods
+            .iter_mut()
+            .find(|p| p.name == name)
+            .expect("pod just pushed");
+        p.ip = Some(ip);
+        p.cni_result = result;
+        manifests::write(
+            &mdir,
+            &pod_file,
+            &manifests::pod(&name, POD_NAMESPACE, &node.name, node.address, Some(ip))?,
+        )?;
+        self.persist()?;
+        Ok(name)
+    }
+
+    fn cni_call<'a>(&'a self, pod: &'a PodState) -> Result<CniCall<'a>> {
+        cni_call(&self.state, pod)
+    }
+}
+
+pub(crate) fn cni_call<'a>(state: &'a LabState, pod: &'a PodState) -> Result<CniCall<'a>> {
+    let bins = state
+        .binaries
+        .as_ref()
+        .ok_or_else(|| anyhow!("twill binaries not located"))?;
+    let node = state
+        .node(&pod.node)
+        .ok_or_else(|| anyhow!("pod {} is on unknown node {}", pod.name, pod.node))?;
+    let agent = node
+        .agent
+        .as_ref()
+        .ok_or_else(|| anyhow!("node {} has no agent", node.name))?;
+    Ok(CniCall {
+        plugin: &bins.cni,
+        cni_path: bins.cni_dir(),
+        node_ns: &node.netns,
+        socket: &agent.files.socket,
+        container_id: pod
+            .container_id
+            .as_deref()
+            .ok_or_else(|| anyhow!("pod {} has no container id", pod.name))?,
+        netns: netns::path(&pod.netns),
+        ifname: &pod.ifname,
+        pod_namespace: &pod.namespace,
+        pod_name: &pod.name,
+    })
+}
+
+impl Drop for Lab {
+    fn drop(&mut self) {
+        if !self.teardown_on_drop {
+            return;
+        }
+        if let Err(e) = teardown(Some(&self.state)) {
+            eprintln!("twill-lab: tearing the lab down: {e:#}");
+        }
+    }
+}
+
+fn default_core(i: u32) -> String {
+    let n = std::thread::available_parallelism()
+        .map(|n| n.get() as u32)
+        .unwrap_or(1);
+    ((i - 1) % n).to_string()
+}
+
+fn random_hex(n: usize) -> String {
+    let mut bytes = vec![0u8; n.div_ceil(2)];
+    if let Ok(mut f) = std::fs::File::open("/dev/urandom") {
+        use std::io::Read;
+        let _ = f.read_exact(&mut bytes);
+    }
+    let mut s: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+    s.truncate(n);
+    s
+}
+
+/// lab.json, if a lab was (at least partly) built.
+pub fn load_state() -> Result<Option<LabState>> {
+    let path = lab_json();
+    match std::fs::read_to_string(&path) {
+        Ok(text) => Ok(Some(
+            serde_json::from_str(&text).with_context(|| format!("parsing {}", path.display()))?,
+        )),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(e).with_context(|| format!("reading {}", path.display())),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn uniform_and_builder_agree() {
+        let a = Topology::uniform(2, 3, Dataplane::Twill);
+        let b = Topology::new()
+            .node(Dataplane::Twill, 3)
+            .node(Dataplane::Twill, 3);
+        assert_eq!(format!("{:?}", a.nodes), format!("{:?}", b.nodes));
+    }
+
+    #[test]
+    fn dataplane_names() {
+        assert_eq!(
+            serde_json::to_string(&Dataplane::KernelFlannel).unwrap(),
+            "\"kernel-flannel\""
+        );
+        assert_eq!(Dataplane::Twill.to_string(), "twill");
+    }
+
+    #[test]
+    fn random_hex_has_length() {
+        let h = random_hex(8);
+        assert_eq!(h.len(), 8);
+        assert!(h.chars().all(|c| c.is_ascii_hexdigit()));
+    }
+}
