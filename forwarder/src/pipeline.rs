@@ -141,7 +141,7 @@ fn from_uplink(snap: &Snapshot, buf: &mut [u8], len: usize) -> Verdict {
 
 fn decap_reason(e: DecapError) -> DropReason {
     match e {
-        DecapError::Truncated => DropReason::Truncated,
+        DecapError::Truncated | DecapError::InnerTooShort => DropReason::Truncated,
         DecapError::Fragment => DropReason::OuterFragment,
         DecapError::NotForUs | DecapError::WrongPort => DropReason::NotForUs,
         DecapError::BadVxlanFlags => DropReason::BadVxlanFlags,

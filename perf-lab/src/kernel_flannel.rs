@@ -143,6 +143,17 @@ pub fn add_pod(
     Ok(addr)
 }
 
+/// Makes the node's uplink finish checksums in software before frames leave, as a real
+/// NIC's checksum offload does. On veth the kernel otherwise hands CHECKSUM_PARTIAL frames
+/// (inner TCP/UDP checksum = pseudo-header sum only) to the peer, which only another kernel
+/// can accept; an AF_XDP receiver, like a real wire, sees the unfinished bytes. Used when a
+/// Flannel node talks to twill nodes; kernel-only clusters keep their offloads.
+pub fn finish_checksums_on_uplink(ns: &str) -> Result<()> {
+    netns::exec(ns, "ethtool", &["-K", "eth0", "tx", "off"])
+        .with_context(|| format!("turning off TX checksum offload on eth0 in {ns} (needs ethtool)"))?;
+    Ok(())
+}
+
 /// What flanneld does when it sees peer `p`: route, permanent neighbour, FDB entry.
 pub fn add_peer(ns: &str, p: &Peer) -> Result<()> {
     let tunnel = cidr_network(&p.pod_cidr)?.to_string();

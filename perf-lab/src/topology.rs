@@ -542,6 +542,9 @@ impl Lab {
                 kernel_flannel::add_peer(&f.netns, &peer).with_context(|| {
                     format!("installing peer {} on Flannel node {}", k.name, f.name)
                 })?;
+                if k.dataplane == Dataplane::Twill {
+                    kernel_flannel::finish_checksums_on_uplink(&f.netns)?;
+                }
                 self.node_mut(f.index).flannel_peers.push(k.name.clone());
                 self.persist()?;
             }
