@@ -142,7 +142,7 @@ impl Agent {
             copy_mode: cfg.copy_mode,
             uplink_hook: HookMode::Uplink { node_ip: me.address, vxlan_port, ipip: false, pod_cidr },
             frames: cfg.frames,
-            fill_target: 512,
+            fill_target: forwarder::port::RING_SIZE as usize,
         };
         let neighbours = HashMap::new();
         let first = calc::snapshot(1, &node, &cfg.node, &cluster, [], &neighbours);

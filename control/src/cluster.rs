@@ -69,13 +69,17 @@ pub struct ClusterState {
     pub pods: BTreeMap<(String, String), PodInfo>,
 }
 
-/// The VTEP MAC derived from a node name: FNV-1a of the name, locally administered unicast.
+/// The VTEP MAC derived from a node name: FNV-1a of the name with a splitmix64 finaliser
+/// (so names that differ in one letter differ in every byte), locally administered unicast.
 pub fn derived_vtep_mac(node: &str) -> EthernetAddress {
     let mut h: u64 = 0xcbf29ce484222325;
     for b in node.bytes() {
         h ^= u64::from(b);
         h = h.wrapping_mul(0x100000001b3);
     }
+    h = (h ^ (h >> 30)).wrapping_mul(0xbf58476d1ce4e5b9);
+    h = (h ^ (h >> 27)).wrapping_mul(0x94d049bb133111eb);
+    h ^= h >> 31;
     let b = h.to_be_bytes();
     EthernetAddress([(b[0] & 0xfe) | 0x02, b[1], b[2], b[3], b[4], b[5]])
 }

@@ -85,6 +85,12 @@ pub struct WorkerCounters {
     pub decapsulated: AtomicU64,
     pub snapshot_version: AtomicU64,
     pub idle_sleeps: AtomicU64,
+    /// Frames the kernel dropped before they reached an AF_XDP socket of this worker, by
+    /// cause (XDP_STATISTICS of its sockets, refreshed about once a second).
+    pub xsk_rx_dropped: AtomicU64,
+    pub xsk_rx_ring_full: AtomicU64,
+    pub xsk_fill_ring_empty: AtomicU64,
+    pub xsk_tx_invalid: AtomicU64,
     drops: [AtomicU64; DropReason::ALL.len()],
 }
 
@@ -115,6 +121,10 @@ impl WorkerCounters {
             ("decapsulated".to_string(), self.decapsulated.load(Relaxed)),
             ("snapshot_version".to_string(), self.snapshot_version.load(Relaxed)),
             ("idle_sleeps".to_string(), self.idle_sleeps.load(Relaxed)),
+            ("xsk_rx_dropped".to_string(), self.xsk_rx_dropped.load(Relaxed)),
+            ("xsk_rx_ring_full".to_string(), self.xsk_rx_ring_full.load(Relaxed)),
+            ("xsk_fill_ring_empty".to_string(), self.xsk_fill_ring_empty.load(Relaxed)),
+            ("xsk_tx_invalid".to_string(), self.xsk_tx_invalid.load(Relaxed)),
         ];
         out.extend(DropReason::ALL.iter().map(|r| (format!("drop_{}", r.name()), self.drops[*r as usize].load(Relaxed))));
         out

@@ -16,7 +16,7 @@ use std::{
         Arc,
         atomic::{AtomicBool, Ordering},
     },
-    time::Duration,
+    time::{Duration, Instant},
 };
 
 use crossbeam::{channel::Receiver, queue::ArrayQueue};
@@ -41,6 +41,9 @@ pub enum IdleStrategy {
     /// with few cores keeps CPU for the kernel's own packet work.
     Adaptive,
 }
+
+/// Frames the kernel sends per TX wakeup in copy mode.
+const COPY_MODE_TX_BATCH: usize = 32;
 
 /// Empty turns before an adaptive worker sleeps.
 const SPIN_TURNS: u32 = 256;
@@ -97,6 +100,9 @@ pub struct Worker {
     owner: Vec<PortId>,
     batch: Vec<FrameDesc>,
     pollfds: Vec<libc::pollfd>,
+    /// Kernel-side socket statistics of ports already removed, so totals never go back.
+    retired_xsk: [u64; 4],
+    last_xsk_read: Instant,
 }
 
 impl Worker {
@@ -116,6 +122,8 @@ impl Worker {
             owner: vec![NO_OWNER; frames],
             batch: vec![FrameDesc::default(); cfg.batch.max(1)],
             pollfds: Vec::new(),
+            retired_xsk: [0; 4],
+            last_xsk_read: Instant::now(),
             shared,
         }
     }
@@ -127,6 +135,9 @@ impl Worker {
         while !self.shared.stop.load(Ordering::Relaxed) {
             if turn % 64 == 0 {
                 self.handle_commands();
+                if self.last_xsk_read.elapsed() >= Duration::from_secs(1) {
+                    self.read_xsk_stats();
+                }
             }
             turn += 1;
             let work = self.turn();
@@ -172,9 +183,29 @@ impl Worker {
         }
     }
 
+    /// Sums the kernel's drop statistics of our sockets into the counters (one getsockopt
+    /// per port, about once a second: not on the per-packet path).
+    fn read_xsk_stats(&mut self) {
+        self.last_xsk_read = Instant::now();
+        let mut sum = self.retired_xsk;
+        for p in self.ports.iter().flatten() {
+            let s = xsk_stats(p);
+            for (acc, v) in sum.iter_mut().zip(s) {
+                *acc += v;
+            }
+        }
+        let c = &self.counters;
+        for (counter, v) in [&c.xsk_rx_dropped, &c.xsk_rx_ring_full, &c.xsk_fill_ring_empty, &c.xsk_tx_invalid].into_iter().zip(sum) {
+            counter.store(v, Ordering::Relaxed);
+        }
+    }
+
     /// Closes the port's socket and takes back every frame its rings held.
     fn release_port(&mut self, port: Port) {
         let id = port.id;
+        for (acc, v) in self.retired_xsk.iter_mut().zip(xsk_stats(&port)) {
+            *acc += v;
+        }
         drop(port);
         for (idx, owner) in self.owner.iter_mut().enumerate() {
             if *owner == id {
@@ -369,8 +400,12 @@ impl Worker {
             if sent > 0 {
                 bump(&self.counters.tx_packets, sent as u64);
                 bump(&self.counters.tx_bytes, bytes);
+                // In copy mode each wakeup transmits at most 32 frames (TX_BATCH_SIZE of the
+                // kernel's xsk_generic_xmit): kick once per 32 so the ring drains.
                 if port.tx.needs_wakeup() {
-                    let _ = port.tx.wakeup();
+                    for _ in 0..sent.div_ceil(COPY_MODE_TX_BATCH) {
+                        let _ = port.tx.wakeup();
+                    }
                 }
             }
         }
@@ -396,6 +431,14 @@ impl Worker {
                 break;
             }
         }
+    }
+}
+
+/// rx_dropped, rx_ring_full, fill_ring_empty, tx_invalid of one socket.
+fn xsk_stats(port: &Port) -> [u64; 4] {
+    match port.rx.fd().xdp_statistics() {
+        Ok(s) => [s.rx_dropped(), s.rx_ring_full(), s.rx_fill_ring_empty_descs(), s.tx_invalid_descs()],
+        Err(_) => [0; 4],
     }
 }
 
