@@ -405,19 +405,15 @@ impl Lab {
         self.persist()?;
         let ns = node.netns.as_str();
         netns::add(ns)?;
+        // One queue per CPU on each end, so an agent may run one worker per core (each
+        // worker binds its own uplink queue).
+        let queues = std::thread::available_parallelism().map_or(1, |n| n.get()).to_string();
         ip(
             UNDERLAY_NS,
             &[
-                "link",
-                "add",
-                &node.underlay_link,
-                "type",
-                "veth",
-                "peer",
-                "name",
-                "eth0",
-                "netns",
-                ns,
+                "link", "add", &node.underlay_link, "numtxqueues", &queues, "numrxqueues", &queues,
+                "type", "veth", "peer", "name", "eth0", "numtxqueues", &queues, "numrxqueues",
+                &queues, "netns", ns,
             ],
         )?;
         ip(

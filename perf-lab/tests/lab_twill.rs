@@ -59,6 +59,33 @@ fn two_nodes_every_pod_pair_reachable_over_vxlan() {
     down(lab);
 }
 
+/// Two workers per node (one per core, each on its own uplink queue): pods are spread over
+/// the workers, so frames between pods of different workers are handed over by descriptor.
+#[test]
+fn two_workers_per_node_hand_frames_to_each_other() {
+    let _g = setup();
+    let lab = Topology::uniform(2, 2, Dataplane::Twill).cores("0,1").up().unwrap();
+    let pods = perf_lab::twill_node::request(
+        &lab.node("n1").unwrap().agent.as_ref().unwrap().files.socket,
+        &serde_json::json!({"op": "get", "kind": "pods"}),
+        Duration::from_secs(5),
+    )
+    .unwrap();
+    let workers: std::collections::BTreeSet<u64> =
+        pods["items"].as_array().unwrap().iter().filter_map(|p| p["worker"].as_u64()).collect();
+    assert_eq!(workers.len(), 2, "n1's two pods should be on different workers: {pods}");
+    assert_all_pairs_ok(&lab, 12);
+    let v = lab.agent_stats("n1").unwrap();
+    let per_worker = v["workers"].as_array().unwrap();
+    assert_eq!(per_worker.len(), 2);
+    for w in per_worker {
+        assert!(w["tx_packets"].as_u64().unwrap() > 0, "a worker moved nothing: {w}");
+    }
+    let s = stats(&lab, "n1");
+    assert_eq!(s["drop_handoff_full"] + s["drop_no_such_port"], 0, "{s:?}");
+    down(lab);
+}
+
 #[test]
 fn direct_routing_profile_reaches_every_pod() {
     let _g = setup();
