@@ -22,7 +22,7 @@ use crate::{
     Error,
     counters::WorkerCounters,
     port::{CopyMode, Port, RING_SIZE},
-    snapshot::{MAX_PORTS, PortId, Snapshot, Tables, UPLINK},
+    snapshot::{MAX_PORTS, MAX_UPLINK_QUEUES, PortId, Snapshot, Tables},
     worker::{Command, IdleStrategy, Shared, Worker, WorkerConfig},
     xdp_hook::{AttachMode, HookMode, XdpHook},
 };
@@ -131,7 +131,7 @@ impl Dataplane {
             workers: Vec::new(),
             uplink_hook: Some(uplink_hook),
             pods: HashMap::new(),
-            free_ids: (1..MAX_PORTS as PortId).rev().collect(),
+            free_ids: (MAX_UPLINK_QUEUES as PortId..MAX_PORTS as PortId).rev().collect(),
             copy_mode: cfg.copy_mode,
             attach: cfg.attach,
         };
@@ -146,11 +146,15 @@ impl Dataplane {
                 })
                 .map_err(|e| Error::Config(format!("cannot start worker thread: {e}")))?;
             dp.workers.push(WorkerHandle { commands: tx, thread: Some(thread), ports: 0 });
-            let port = Port::bind(UPLINK, &shared.umem, &cfg.uplink, i as u32, cfg.copy_mode)?;
+        }
+        // A socket on every uplink queue (frames the driver or veth puts on a queue can only
+        // go to a socket bound to that queue), queue q served by worker q mod workers.
+        for q in 0..queues.min(MAX_UPLINK_QUEUES) {
+            let port = Port::bind(q as PortId, &shared.umem, &cfg.uplink, q as u32, cfg.copy_mode)?;
             if let Some(hook) = &dp.uplink_hook {
-                hook.register_socket(i as u32, port.fd())?;
+                hook.register_socket(q as u32, port.fd())?;
             }
-            dp.send_port(i as u16, port)?;
+            dp.send_port((q % workers_n) as u16, port)?;
         }
         Ok(dp)
     }

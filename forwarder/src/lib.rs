@@ -46,7 +46,7 @@ pub enum Error {
     #[error("core {0} is not available to this process (it may use cores 0..{1})")]
     NoSuchCore(usize, usize),
     /// All port ids are in use.
-    #[error("no free port: a node serves at most {} ports", snapshot::MAX_PORTS - 1)]
+    #[error("no free port: a node serves at most {} pods", snapshot::MAX_PORTS - snapshot::MAX_UPLINK_QUEUES)]
     PortsExhausted,
     /// A worker thread did not answer.
     #[error("worker {0} did not answer (it stopped or is stuck)")]

@@ -25,7 +25,7 @@ use encap::{
 
 use crate::{
     counters::DropReason,
-    snapshot::{EncapProfile, GATEWAY_IP, PortId, RouteTarget, Snapshot, UPLINK},
+    snapshot::{EncapProfile, GATEWAY_IP, PortId, RouteTarget, Snapshot, UPLINK, is_uplink},
 };
 
 const ETH_LEN: usize = 14;
@@ -51,7 +51,7 @@ pub enum Kind {
 /// `buf` is the frame's whole buffer: encapsulation may grow the frame up to `buf.len()`.
 pub fn process(snap: &Snapshot, worker: u16, in_port: PortId, buf: &mut [u8], len: usize) -> Verdict {
     let len = len.min(buf.len());
-    if in_port == UPLINK { from_uplink(snap, buf, len) } else { from_pod(snap, worker, in_port, buf, len) }
+    if is_uplink(in_port) { from_uplink(snap, buf, len) } else { from_pod(snap, worker, in_port, buf, len) }
 }
 
 fn from_pod(snap: &Snapshot, worker: u16, in_port: PortId, buf: &mut [u8], len: usize) -> Verdict {

@@ -15,12 +15,22 @@ use encap::{
 
 use crate::{fxhash::FxBuildHasher, route::RouteTable};
 
-/// An interface the forwarder serves, as the tables name it. [`UPLINK`] is the uplink (each
-/// worker has its own socket on it); pod ports are numbered from 1.
+/// An interface socket the forwarder serves, as the tables name it. Ids below
+/// [`MAX_UPLINK_QUEUES`] are the uplink's sockets (id = queue); pod ports follow. In a
+/// [`crate::pipeline::Verdict`], [`UPLINK`] means "the uplink, on this worker's own socket".
 pub type PortId = u16;
 
-/// The uplink's port id.
+/// The uplink, as a destination.
 pub const UPLINK: PortId = 0;
+
+/// Uplink queues a node can serve; pod port ids start here.
+pub const MAX_UPLINK_QUEUES: usize = 64;
+
+/// Whether `port` is one of the uplink's sockets.
+#[inline]
+pub const fn is_uplink(port: PortId) -> bool {
+    (port as usize) < MAX_UPLINK_QUEUES
+}
 
 /// Ports per node, the uplink included.
 pub const MAX_PORTS: usize = 1024;

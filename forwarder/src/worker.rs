@@ -26,7 +26,7 @@ use crate::{
     counters::{DropReason, WorkerCounters, bump},
     pipeline::{self, Kind, Verdict},
     port::Port,
-    snapshot::{MAX_PORTS, PortId, Tables, UPLINK},
+    snapshot::{MAX_PORTS, PortId, Tables, UPLINK, is_uplink},
 };
 
 /// No port holds the frame.
@@ -103,6 +103,8 @@ pub struct Worker {
     /// Kernel-side socket statistics of ports already removed, so totals never go back.
     retired_xsk: [u64; 4],
     last_xsk_read: Instant,
+    /// The uplink socket this worker transmits on (its first uplink queue).
+    uplink_tx: Option<PortId>,
 }
 
 impl Worker {
@@ -124,6 +126,7 @@ impl Worker {
             pollfds: Vec::new(),
             retired_xsk: [0; 4],
             last_xsk_read: Instant::now(),
+            uplink_tx: None,
             shared,
         }
     }
@@ -168,12 +171,18 @@ impl Worker {
                     self.ports[id as usize] = Some(*port);
                     self.tx_pending[id as usize].reserve(self.cfg.batch * 4);
                     self.active.push(id);
+                    if is_uplink(id) && self.uplink_tx.is_none_or(|t| id < t) {
+                        self.uplink_tx = Some(id);
+                    }
                     self.refresh_pollfds();
                     let _ = done.send(());
                 }
                 Command::RemovePort(id, done) => {
                     if let Some(port) = self.ports[id as usize].take() {
                         self.active.retain(|p| *p != id);
+                        if self.uplink_tx == Some(id) {
+                            self.uplink_tx = self.active.iter().copied().filter(|p| is_uplink(*p)).min();
+                        }
                         self.release_port(port);
                         self.refresh_pollfds();
                     }
@@ -353,8 +362,10 @@ impl Worker {
                         Kind::ArpReply => bump(&self.counters.arp_replies, 1),
                         Kind::Routed => {}
                     }
-                    if port == UPLINK || worker == self.index {
-                        if self.ports[port as usize].is_some() {
+                    // The uplink is reached through this worker's own uplink socket.
+                    let port = if port == UPLINK { self.uplink_tx.unwrap_or(NO_OWNER) } else { port };
+                    if is_uplink(port) || port == NO_OWNER || worker == self.index {
+                        if self.ports.get(port as usize).is_some_and(Option::is_some) {
                             self.tx_pending[port as usize].push(desc);
                         } else {
                             self.counters.count_drop(DropReason::NoSuchPort);

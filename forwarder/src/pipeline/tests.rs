@@ -17,6 +17,9 @@ use super::*;
 use crate::snapshot::{Endpoint, NodeConfig, RemoteNode, RouteTarget};
 
 const BUF: usize = 4096 - 256;
+/// Pod ports (ids below MAX_UPLINK_QUEUES are the uplink's queues).
+const P1: PortId = crate::snapshot::MAX_UPLINK_QUEUES as PortId;
+const P2: PortId = P1 + 1;
 const A_IP: Ipv4Addr = Ipv4Addr::new(10, 100, 0, 11);
 const B_IP: Ipv4Addr = Ipv4Addr::new(10, 100, 0, 12);
 const A_MAC: EthernetAddress = EthernetAddress([2, 0, 0, 0, 0, 0x11]);
@@ -35,20 +38,20 @@ fn node(ip: Ipv4Addr, mac: EthernetAddress, vtep: EthernetAddress, profile: Enca
     NodeConfig { node_ip: ip, uplink_mac: mac, vtep_mac: vtep, gateway_mac: GW, profile, uplink_mtu: 1500 }
 }
 
-/// Node A (pods .1.2 on port 1, .1.3 on port 2) and node B (pod .2.2 on port 1), each
+/// Node A (pods .1.2 on port P1, .1.3 on port P2) and node B (pod .2.2 on port P1), each
 /// knowing the other with a resolved next hop.
 fn cluster(profile: EncapProfile) -> (Snapshot, Snapshot) {
     let a = node(A_IP, A_MAC, A_VTEP, profile);
     let b = node(B_IP, B_MAC, B_VTEP, profile);
     let mut sa = Snapshot::new(1, a.clone());
     sa.routes.insert("10.244.1.0/24".parse().unwrap(), RouteTarget::LocalPods);
-    sa.add_endpoint(Endpoint { ip: POD_A1, mac: MAC_A1, port: 1, worker: 0 });
-    sa.add_endpoint(Endpoint { ip: POD_A2, mac: MAC_A2, port: 2, worker: 0 });
+    sa.add_endpoint(Endpoint { ip: POD_A1, mac: MAC_A1, port: P1, worker: 0 });
+    sa.add_endpoint(Endpoint { ip: POD_A2, mac: MAC_A2, port: P2, worker: 0 });
     let ib = sa.add_node(RemoteNode::new(&a, "b".into(), B_IP, B_VTEP, Some(B_MAC)));
     sa.routes.insert("10.244.2.0/24".parse().unwrap(), RouteTarget::Node(ib));
     let mut sb = Snapshot::new(1, b.clone());
     sb.routes.insert("10.244.2.0/24".parse().unwrap(), RouteTarget::LocalPods);
-    sb.add_endpoint(Endpoint { ip: POD_B1, mac: MAC_B1, port: 1, worker: 0 });
+    sb.add_endpoint(Endpoint { ip: POD_B1, mac: MAC_B1, port: P1, worker: 0 });
     let ia = sb.add_node(RemoteNode::new(&b, "a".into(), A_IP, A_VTEP, Some(A_MAC)));
     sb.routes.insert("10.244.1.0/24".parse().unwrap(), RouteTarget::Node(ia));
     (sa, sb)
@@ -99,8 +102,8 @@ fn answers_arp_for_the_gateway_from_its_own_pod() {
     EthernetRepr { src_addr: MAC_A1, dst_addr: EthernetAddress::BROADCAST, ethertype: EtherType::Arp }
         .emit(&mut EthernetFrame::new_unchecked(&mut buf[..42]));
     req.emit(&mut ArpPacket::new_unchecked(&mut buf[14..42]));
-    let v = process(&sa, 0, 1, &mut buf, 42);
-    assert_eq!(v, Verdict::Forward { port: 1, worker: 0, len: 42, kind: Kind::ArpReply });
+    let v = process(&sa, 0, P1, &mut buf, 42);
+    assert_eq!(v, Verdict::Forward { port: P1, worker: 0, len: 42, kind: Kind::ArpReply });
     let eth = EthernetFrame::new_checked(&buf[..42]).unwrap();
     assert_eq!((eth.dst_addr(), eth.src_addr()), (MAC_A1, GW));
     let reply = ArpRepr::parse(&ArpPacket::new_checked(&buf[14..42]).unwrap()).unwrap();
@@ -113,15 +116,15 @@ fn answers_arp_for_the_gateway_from_its_own_pod() {
     EthernetRepr { src_addr: MAC_A1, dst_addr: EthernetAddress::BROADCAST, ethertype: EtherType::Arp }
         .emit(&mut EthernetFrame::new_unchecked(&mut spoof[..42]));
     ArpRepr { source_protocol_addr: POD_A2, ..req }.emit(&mut ArpPacket::new_unchecked(&mut spoof[14..42]));
-    assert_eq!(process(&sa, 0, 1, &mut spoof, 42), Verdict::Drop(DropReason::ArpIgnored));
+    assert_eq!(process(&sa, 0, P1, &mut spoof, 42), Verdict::Drop(DropReason::ArpIgnored));
 }
 
 #[test]
 fn routes_between_local_pods_rewriting_macs_and_ttl() {
     let (sa, _) = vxlan_cluster();
     let (mut buf, len) = udp_frame(MAC_A1, GW, POD_A1, POD_A2, 64, b"hello");
-    let v = process(&sa, 0, 1, &mut buf, len);
-    assert_eq!(v, Verdict::Forward { port: 2, worker: 0, len, kind: Kind::Routed });
+    let v = process(&sa, 0, P1, &mut buf, len);
+    assert_eq!(v, Verdict::Forward { port: P2, worker: 0, len, kind: Kind::Routed });
     let eth = EthernetFrame::new_checked(&buf[..len]).unwrap();
     assert_eq!((eth.src_addr(), eth.dst_addr()), (GW, MAC_A2));
     let ip = ip_of(&buf[..len]);
@@ -136,7 +139,7 @@ fn vxlan_round_trip_between_two_nodes() {
     let (sa, sb) = vxlan_cluster();
     let (mut buf, len) = udp_frame(MAC_A1, GW, POD_A1, POD_B1, 64, b"across nodes");
     let original_payload = ip_of(&buf[..len]).payload().to_vec();
-    let Verdict::Forward { port, len: out, kind, .. } = process(&sa, 0, 1, &mut buf, len) else { panic!("dropped") };
+    let Verdict::Forward { port, len: out, kind, .. } = process(&sa, 0, P1, &mut buf, len) else { panic!("dropped") };
     assert_eq!((port, kind, out), (UPLINK, Kind::Encapsulated, len + vxlan::OVERHEAD));
     let outer = EthernetFrame::new_checked(&buf[..out]).unwrap();
     assert_eq!((outer.src_addr(), outer.dst_addr()), (A_MAC, B_MAC));
@@ -146,7 +149,7 @@ fn vxlan_round_trip_between_two_nodes() {
     assert_eq!((inner.src_addr(), inner.dst_addr()), (A_VTEP, B_VTEP), "Flannel's inner MACs");
 
     let Verdict::Forward { port, len: delivered, kind, .. } = process(&sb, 0, UPLINK, &mut buf, out) else { panic!("dropped on B") };
-    assert_eq!((port, kind, delivered), (1, Kind::Decapsulated, len));
+    assert_eq!((port, kind, delivered), (P1, Kind::Decapsulated, len));
     let eth = EthernetFrame::new_checked(&buf[..delivered]).unwrap();
     assert_eq!((eth.src_addr(), eth.dst_addr()), (GW, MAC_B1));
     let ip = ip_of(&buf[..delivered]);
@@ -159,10 +162,10 @@ fn vxlan_round_trip_between_two_nodes() {
 fn direct_profile_rewrites_to_the_next_hop_without_encapsulation() {
     let (sa, sb) = cluster(EncapProfile::Direct);
     let (mut buf, len) = udp_frame(MAC_A1, GW, POD_A1, POD_B1, 64, b"host-gw");
-    assert_eq!(process(&sa, 0, 1, &mut buf, len), Verdict::Forward { port: UPLINK, worker: u16::MAX, len, kind: Kind::Routed });
+    assert_eq!(process(&sa, 0, P1, &mut buf, len), Verdict::Forward { port: UPLINK, worker: u16::MAX, len, kind: Kind::Routed });
     let eth = EthernetFrame::new_checked(&buf[..len]).unwrap();
     assert_eq!((eth.src_addr(), eth.dst_addr()), (A_MAC, B_MAC));
-    assert_eq!(process(&sb, 0, UPLINK, &mut buf, len), Verdict::Forward { port: 1, worker: 0, len, kind: Kind::Routed });
+    assert_eq!(process(&sb, 0, UPLINK, &mut buf, len), Verdict::Forward { port: P1, worker: 0, len, kind: Kind::Routed });
     assert_eq!(ip_of(&buf[..len]).ttl(), 62);
 }
 
@@ -170,32 +173,32 @@ fn direct_profile_rewrites_to_the_next_hop_without_encapsulation() {
 fn refuses_spoofed_sources_and_unknown_ports() {
     let (sa, _) = vxlan_cluster();
     let (mut buf, len) = udp_frame(MAC_A1, GW, POD_A2, POD_B1, 64, b"x");
-    assert_eq!(process(&sa, 0, 1, &mut buf, len), Verdict::Drop(DropReason::Spoofed), "wrong source IP");
+    assert_eq!(process(&sa, 0, P1, &mut buf, len), Verdict::Drop(DropReason::Spoofed), "wrong source IP");
     let (mut buf, len) = udp_frame(MAC_A2, GW, POD_A1, POD_B1, 64, b"x");
-    assert_eq!(process(&sa, 0, 1, &mut buf, len), Verdict::Drop(DropReason::Spoofed), "wrong source MAC");
+    assert_eq!(process(&sa, 0, P1, &mut buf, len), Verdict::Drop(DropReason::Spoofed), "wrong source MAC");
     let (mut buf, len) = udp_frame(MAC_A1, GW, POD_A1, POD_B1, 64, b"x");
-    assert_eq!(process(&sa, 0, 9, &mut buf, len), Verdict::Drop(DropReason::NoEndpoint));
+    assert_eq!(process(&sa, 0, P2 + 7, &mut buf, len), Verdict::Drop(DropReason::NoEndpoint));
 }
 
 #[test]
 fn counts_ttl_expiry_no_route_and_unresolved_neighbours() {
     let (mut sa, _) = vxlan_cluster();
     let (mut buf, len) = udp_frame(MAC_A1, GW, POD_A1, POD_B1, 1, b"x");
-    assert_eq!(process(&sa, 0, 1, &mut buf, len), Verdict::Drop(DropReason::TtlExpired));
+    assert_eq!(process(&sa, 0, P1, &mut buf, len), Verdict::Drop(DropReason::TtlExpired));
     let (mut buf, len) = udp_frame(MAC_A1, GW, POD_A1, Ipv4Addr::new(8, 8, 8, 8), 64, b"x");
-    assert_eq!(process(&sa, 0, 1, &mut buf, len), Verdict::Drop(DropReason::NoRoute));
+    assert_eq!(process(&sa, 0, P1, &mut buf, len), Verdict::Drop(DropReason::NoRoute));
     sa.nodes[0] = RemoteNode::new(&sa.node.clone(), "b".into(), B_IP, B_VTEP, None);
     let (mut buf, len) = udp_frame(MAC_A1, GW, POD_A1, POD_B1, 64, b"x");
-    assert_eq!(process(&sa, 0, 1, &mut buf, len), Verdict::Drop(DropReason::NeighbourUnresolved));
+    assert_eq!(process(&sa, 0, P1, &mut buf, len), Verdict::Drop(DropReason::NeighbourUnresolved));
 }
 
 #[test]
 fn refuses_frames_that_would_exceed_the_uplink_mtu() {
     let (sa, _) = vxlan_cluster();
     let (mut buf, len) = udp_frame(MAC_A1, GW, POD_A1, POD_B1, 64, &[0u8; 1450 - 28 + 1]);
-    assert_eq!(process(&sa, 0, 1, &mut buf, len), Verdict::Drop(DropReason::TooBig));
+    assert_eq!(process(&sa, 0, P1, &mut buf, len), Verdict::Drop(DropReason::TooBig));
     let (mut buf, len) = udp_frame(MAC_A1, GW, POD_A1, POD_B1, 64, &[0u8; 1450 - 28]);
-    assert!(matches!(process(&sa, 0, 1, &mut buf, len), Verdict::Forward { .. }), "exactly the pod MTU fits");
+    assert!(matches!(process(&sa, 0, P1, &mut buf, len), Verdict::Forward { .. }), "exactly the pod MTU fits");
 }
 
 /// A VXLAN frame from `from` (outer source) carrying a frame for pod B1.
@@ -212,7 +215,7 @@ fn encapsulated(from: Ipv4Addr, vni: u32, inner_dst_mac: EthernetAddress) -> (Ve
 fn decap_accepts_only_known_nodes_the_right_vni_and_our_vtep_mac() {
     let (_, sb) = vxlan_cluster();
     let (mut buf, len) = encapsulated(A_IP, 1, B_VTEP);
-    assert!(matches!(process(&sb, 0, UPLINK, &mut buf, len), Verdict::Forward { port: 1, kind: Kind::Decapsulated, .. }));
+    assert!(matches!(process(&sb, 0, UPLINK, &mut buf, len), Verdict::Forward { port: P1, kind: Kind::Decapsulated, .. }));
     let (mut buf, len) = encapsulated(Ipv4Addr::new(10, 100, 0, 99), 1, B_VTEP);
     assert_eq!(process(&sb, 0, UPLINK, &mut buf, len), Verdict::Drop(DropReason::UnknownVtep));
     let (mut buf, len) = encapsulated(A_IP, 4096, B_VTEP);
@@ -251,7 +254,7 @@ proptest! {
         let (sa, sb) = vxlan_cluster();
         let mut buf = vec![0u8; BUF];
         buf[..bytes.len()].copy_from_slice(&bytes);
-        let v = if from_pod { process(&sa, 0, 1, &mut buf, bytes.len()) } else { process(&sb, 0, UPLINK, &mut buf, bytes.len()) };
+        let v = if from_pod { process(&sa, 0, P1, &mut buf, bytes.len()) } else { process(&sb, 0, UPLINK, &mut buf, bytes.len()) };
         if let Verdict::Forward { len, .. } = v {
             prop_assert!(len <= BUF);
         }
