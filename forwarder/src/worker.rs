@@ -166,6 +166,7 @@ impl Worker {
                 Command::AddPort(port, done) => {
                     let id = port.id;
                     if let Some(old) = self.ports[id as usize].take() {
+                        self.active.retain(|p| *p != id);
                         self.release_port(old);
                     }
                     self.ports[id as usize] = Some(*port);
