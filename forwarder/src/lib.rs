@@ -8,6 +8,7 @@
 //! nodes) → `port` TX. `counters` has a reason for every drop; `dataplane` is the
 //! control thread's handle.
 
+pub mod conntrack;
 pub mod counters;
 pub mod dataplane;
 mod fxhash;

@@ -27,6 +27,8 @@ impl Ipv4Prefix {
         Ipv4Addr::from(self.addr)
     }
 
+    /// The prefix length in bits.
+    #[expect(clippy::len_without_is_empty, reason = "a prefix length, not a container size")]
     pub fn len(&self) -> u8 {
         self.len
     }

@@ -136,7 +136,7 @@ impl Worker {
         let mut turn: u64 = 0;
         let mut empty_turns: u32 = 0;
         while !self.shared.stop.load(Ordering::Relaxed) {
-            if turn % 64 == 0 {
+            if turn.is_multiple_of(64) {
                 self.handle_commands();
                 if self.last_xsk_read.elapsed() >= Duration::from_secs(1) {
                     self.read_xsk_stats();
