@@ -11,3 +11,5 @@ pub mod model;
 pub mod reference;
 pub mod selector;
 pub mod world;
+pub mod classifier;
+pub mod classbench;
