@@ -11,7 +11,6 @@
 pub mod conntrack;
 pub mod counters;
 pub mod dataplane;
-mod fxhash;
 pub mod pipeline;
 pub mod port;
 pub mod route;

@@ -8,7 +8,7 @@
 
 use std::{collections::HashMap, net::Ipv4Addr};
 
-use crate::fxhash::FxBuildHasher;
+use policy_engine::fxhash::FxBuildHasher;
 
 /// An IPv4 prefix; the address is kept masked.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]

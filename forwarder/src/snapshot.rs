@@ -13,7 +13,9 @@ use encap::{
     vxlan::{VxlanEncap, VxlanProfile},
 };
 
-use crate::{fxhash::FxBuildHasher, route::RouteTable};
+use policy_engine::fxhash::FxBuildHasher;
+
+use crate::route::RouteTable;
 
 /// An interface socket the forwarder serves, as the tables name it. Ids below
 /// [`MAX_UPLINK_QUEUES`] are the uplink's sockets (id = queue); pod ports follow. In a

@@ -79,7 +79,8 @@
 use std::collections::HashMap;
 
 /// One rule; a field matches when the key's value is in any of its values (empty = any)
-/// and in none of its `not_` values.
+/// and in none of its `not_` values. A rule with a `guard` matches only when, in addition,
+/// the caller's guard function passes for it (see [`Classifier::classify_with`]).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct ClassRule {
     /// IPv4 source prefixes (host-order address, prefix length 0..=32).
@@ -102,7 +103,47 @@ pub struct ClassRule {
     pub protocols: Vec<u8>,
     /// IP protocol numbers the key must not have.
     pub not_protocols: Vec<u8>,
+    /// A predicate the numeric fields cannot express (set membership of an address, a named
+    /// port), checked by the caller after the fields matched; its number is the caller's.
+    pub guard: Option<u32>,
 }
+
+impl ClassRule {
+    /// Whether the numeric fields of the rule match `key` (the guard is not looked at).
+    pub fn fields_match(&self, key: &Key) -> bool {
+        fn prefix_hit(p: &[(u32, u8)], v: u32) -> bool {
+            p.iter().any(|&(a, len)| {
+                let len = u32::from(len.min(32));
+                let mask = if len == 0 { 0 } else { u32::MAX << (32 - len) };
+                (v ^ a) & mask == 0
+            })
+        }
+        fn port_hit(p: &[(u16, u16)], v: u16) -> bool {
+            p.iter().any(|&(a, b)| a <= v && v <= b)
+        }
+        let field = |pos_hit: bool, pos_empty: bool, neg_hit: bool| (pos_empty || pos_hit) && !neg_hit;
+        field(prefix_hit(&self.src, key.src), self.src.is_empty(), prefix_hit(&self.not_src, key.src))
+            && field(prefix_hit(&self.dst, key.dst), self.dst.is_empty(), prefix_hit(&self.not_dst, key.dst))
+            && field(
+                port_hit(&self.src_ports, key.src_port),
+                self.src_ports.is_empty(),
+                port_hit(&self.not_src_ports, key.src_port),
+            )
+            && field(
+                port_hit(&self.dst_ports, key.dst_port),
+                self.dst_ports.is_empty(),
+                port_hit(&self.not_dst_ports, key.dst_port),
+            )
+            && field(
+                self.protocols.contains(&key.proto),
+                self.protocols.is_empty(),
+                self.not_protocols.contains(&key.proto),
+            )
+    }
+}
+
+/// Guard number stored for a rule without a guard.
+const NO_GUARD: u32 = u32::MAX;
 
 /// The five fields a packet is classified on (addresses in host order).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
@@ -141,6 +182,12 @@ pub enum BuildError {
         lo: u16,
         /// End of the range.
         hi: u16,
+    },
+    /// The guard number reserved for "no guard".
+    #[error("rule {rule}: guard number {} is reserved (accepted: 0..{})", u32::MAX, u32::MAX)]
+    GuardNumber {
+        /// Index of the rule.
+        rule: usize,
     },
     /// More rules than a `u32` index can name.
     #[error("{count} rules: at most {} are accepted", u32::MAX)]
@@ -183,6 +230,8 @@ struct Compiled {
     /// `exact` is false.
     pos: [Vec<Range>; DIMS],
     neg: [Vec<Range>; DIMS],
+    /// The rule's guard, or [`NO_GUARD`].
+    guard: u32,
 }
 
 impl Compiled {
@@ -201,6 +250,7 @@ struct LeafEntry {
     hi: [u32; DIMS],
     rule: u32,
     exact: bool,
+    guard: u32,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -310,12 +360,16 @@ fn compile_rule(i: usize, r: &ClassRule) -> Result<Compiled, BuildError> {
         }
         exact &= pos[d].len() <= 1 && neg[d].is_empty();
     }
+    if r.guard == Some(NO_GUARD) {
+        return Err(BuildError::GuardNumber { rule: i });
+    }
     Ok(Compiled {
         lo,
         hi,
         exact,
         pos,
         neg,
+        guard: r.guard.unwrap_or(NO_GUARD),
     })
 }
 
@@ -323,44 +377,17 @@ fn dim_max(d: usize) -> u32 {
     (((1u64) << DIM_BITS[d]) - 1) as u32
 }
 
-/// The obvious reference: the index of the first rule that matches `key`.
+/// The obvious reference: the index of the first rule that matches `key` (guards pass).
 pub fn linear_first_match(rules: &[ClassRule], key: &Key) -> Option<u32> {
-    fn prefix_hit(p: &[(u32, u8)], v: u32) -> bool {
-        p.iter().any(|&(a, len)| {
-            let len = u32::from(len.min(32));
-            let mask = if len == 0 { 0 } else { u32::MAX << (32 - len) };
-            (v ^ a) & mask == 0
-        })
-    }
-    fn port_hit(p: &[(u16, u16)], v: u16) -> bool {
-        p.iter().any(|&(a, b)| a <= v && v <= b)
-    }
-    let field = |pos_hit: bool, pos_empty: bool, neg_hit: bool| (pos_empty || pos_hit) && !neg_hit;
+    linear_first_match_with(rules, key, |_, _| true)
+}
+
+/// The obvious reference with guards: the first rule whose fields match `key` and whose
+/// guard, if it has one, `guard(number, key)` passes.
+pub fn linear_first_match_with(rules: &[ClassRule], key: &Key, guard: impl Fn(u32, &Key) -> bool) -> Option<u32> {
     rules
         .iter()
-        .position(|r| {
-            field(
-                prefix_hit(&r.src, key.src),
-                r.src.is_empty(),
-                prefix_hit(&r.not_src, key.src),
-            ) && field(
-                prefix_hit(&r.dst, key.dst),
-                r.dst.is_empty(),
-                prefix_hit(&r.not_dst, key.dst),
-            ) && field(
-                port_hit(&r.src_ports, key.src_port),
-                r.src_ports.is_empty(),
-                port_hit(&r.not_src_ports, key.src_port),
-            ) && field(
-                port_hit(&r.dst_ports, key.dst_port),
-                r.dst_ports.is_empty(),
-                port_hit(&r.not_dst_ports, key.dst_port),
-            ) && field(
-                r.protocols.contains(&key.proto),
-                r.protocols.is_empty(),
-                r.not_protocols.contains(&key.proto),
-            )
-        })
+        .position(|r| r.fields_match(key) && r.guard.is_none_or(|g| guard(g, key)))
         .and_then(|i| u32::try_from(i).ok())
 }
 
@@ -461,11 +488,11 @@ impl Builder<'_> {
     }
 
     /// Drops rules that cannot be the first match anywhere in `reg`: those after the first
-    /// exact rule covering all of it.
+    /// exact, unguarded rule covering all of it.
     fn prune(&self, rules: &mut Vec<u32>, reg: &Region) {
         if let Some(p) = rules.iter().position(|&r| {
             let c = &self.rules[r as usize];
-            c.exact && (0..DIMS).all(|d| c.lo[d] <= reg.lo[d] && reg.hi(d) <= c.hi[d])
+            c.exact && c.guard == NO_GUARD && (0..DIMS).all(|d| c.lo[d] <= reg.lo[d] && reg.hi(d) <= c.hi[d])
         }) {
             rules.truncate(p + 1);
         }
@@ -483,6 +510,7 @@ impl Builder<'_> {
                 hi: c.hi,
                 rule: r,
                 exact: c.exact,
+                guard: c.guard,
             });
         }
         let id = self.nodes.len() as u32;
@@ -591,16 +619,25 @@ impl Classifier {
         })
     }
 
-    /// The index of the first rule that matches `key`.
+    /// The index of the first rule that matches `key`, for rule lists without guards (a
+    /// guard counts as passing).
     #[inline]
     pub fn classify(&self, key: &Key) -> Option<u32> {
+        self.classify_with(key, |_, _| true)
+    }
+
+    /// The index of the first rule whose fields match `key` and whose guard, if it has one,
+    /// `guard(number, key)` passes. Guards run only for rules whose fields matched, in rule
+    /// order within a leaf, so a guard is called at most a leaf's length times per tree.
+    #[inline]
+    pub fn classify_with(&self, key: &Key, guard: impl Fn(u32, &Key) -> bool) -> Option<u32> {
         let v = key_values(key);
         let mut best: Option<u32> = None;
         for t in &self.trees {
             if best.is_some_and(|b| b < t.first_rule) {
                 continue;
             }
-            if let Some(r) = self.lookup(t, &v) {
+            if let Some(r) = self.lookup(t, &v, key, &guard) {
                 best = Some(best.map_or(r, |b| b.min(r)));
             }
         }
@@ -608,7 +645,7 @@ impl Classifier {
     }
 
     #[inline]
-    fn lookup(&self, t: &Tree, v: &[u32; DIMS]) -> Option<u32> {
+    fn lookup(&self, t: &Tree, v: &[u32; DIMS], key: &Key, guard: &impl Fn(u32, &Key) -> bool) -> Option<u32> {
         let mut node = t.nodes[0];
         loop {
             match node {
@@ -621,14 +658,14 @@ impl Classifier {
                     let i = base + ((v[usize::from(dim)] >> shift) & mask);
                     node = t.nodes[t.children[i as usize] as usize];
                 }
-                leaf @ Node::Leaf { .. } => return self.scan(t, leaf, v),
+                leaf @ Node::Leaf { .. } => return self.scan(t, leaf, v, key, guard),
             }
         }
     }
 
     /// First matching rule of a leaf (`None` for an inner node, which callers never pass).
     #[inline]
-    fn scan(&self, t: &Tree, leaf: Node, v: &[u32; DIMS]) -> Option<u32> {
+    fn scan(&self, t: &Tree, leaf: Node, v: &[u32; DIMS], key: &Key, guard: &impl Fn(u32, &Key) -> bool) -> Option<u32> {
         let Node::Leaf { start, len } = leaf else {
             return None;
         };
@@ -637,16 +674,23 @@ impl Classifier {
             .find(|e| {
                 (0..DIMS).all(|d| e.lo[d] <= v[d] && v[d] <= e.hi[d])
                     && (e.exact || self.rules[e.rule as usize].matches(v))
+                    && (e.guard == NO_GUARD || guard(e.guard, key))
             })
             .map(|e| e.rule)
     }
 
-    /// Classifies `keys[i]` into `out[i]`, for as many as both slices hold.
+    /// Classifies `keys[i]` into `out[i]`, for as many as both slices hold (guards pass).
+    pub fn classify_batch(&self, keys: &[Key], out: &mut [Option<u32>]) {
+        self.classify_batch_with(keys, out, |_, _| true);
+    }
+
+    /// [`Classifier::classify_with`] for a batch: `keys[i]` into `out[i]`, for as many as
+    /// both slices hold.
     ///
     /// Keys go through each tree [`LANES`] at a time, one level per step for all of them
     /// (VPP's vector of packets per stage): their node reads are independent, so the CPU
     /// overlaps the cache misses of a tree larger than the cache.
-    pub fn classify_batch(&self, keys: &[Key], out: &mut [Option<u32>]) {
+    pub fn classify_batch_with(&self, keys: &[Key], out: &mut [Option<u32>], guard: impl Fn(u32, &Key) -> bool) {
         let n = keys.len().min(out.len());
         for (keys, out) in keys[..n].chunks(LANES).zip(out[..n].chunks_mut(LANES)) {
             let mut v = [[0u32; DIMS]; LANES];
@@ -680,7 +724,7 @@ impl Classifier {
                     if best[j].is_some_and(|b| b < t.first_rule) {
                         continue;
                     }
-                    if let Some(r) = self.scan(t, node[j], &v[j]) {
+                    if let Some(r) = self.scan(t, node[j], &v[j], &keys[j], &guard) {
                         best[j] = Some(best[j].map_or(r, |b| b.min(r)));
                     }
                 }

@@ -6,10 +6,12 @@
 #![forbid(unsafe_code)]
 
 pub mod calico;
+pub mod classbench;
+pub mod classifier;
+pub mod compiler;
+pub mod fxhash;
 pub mod k8s;
 pub mod model;
 pub mod reference;
 pub mod selector;
 pub mod world;
-pub mod classifier;
-pub mod classbench;

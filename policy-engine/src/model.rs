@@ -71,7 +71,7 @@ pub enum Direction {
 }
 
 /// Which dialect and resource a policy came from.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum PolicyKind {
     /// `networking.k8s.io/v1` NetworkPolicy.
     KubernetesNetworkPolicy,
@@ -292,6 +292,26 @@ pub struct Policy {
     pub egress: Vec<Rule>,
 }
 
+/// A policy's identity: two manifests with the same one are the same policy.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct PolicyId {
+    /// The dialect / resource.
+    pub kind: PolicyKind,
+    /// `metadata.namespace`; `None` for a GlobalNetworkPolicy.
+    pub namespace: Option<String>,
+    /// `metadata.name`.
+    pub name: String,
+}
+
+impl fmt::Display for PolicyId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.namespace {
+            Some(ns) => write!(f, "{} {ns}/{}", self.kind, self.name),
+            None => write!(f, "{} {}", self.kind, self.name),
+        }
+    }
+}
+
 /// Order Calico gives Kubernetes NetworkPolicies (`knp.default.*`).
 pub const KUBERNETES_POLICY_ORDER: f64 = 1000.0;
 
@@ -312,7 +332,8 @@ impl Policy {
         }
     }
 
-    /// Evaluation order: by order (unset last), then name, then namespace.
+    /// Evaluation order: by order (unset last), then name, then namespace, then kind (so
+    /// two dialects' policies of one name still have a fixed order).
     pub fn cmp_order(&self, other: &Policy) -> std::cmp::Ordering {
         let key = |p: &Policy| (p.order.is_none(), p.order.unwrap_or(0.0));
         let (an, ao) = key(self);
@@ -321,6 +342,27 @@ impl Policy {
             .then(ao.total_cmp(&bo))
             .then_with(|| self.name.cmp(&other.name))
             .then_with(|| self.namespace.cmp(&other.namespace))
+            .then_with(|| (self.kind as u8).cmp(&(other.kind as u8)))
+    }
+
+    /// The policy's identity: dialect, namespace and name.
+    pub fn id_key(&self) -> PolicyId {
+        PolicyId {
+            kind: self.kind,
+            namespace: self.namespace.clone(),
+            name: self.name.clone(),
+        }
+    }
+
+    /// Whether the policy applies to `ep` (whose namespace has `ns_labels`) in `dir`: the
+    /// direction is in `types`, a namespaced policy is in the endpoint's namespace, a
+    /// GlobalNetworkPolicy's `namespaceSelector` matches the namespace, and `selector`
+    /// matches the endpoint.
+    pub fn applies(&self, ep: &crate::world::Endpoint, ns_labels: &crate::selector::Labels, dir: Direction) -> bool {
+        self.types.contains(&dir)
+            && self.namespace.as_ref().is_none_or(|ns| *ns == ep.namespace)
+            && self.namespace_selector.as_ref().is_none_or(|s| s.matches(ns_labels))
+            && self.selector.matches(&ep.labels)
     }
 }
 

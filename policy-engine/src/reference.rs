@@ -235,16 +235,7 @@ impl fmt::Display for Decision {
 
 /// Whether `policy` applies to `ep` in `dir`.
 pub fn applies(policy: &Policy, ep: &Endpoint, world: &World, dir: Direction) -> bool {
-    policy.types.contains(&dir)
-        && policy
-            .namespace
-            .as_ref()
-            .is_none_or(|ns| *ns == ep.namespace)
-        && policy
-            .namespace_selector
-            .as_ref()
-            .is_none_or(|s| s.matches(world.namespace_labels(&ep.namespace)))
-        && policy.selector.matches(&ep.labels)
+    policy.applies(ep, world.namespace_labels(&ep.namespace), dir)
 }
 
 fn port_in(list: &[PortSpec], port: u16, protocol: u8, ep: Option<&Endpoint>) -> bool {

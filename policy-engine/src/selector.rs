@@ -25,7 +25,7 @@ use std::fmt;
 pub type Labels = BTreeMap<String, String>;
 
 /// A parsed selector: a predicate over a label map.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum Selector {
     /// `all()`: every object.
     All,

@@ -74,6 +74,15 @@ impl Endpoint {
         self
     }
 
+    /// The endpoint with the label Calico puts on every workload endpoint,
+    /// `projectcalico.org/namespace: <namespace>` (kept if already set).
+    pub fn with_implicit_labels(mut self) -> Endpoint {
+        self.labels
+            .entry(ENDPOINT_NAMESPACE_LABEL.to_string())
+            .or_insert_with(|| self.namespace.clone());
+        self
+    }
+
     /// Resolves a named port for `protocol` on this endpoint.
     pub fn named_port(&self, name: &str, protocol: u8) -> Option<u16> {
         self.ports
@@ -81,6 +90,15 @@ impl Endpoint {
             .find(|p| p.name == name && p.protocol == protocol)
             .map(|p| p.port)
     }
+}
+
+/// A namespace's labels with the one the API server adds to every namespace,
+/// `kubernetes.io/metadata.name: <name>` (kept if already set).
+pub fn namespace_labels(name: &str, mut labels: Labels) -> Labels {
+    labels
+        .entry(NAMESPACE_NAME_LABEL.to_string())
+        .or_insert_with(|| name.to_string());
+    labels
 }
 
 /// Namespaces and endpoints.
@@ -100,21 +118,18 @@ impl World {
 
     /// Adds (or replaces) a namespace; adds `kubernetes.io/metadata.name`.
     pub fn add_namespace(&mut self, name: &str, labels: &[(&str, &str)]) {
-        let mut l: Labels = labels
+        let l: Labels = labels
             .iter()
             .map(|(k, v)| (k.to_string(), v.to_string()))
             .collect();
-        l.entry(NAMESPACE_NAME_LABEL.to_string())
-            .or_insert_with(|| name.to_string());
-        self.namespaces.insert(name.to_string(), l);
+        self.namespaces
+            .insert(name.to_string(), namespace_labels(name, l));
     }
 
     /// Adds an endpoint; adds `projectcalico.org/namespace` to its labels and creates its
     /// namespace (without labels) if it is unknown.
-    pub fn add_endpoint(&mut self, mut ep: Endpoint) {
-        ep.labels
-            .entry(ENDPOINT_NAMESPACE_LABEL.to_string())
-            .or_insert_with(|| ep.namespace.clone());
+    pub fn add_endpoint(&mut self, ep: Endpoint) {
+        let ep = ep.with_implicit_labels();
         if !self.namespaces.contains_key(&ep.namespace) {
             self.add_namespace(&ep.namespace.clone(), &[]);
         }

@@ -10,7 +10,7 @@ use std::{io::Read, path::PathBuf};
 
 use policy_engine::{
     classbench::{self, TraceEntry},
-    classifier::{ClassRule, Classifier, Key, linear_first_match},
+    classifier::{ClassRule, Classifier, Key, linear_first_match, linear_first_match_with},
 };
 use proptest::prelude::*;
 
@@ -210,9 +210,10 @@ fn rule() -> impl Strategy<Value = ClassRule> {
         (v(prefix()), neg(prefix()), v(prefix()), neg(prefix())),
         (v(ports()), neg(ports()), v(ports()), neg(ports())),
         (v(protos()), neg(protos())),
+        prop::option::weighted(0.3, 0u32..8),
     )
         .prop_map(
-            |((src, not_src, dst, not_dst), (sp, nsp, dp, ndp), (protocols, not_protocols))| {
+            |((src, not_src, dst, not_dst), (sp, nsp, dp, ndp), (protocols, not_protocols), guard)| {
                 ClassRule {
                     src,
                     not_src,
@@ -224,6 +225,7 @@ fn rule() -> impl Strategy<Value = ClassRule> {
                     not_dst_ports: ndp,
                     protocols,
                     not_protocols,
+                    guard,
                 }
             },
         )
@@ -263,6 +265,26 @@ proptest! {
         let cls = Classifier::build(&rules).unwrap();
         for k in &keys {
             prop_assert_eq!(cls.classify(k), linear_first_match(&rules, k), "key {:?}", k);
+        }
+    }
+
+    /// Guards are checked after the fields, in rule order: a failing guard lets a later
+    /// rule match, in the tree as in the scan, one key at a time and in batches.
+    #[test]
+    fn guarded_rules_agree_with_linear_scan(
+        rules in prop::collection::vec(rule(), 0..150),
+        keys in prop::collection::vec(key(), 1..200),
+        pass_mask in any::<u8>(),
+    ) {
+        // A guard passes by its number and one bit of the key, so both matter.
+        let guard = |g: u32, k: &Key| (pass_mask >> g) & 1 == 1 || (k.src_port ^ k.dst_port) & (1 << g) != 0;
+        let cls = Classifier::build(&rules).unwrap();
+        let mut batch = vec![None; keys.len()];
+        cls.classify_batch_with(&keys, &mut batch, guard);
+        for (k, b) in keys.iter().zip(&batch) {
+            let want = linear_first_match_with(&rules, k, guard);
+            prop_assert_eq!(cls.classify_with(k, guard), want, "key {:?}", k);
+            prop_assert_eq!(*b, want, "batch, key {:?}", k);
         }
     }
 }

@@ -1,4 +1,5 @@
-//! A small multiplicative hasher for the forwarder's integer keys (addresses, port ids):
+//! A small multiplicative hasher for integer keys (addresses, port ids) of the policy
+//! tables and the forwarder:
 //! one multiply per word instead of SipHash's rounds. Keys come from the control plane's
 //! tables, not from packets an attacker chooses the layout of, so flooding resistance is
 //! not needed here.
