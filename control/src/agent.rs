@@ -1,8 +1,10 @@
-//! The node agent: owns the data plane, the cluster state read from the datastore, IPAM
-//! and the local endpoints, and recomputes and publishes the tables when any of them
-//! changes. The control loop watches the manifest directory and the kernel's neighbour
-//! table; the local API (`server.rs`) changes endpoints. A manifest directory that stops
-//! validating leaves the last good state in force.
+//! The node agent: owns the data plane, the cluster state read from the datastore, IPAM,
+//! the local endpoints and the policy compiler, and recomputes and publishes the tables
+//! when any of them changes. The control loop watches the manifest directory and the
+//! kernel's neighbour table and writes out the data plane's Log events; the local API
+//! (`server.rs`) changes endpoints. A manifest directory that stops validating leaves the
+//! last good state in force. When a publication changes policy, connections the new
+//! policy denies are cut once every worker runs on it.
 
 use std::{
     collections::{BTreeMap, HashMap},
@@ -27,6 +29,7 @@ use crate::{
     cluster::{self, ClusterState},
     ipam::Ipam,
     neighbour,
+    policy::PolicySync,
 };
 
 /// The MAC pods see as their gateway (Calico uses the same one).
@@ -72,6 +75,8 @@ pub struct AgentConfig {
     pub attach: AttachMode,
     pub copy_mode: CopyMode,
     pub frames: u32,
+    /// Connections the node's tracker holds at most.
+    pub conntrack_flows: usize,
 }
 
 /// Everything the agent owns, behind one lock.
@@ -83,6 +88,8 @@ pub struct Agent {
     ipam: Ipam,
     endpoints: BTreeMap<String, Endpoint>,
     neighbours: HashMap<Ipv4Addr, EthernetAddress>,
+    policy: PolicySync,
+    policy_tables: Arc<policy_engine::compiler::PolicyTables>,
     version: u64,
     last_error: Option<String>,
 }
@@ -143,6 +150,7 @@ impl Agent {
             uplink_hook: HookMode::Uplink { node_ip: me.address, vxlan_port, ipip: false, pod_cidr },
             frames: cfg.frames,
             fill_target: forwarder::port::RING_SIZE as usize,
+            conntrack_flows: cfg.conntrack_flows,
         };
         let neighbours = HashMap::new();
         let first = calc::snapshot(1, &node, &cfg.node, &cluster, [], &neighbours);
@@ -156,6 +164,8 @@ impl Agent {
             ipam,
             endpoints: BTreeMap::new(),
             neighbours,
+            policy: PolicySync::new(),
+            policy_tables: Arc::default(),
             version: 1,
             last_error: None,
         };
@@ -180,10 +190,19 @@ impl Agent {
         }
     }
 
-    /// Publishes a new table version from the current state.
+    /// This node's pods as the policy compiler names them, with their IPAM addresses.
+    fn local_pods(&self) -> BTreeMap<(String, String), Ipv4Addr> {
+        self.endpoints
+            .iter()
+            .filter_map(|(id, ep)| self.ipam.get(id).map(|a| ((a.namespace.clone(), a.pod.clone()), ep.ip)))
+            .collect()
+    }
+
+    /// Publishes a new table version from the current state. If policy changed, waits for
+    /// every worker to take the version and cuts the tracked connections it now denies.
     fn publish(&mut self) {
         self.version += 1;
-        let snap = calc::snapshot(
+        let mut snap = calc::snapshot(
             self.version,
             &self.node,
             &self.cfg.node,
@@ -191,7 +210,36 @@ impl Agent {
             self.endpoints.values().copied(),
             &self.neighbours,
         );
+        let local = self.local_pods();
+        match self.policy.sync(&self.cluster, &local) {
+            Ok(tables) => self.policy_tables = tables,
+            Err(e) => tracing::error!(error = %e, "policy does not compile; the last compiled policy stays in force"),
+        }
+        snap.policy = Arc::clone(&self.policy_tables);
+        let policy_changed = !Arc::ptr_eq(&self.dataplane.tables().load_full().policy, &snap.policy);
         self.dataplane.publish(snap);
+        if policy_changed {
+            let stats = self.policy.take_stats();
+            if !self.dataplane.wait_for_version(self.version, Duration::from_millis(100)) {
+                tracing::warn!(version = self.version, "a worker did not take the new tables within 100 ms");
+            }
+            let cut = self.dataplane.rejudge();
+            tracing::info!(version = self.version, rule_sets_built = stats.rule_sets_built, endpoints_updated = stats.peers_updated, connections_cut = cut, "policy published");
+        }
+    }
+
+    /// Writes the data plane's Log events out (one line each, as iptables' LOG does).
+    pub fn write_policy_logs(&self) {
+        self.dataplane.drain_policy_logs(|e| {
+            let rule = e.rules.rule_ref(e.entry);
+            tracing::info!(
+                target: "twill::policy_log",
+                src = %e.tuple.src, dst = %e.tuple.dst, proto = e.tuple.proto,
+                src_port = e.tuple.src_port, dst_port = e.tuple.dst_port,
+                direction = ?e.direction, verdict = %e.verdict, rule = %rule,
+                "policy log"
+            );
+        });
     }
 
     /// Re-reads the datastore; keeps the last good state when it does not validate.
@@ -314,6 +362,9 @@ impl Agent {
         total.insert("table_version".into(), self.version);
         total.insert("endpoints".into(), self.endpoints.len() as u64);
         total.insert("nodes".into(), self.cluster.nodes.len() as u64);
+        total.insert("policies".into(), self.policy.policies().len() as u64);
+        total.insert("policy_endpoints".into(), self.policy.endpoint_count() as u64);
+        total.insert("conntrack_capacity".into(), self.dataplane.conntrack_capacity() as u64);
         json!({"stats": total, "workers": per_worker})
     }
 
@@ -358,7 +409,18 @@ impl Agent {
                         .collect(),
                 )
             }
-            _ => bail!("unknown kind {kind:?}; accepted: nodes, pods, routes"),
+            "policies" => Value::Array(
+                self.policy
+                    .policies()
+                    .values()
+                    .map(|p| {
+                        json!({"kind": p.kind.to_string(), "namespace": p.namespace, "name": p.name, "order": p.order,
+                               "types": p.types.iter().map(|t| format!("{t:?}")).collect::<Vec<_>>(),
+                               "ingress_rules": p.ingress.len(), "egress_rules": p.egress.len()})
+                    })
+                    .collect(),
+            ),
+            _ => bail!("unknown kind {kind:?}; accepted: nodes, pods, routes, policies"),
         })
     }
 
@@ -391,22 +453,27 @@ fn fingerprint(ds: &Datastore) -> Vec<(String, u64, SystemTime)> {
     v
 }
 
-/// The control loop: watches the datastore (every 100 ms) and the neighbour table (every
-/// second) until `stop` is set.
+/// How often the manifest directory is looked at.
+const DATASTORE_POLL: Duration = Duration::from_millis(20);
+
+/// The control loop: watches the datastore (every 20 ms: a policy change must take effect
+/// within 100 ms), the neighbour table (every 100 ms while a peer is unresolved, else every
+/// second) and the data plane's Log rings, until `stop` is set.
 pub fn control_loop(agent: &Arc<Mutex<Agent>>, stop: &std::sync::atomic::AtomicBool) {
     let ds = agent.lock().expect("agent lock").cfg.datastore.clone();
     let mut seen = fingerprint(&ds);
     let mut last_neigh = Instant::now();
     while !stop.load(std::sync::atomic::Ordering::Relaxed) {
-        std::thread::sleep(Duration::from_millis(100));
+        std::thread::sleep(DATASTORE_POLL);
         let now = fingerprint(&ds);
         if now != seen {
             seen = now;
             agent.lock().expect("agent lock").reload();
         }
         let mut a = agent.lock().expect("agent lock");
-        // Unresolved peers are looked at every turn, resolved ones every second.
-        if a.unresolved_peers() || last_neigh.elapsed() >= Duration::from_secs(1) {
+        a.write_policy_logs();
+        let every = if a.unresolved_peers() { Duration::from_millis(100) } else { Duration::from_secs(1) };
+        if last_neigh.elapsed() >= every {
             last_neigh = Instant::now();
             a.refresh_neighbours(false);
         }

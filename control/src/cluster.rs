@@ -1,6 +1,10 @@
 //! The cluster state the agent works from, read from Kubernetes manifests (users' YAML,
 //! parsed with k8s-openapi's own types) and reduced to what the data plane needs.
 //!
+//! Network policy comes in both dialects (Kubernetes `networking.k8s.io/v1` NetworkPolicy,
+//! Calico `projectcalico.org/v3` NetworkPolicy and GlobalNetworkPolicy), parsed by
+//! `policy-engine`; pods bring their labels, `status.podIP(s)` and named container ports.
+//!
 //! A node's encapsulation identity comes from where Flannel keeps it: the VTEP MAC from
 //! `flannel.alpha.coreos.com/backend-data` (`{"VNI":1,"VtepMAC":"…"}`), the underlay
 //! address from `flannel.alpha.coreos.com/public-ip` or the Node's InternalIP. A node without
@@ -12,6 +16,10 @@ use std::{collections::BTreeMap, net::Ipv4Addr, path::Path};
 use encap::ethernet::EthernetAddress;
 use forwarder::route::Ipv4Prefix;
 use k8s_openapi::api::core::v1::{Namespace, Node, Pod};
+use policy_engine::{
+    model::{Policy, PolicyId, proto},
+    world::NamedPort,
+};
 use serde::{Deserialize, Serialize};
 
 /// Flannel's annotation with the VXLAN identity of a node.
@@ -53,20 +61,26 @@ fn as_display<T: std::fmt::Display, S: serde::Serializer>(v: &T, s: S) -> Result
 }
 
 /// A pod, as declared (its address comes from IPAM when it runs on this node).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PodInfo {
     pub namespace: String,
     pub name: String,
     pub node: Option<String>,
     pub labels: BTreeMap<String, String>,
+    /// `status.podIPs` (or `status.podIP`), the IPv4 ones.
+    pub ips: Vec<Ipv4Addr>,
+    /// Named container ports (`spec.containers[].ports[]` with a `name`).
+    pub ports: Vec<NamedPort>,
 }
 
 /// Everything read from the datastore.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq)]
 pub struct ClusterState {
     pub nodes: BTreeMap<String, NodeInfo>,
     pub namespaces: BTreeMap<String, BTreeMap<String, String>>,
     pub pods: BTreeMap<(String, String), PodInfo>,
+    /// Network policies of both dialects, with the file each came from.
+    pub policies: BTreeMap<PolicyId, (Policy, String)>,
 }
 
 /// The VTEP MAC derived from a node name: FNV-1a of the name with a splitmix64 finaliser
@@ -137,6 +151,48 @@ impl NodeInfo {
     }
 }
 
+impl PodInfo {
+    /// Reads a Pod object: labels, node, IPv4 addresses, named container ports.
+    pub fn from_pod(pod: Pod, file: &str) -> Result<PodInfo, ManifestError> {
+        let namespace = pod.metadata.namespace.unwrap_or_else(|| "default".into());
+        let name = pod.metadata.name.unwrap_or_default();
+        let err = |reason: String| ManifestError { file: file.to_string(), object: format!("Pod {namespace}/{name}"), reason };
+        let status = pod.status.unwrap_or_default();
+        let texts: Vec<String> = match status.pod_ips {
+            Some(ips) if !ips.is_empty() => ips.into_iter().map(|i| i.ip).collect(),
+            _ => status.pod_ip.into_iter().collect(),
+        };
+        let mut ips = Vec::new();
+        for t in texts {
+            match t.parse::<std::net::IpAddr>() {
+                Ok(std::net::IpAddr::V4(a)) => ips.push(a),
+                Ok(std::net::IpAddr::V6(_)) => {}
+                Err(_) => return Err(err(format!("status.podIPs: {t:?} is not an IP address"))),
+            }
+        }
+        let mut ports = Vec::new();
+        let spec = pod.spec.unwrap_or_default();
+        for (ci, c) in spec.containers.iter().enumerate() {
+            for (pi, p) in c.ports.iter().flatten().enumerate() {
+                let Some(port_name) = &p.name else { continue };
+                let field = format!("spec.containers[{ci}].ports[{pi}]");
+                let protocol = match p.protocol.as_deref().unwrap_or("TCP") {
+                    "TCP" => proto::TCP,
+                    "UDP" => proto::UDP,
+                    "SCTP" => proto::SCTP,
+                    other => return Err(err(format!("{field}.protocol: {other:?} is not TCP, UDP or SCTP"))),
+                };
+                let port = u16::try_from(p.container_port)
+                    .ok()
+                    .filter(|p| *p > 0)
+                    .ok_or_else(|| err(format!("{field}.containerPort: {} is not a port (1..=65535)", p.container_port)))?;
+                ports.push(NamedPort { name: port_name.clone(), protocol, port });
+            }
+        }
+        Ok(PodInfo { namespace, name, node: spec.node_name, labels: pod.metadata.labels.unwrap_or_default(), ips, ports })
+    }
+}
+
 #[derive(serde::Deserialize)]
 struct TypeMeta {
     #[serde(default)]
@@ -168,8 +224,31 @@ pub fn read_dir(dir: &Path) -> Result<ClusterState, ManifestError> {
     Ok(state)
 }
 
-/// Adds the objects of one manifest text to `state`.
+/// Adds the objects of one manifest text to `state`: Nodes, Namespaces, Pods, and network
+/// policies of both dialects (a policy defined twice is refused, naming both files).
 pub fn read_documents(text: &str, file: &str, state: &mut ClusterState) -> Result<(), ManifestError> {
+    read_objects(text, file, state)?;
+    let policies = policy_engine::model::parse_manifests(text, file).map_err(|e| match e {
+        policy_engine::model::PolicyError::Invalid { file, object, field, reason } => {
+            ManifestError { file, object, reason: format!("{field}: {reason}") }
+        }
+        other => ManifestError { file: file.to_string(), object: "policy".into(), reason: other.to_string() },
+    })?;
+    for p in policies {
+        let id = p.id_key();
+        if let Some((_, first)) = state.policies.get(&id) {
+            return Err(ManifestError {
+                file: file.to_string(),
+                object: id.to_string(),
+                reason: format!("defined again (first in {first}); a policy may be defined once"),
+            });
+        }
+        state.policies.insert(id, (p, file.to_string()));
+    }
+    Ok(())
+}
+
+fn read_objects(text: &str, file: &str, state: &mut ClusterState) -> Result<(), ManifestError> {
     for (i, doc) in serde_yaml::Deserializer::from_str(text).enumerate() {
         let value = serde_yaml::Value::deserialize(doc).map_err(|e| ManifestError {
             file: file.to_string(),
@@ -198,12 +277,7 @@ pub fn read_documents(text: &str, file: &str, state: &mut ClusterState) -> Resul
             }
             "Pod" => {
                 let pod: Pod = serde_yaml::from_value(value).map_err(|e| bad("Pod", e))?;
-                let info = PodInfo {
-                    namespace: pod.metadata.namespace.unwrap_or_else(|| "default".into()),
-                    name: pod.metadata.name.unwrap_or_default(),
-                    node: pod.spec.and_then(|s| s.node_name),
-                    labels: pod.metadata.labels.unwrap_or_default(),
-                };
+                let info = PodInfo::from_pod(pod, file)?;
                 state.pods.insert((info.namespace.clone(), info.name.clone()), info);
             }
             "" => {

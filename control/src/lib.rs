@@ -1,11 +1,13 @@
 //! twill's node agent and CLI: cluster state from the datastore (`cluster`), node subnet
 //! addresses (`ipam`), the calculation of data-plane tables (`calc`), underlay neighbours
-//! (`neighbour`), the agent that ties them to the forwarder (`agent`) and the local API
-//! the CNI plugin calls (`server`).
+//! (`neighbour`), the policy compiler kept in step with the cluster (`policy`), the agent
+//! that ties them to the forwarder (`agent`) and the local API the CNI plugin calls
+//! (`server`).
 
 pub mod agent;
 pub mod calc;
 pub mod cluster;
 pub mod ipam;
 pub mod neighbour;
+pub mod policy;
 pub mod server;

@@ -38,7 +38,7 @@ enum Command {
     },
     /// List nodes, pods or routes as the agent sees them.
     Get {
-        /// nodes | pods | routes
+        /// nodes | pods | routes | policies
         kind: String,
         #[arg(long, default_value = DEFAULT_SOCKET)]
         socket: PathBuf,
@@ -91,6 +91,10 @@ struct AgentArgs {
     /// UMEM frames (4 KB each) for the node.
     #[arg(long, default_value_t = 16384)]
     frames: u32,
+    /// Connections the node's tracker holds at most (32 bytes each); new connections
+    /// beyond it are dropped and counted (drop_conntrack_full).
+    #[arg(long, default_value_t = 262_144)]
+    conntrack_flows: usize,
     /// Serve Prometheus metrics on this address (e.g. 127.0.0.1:9641).
     #[arg(long)]
     metrics: Option<String>,
@@ -184,6 +188,7 @@ fn print_table(kind: &str, items: &[serde_json::Value]) {
     let cols: &[&str] = match kind {
         "nodes" => &["name", "pod_cidr", "address", "vtep_mac", "vtep_mac_source", "next_hop_mac"],
         "pods" => &["namespace", "pod", "ip", "host_ifname", "mac", "port", "worker"],
+        "policies" => &["kind", "namespace", "name", "order", "ingress_rules", "egress_rules"],
         _ => &["prefix", "via"],
     };
     println!("{}", cols.iter().map(|c| format!("{:<20}", c.to_uppercase())).collect::<String>());
@@ -233,6 +238,7 @@ fn run_agent(args: AgentArgs) -> anyhow::Result<()> {
         attach: args.xdp_mode,
         copy_mode: args.copy_mode,
         frames: args.frames,
+        conntrack_flows: args.conntrack_flows,
     };
     tracing::info!(node = %cfg.node, uplink = %cfg.uplink, cores = ?cfg.cores, "starting agent");
     let agent = Arc::new(Mutex::new(Agent::start(cfg)?));

@@ -1,12 +1,15 @@
 //! The IPv4 5-tuple: what the pipeline's conntrack and policy stages key on.
 //!
 //! Owns [`FiveTuple`] and [`parse_ipv4_flow`], which reads it from an IPv4 packet
-//! (RFC 791) with a TCP (RFC 793), UDP (RFC 768) or ICMP (RFC 792) payload. The
-//! policy engine sees nothing of a packet but this tuple.
+//! (RFC 791) with a TCP (RFC 793), UDP (RFC 768), SCTP (RFC 9260), UDP-Lite (RFC 3828)
+//! or ICMP (RFC 792) payload, and [`parse_flow_info`], which adds what the stateful policy
+//! stage needs besides: TCP flags, ICMP type and code, fragment identity, and for an ICMP
+//! error the tuple of the packet it reports on. The policy engine sees nothing of a packet
+//! but the tuple.
 //!
 //! Ports by protocol:
-//! - TCP, UDP: the ports of the L4 header (the whole fixed header, 20 / 8 bytes, must be
-//!   present).
+//! - TCP, UDP, SCTP, UDP-Lite: the ports of the L4 header (the whole fixed header, 20 / 8 /
+//!   12 / 8 bytes, must be present).
 //! - ICMP echo request and echo reply: *both* ports carry the echo identifier, so that the
 //!   reply's tuple is the request's [`FiveTuple::reversed`] and conntrack matches them
 //!   the way it matches TCP and UDP. Every other ICMP message (errors included) and every
@@ -57,46 +60,153 @@ impl FiveTuple {
 /// has them and is parsed); `Truncated` if a TCP, UDP or ICMP header is cut short. The
 /// header checksum is not verified.
 pub fn parse_ipv4_flow(ip_packet: &[u8]) -> Result<FiveTuple, Error> {
-    let ip = Ipv4Packet::new_checked(ip_packet)?;
-    if ip.version() != 4 {
-        return Err(Error::Malformed);
-    }
-    if ip.frag_offset() != 0 {
+    let info = parse_flow_info(ip_packet)?;
+    if info.fragment == Fragment::Later {
         return Err(Error::Fragmented);
     }
-    let protocol = ip.protocol();
-    let payload = ip.payload();
-    let (src_port, dst_port) = match protocol {
-        IpProtocol::Tcp | IpProtocol::Udp => {
-            let header_len = if protocol == IpProtocol::Tcp {
-                tcp::HEADER_LEN
-            } else {
-                udp::HEADER_LEN
-            };
-            if payload.len() < header_len {
-                return Err(Error::Truncated);
-            }
-            (read_u16(&payload[0..2]), read_u16(&payload[2..4]))
-        }
+    Ok(info.tuple)
+}
+
+/// SCTP (RFC 9260): ports in the first four bytes of a 12-byte common header.
+pub const PROTO_SCTP: u8 = 132;
+/// UDP-Lite (RFC 3828): ports as UDP's, 8-byte header.
+pub const PROTO_UDPLITE: u8 = 136;
+const SCTP_HEADER_LEN: usize = 12;
+
+/// Where a packet stands among the fragments of its datagram (RFC 791 §3.2).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fragment {
+    /// Not a fragment.
+    Whole,
+    /// Offset 0 with more fragments to come: it carries the L4 header.
+    First,
+    /// Offset above 0: no L4 header; only the datagram's identity links it to the first.
+    Later,
+}
+
+/// Everything the stateful policy stage reads of an IPv4 packet.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FlowInfo {
+    /// The 5-tuple (ports 0 for a later fragment).
+    pub tuple: FiveTuple,
+    /// Fragment position.
+    pub fragment: Fragment,
+    /// The IPv4 identification field (links fragments of one datagram).
+    pub ident: u16,
+    /// TCP control bits (0 for other protocols and later fragments).
+    pub tcp_flags: u16,
+    /// ICMP type and code, for ICMP.
+    pub icmp: Option<(u8, u8)>,
+    /// For an ICMP error (destination unreachable, time exceeded, parameter problem,
+    /// redirect, source quench): the tuple of the packet it reports on, as that packet was
+    /// sent, read from the quoted header and first 8 bytes (RFC 792). `None` when the quote
+    /// is too short or not IPv4.
+    pub related: Option<FiveTuple>,
+}
+
+impl FlowInfo {
+    /// The TCP FIN or RST bit is set.
+    pub fn closes(&self) -> bool {
+        self.tcp_flags & (tcp::TcpFlags::FIN.0 | tcp::TcpFlags::RST.0) != 0
+    }
+}
+
+/// Ports of the L4 header `l4` of protocol `proto` (`Truncated` when the fixed header is
+/// not all there); (0, 0) for protocols without ports.
+fn ports(proto: IpProtocol, l4: &[u8]) -> Result<(u16, u16), Error> {
+    let header_len = match proto {
+        IpProtocol::Tcp => tcp::HEADER_LEN,
+        IpProtocol::Udp | IpProtocol::Unknown(PROTO_UDPLITE) => udp::HEADER_LEN,
+        IpProtocol::Unknown(PROTO_SCTP) => SCTP_HEADER_LEN,
+        _ => return Ok((0, 0)),
+    };
+    if l4.len() < header_len {
+        return Err(Error::Truncated);
+    }
+    Ok((read_u16(&l4[0..2]), read_u16(&l4[2..4])))
+}
+
+/// The tuple of a packet quoted in an ICMP error: its IPv4 header and at least 8 bytes
+/// of what followed it (lengths and checksum are not checked: the quote is cut short).
+fn quoted_tuple(quote: &[u8]) -> Option<FiveTuple> {
+    let ver_ihl = *quote.first()?;
+    let ihl = usize::from(ver_ihl & 0x0f) * 4;
+    if ver_ihl >> 4 != 4 || ihl < crate::ipv4::HEADER_LEN || quote.len() < ihl + 8 {
+        return None;
+    }
+    let ip = Ipv4Packet::new_unchecked(&quote[..ihl]);
+    let proto = ip.protocol();
+    let l4 = &quote[ihl..];
+    let (src_port, dst_port) = match proto {
         IpProtocol::Icmp => {
-            if payload.len() < icmpv4::HEADER_LEN {
-                return Err(Error::Truncated);
-            }
-            let icmp = Icmpv4Packet::new_unchecked(payload);
+            let icmp = Icmpv4Packet::new_unchecked(l4);
             match icmp.msg_type() {
                 Message::EchoRequest | Message::EchoReply => (icmp.echo_ident(), icmp.echo_ident()),
                 _ => (0, 0),
             }
         }
+        // 8 bytes hold the ports of every protocol that has them.
+        IpProtocol::Tcp | IpProtocol::Udp | IpProtocol::Unknown(PROTO_SCTP | PROTO_UDPLITE) => {
+            (read_u16(&l4[0..2]), read_u16(&l4[2..4]))
+        }
         _ => (0, 0),
     };
-    Ok(FiveTuple {
-        src: ip.src_addr(),
-        dst: ip.dst_addr(),
-        proto: protocol.into(),
-        src_port,
-        dst_port,
-    })
+    Some(FiveTuple { src: ip.src_addr(), dst: ip.dst_addr(), proto: proto.into(), src_port, dst_port })
+}
+
+/// Reads [`FlowInfo`] from the IPv4 packet `ip_packet` (starting at the IPv4 header;
+/// Ethernet padding after the total length is allowed).
+///
+/// Errors: the length errors of [`Ipv4Packet::check_len`]; `Malformed` if the version is
+/// not 4; `Truncated` if a TCP, UDP, SCTP, UDP-Lite or ICMP header of a whole packet or a
+/// first fragment is cut short. The header checksum is not verified.
+pub fn parse_flow_info(ip_packet: &[u8]) -> Result<FlowInfo, Error> {
+    let ip = Ipv4Packet::new_checked(ip_packet)?;
+    if ip.version() != 4 {
+        return Err(Error::Malformed);
+    }
+    let protocol = ip.protocol();
+    let mut info = FlowInfo {
+        tuple: FiveTuple { src: ip.src_addr(), dst: ip.dst_addr(), proto: protocol.into(), src_port: 0, dst_port: 0 },
+        fragment: match (ip.frag_offset(), ip.more_frags()) {
+            (0, false) => Fragment::Whole,
+            (0, true) => Fragment::First,
+            _ => Fragment::Later,
+        },
+        ident: ip.ident(),
+        tcp_flags: 0,
+        icmp: None,
+        related: None,
+    };
+    if info.fragment == Fragment::Later {
+        return Ok(info);
+    }
+    let payload = ip.payload();
+    if protocol == IpProtocol::Icmp {
+        if payload.len() < icmpv4::HEADER_LEN {
+            return Err(Error::Truncated);
+        }
+        let icmp = Icmpv4Packet::new_unchecked(payload);
+        let msg = icmp.msg_type();
+        info.icmp = Some((msg.into(), icmp.msg_code()));
+        match msg {
+            Message::EchoRequest | Message::EchoReply => {
+                info.tuple.src_port = icmp.echo_ident();
+                info.tuple.dst_port = icmp.echo_ident();
+            }
+            // Source quench (4) is an error too.
+            Message::DstUnreachable | Message::TimeExceeded | Message::ParamProblem | Message::Redirect | Message::Unknown(4) => {
+                info.related = quoted_tuple(&payload[icmpv4::HEADER_LEN..]);
+            }
+            _ => {}
+        }
+        return Ok(info);
+    }
+    (info.tuple.src_port, info.tuple.dst_port) = ports(protocol, payload)?;
+    if protocol == IpProtocol::Tcp {
+        info.tcp_flags = tcp::TcpPacket::new_unchecked(payload).flags().0;
+    }
+    Ok(info)
 }
 
 #[cfg(test)]
@@ -206,10 +316,42 @@ mod tests {
         assert_eq!(parse_ipv4_flow(&[0x45; 10]), Err(Error::Truncated));
     }
 
+    #[test]
+    fn flow_info_flags_fragments_and_icmp_errors() {
+        let rst = parse_flow_info(inner_ip(&fixtures::VXLAN_TCP_RST)).unwrap();
+        assert!(rst.closes());
+        assert_eq!(rst.fragment, Fragment::Whole);
+        let syn = parse_flow_info(inner_ip(&fixtures::VXLAN_TCP_SYN)).unwrap();
+        assert!(!syn.closes() && syn.tcp_flags & tcp::TcpFlags::SYN.0 != 0);
+
+        // The port unreachable quotes the UDP datagram p1 sent: its tuple is the flow's.
+        let err = parse_flow_info(inner_ip(&fixtures::VXLAN_ICMP_PORT_UNREACHABLE)).unwrap();
+        assert_eq!(err.icmp, Some((3, 3)));
+        let quoted = err.related.expect("the quote is read");
+        assert_eq!((quoted.src, quoted.dst, quoted.proto), (POD_A, POD_B, 17));
+        let echo = parse_flow_info(inner_ip(&fixtures::VXLAN_ICMP_ECHO_REQUEST)).unwrap();
+        assert_eq!((echo.icmp, echo.related), (Some((8, 0)), None));
+
+        let mut first = inner_ip(&fixtures::VXLAN_UDP).to_vec();
+        Ipv4Packet::new_unchecked(&mut first[..]).set_more_frags(true);
+        let f = parse_flow_info(&first).unwrap();
+        assert_eq!((f.fragment, f.tuple.dst_port), (Fragment::First, 5353));
+        Ipv4Packet::new_unchecked(&mut first[..]).set_frag_offset(8);
+        let l = parse_flow_info(&first).unwrap();
+        assert_eq!((l.fragment, l.ident, l.tuple.dst_port), (Fragment::Later, f.ident, 0));
+
+        let mut sctp = inner_ip(&fixtures::VXLAN_UDP).to_vec();
+        Ipv4Packet::new_unchecked(&mut sctp[..]).set_protocol(IpProtocol::Unknown(PROTO_SCTP));
+        assert_eq!(parse_flow_info(&sctp).map(|i| i.tuple.dst_port), Ok(5353), "SCTP ports where UDP has them");
+        Ipv4Packet::new_unchecked(&mut sctp[..]).set_total_len(20 + 8);
+        assert_eq!(parse_flow_info(&sctp).map(|i| i.tuple.dst_port), Err(Error::Truncated), "8 bytes is no SCTP header");
+    }
+
     proptest! {
         #[test]
         fn never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..80)) {
             let _ = parse_ipv4_flow(&bytes);
+            let _ = parse_flow_info(&bytes);
         }
 
         #[test]

@@ -111,6 +111,11 @@ impl Default for Timeouts {
 }
 
 impl Timeouts {
+    /// The same timeout for every protocol and state.
+    pub const fn uniform(ms: u64) -> Timeouts {
+        Timeouts { tcp_new: ms, tcp_established: ms, tcp_closing: ms, udp_new: ms, udp_established: ms, other: ms }
+    }
+
     fn of(&self, proto: u8, state: State) -> u64 {
         match (proto, state) {
             (6, State::New) => self.tcp_new,
@@ -247,6 +252,12 @@ impl Conntrack {
             );
         }
         Some(Tracked { state: next, reply })
+    }
+
+    /// Whether `flow` (either direction) is tracked, without refreshing it.
+    #[inline]
+    pub fn is_tracked(&self, flow: &Flow, now: u64) -> bool {
+        self.find(&flow.key().0, now).is_some()
     }
 
     /// Records a new flow opened by `flow`'s sender (after policy allowed it).

@@ -69,6 +69,14 @@ drop_reasons! {
     TxRingFull => "tx_ring_full",
     /// The cross-worker hand-off ring was full.
     HandoffFull => "handoff_full",
+    /// A new connection the source pod's egress policy denies.
+    PolicyDeniedEgress => "policy_denied_egress",
+    /// A new connection the destination pod's ingress policy denies.
+    PolicyDeniedIngress => "policy_denied_ingress",
+    /// A new connection allowed by policy, but the connection table is full.
+    ConntrackFull => "conntrack_full",
+    /// A later fragment whose first fragment was not admitted (or came after it).
+    FragmentUnmatched => "fragment_unmatched",
 }
 
 /// Counter block of one worker. Written by that worker only.
@@ -85,6 +93,16 @@ pub struct WorkerCounters {
     pub decapsulated: AtomicU64,
     pub snapshot_version: AtomicU64,
     pub idle_sleeps: AtomicU64,
+    /// Packets of tracked connections (passed without a policy lookup).
+    pub ct_established: AtomicU64,
+    /// Connections policy allowed and the tracker took in.
+    pub ct_new: AtomicU64,
+    /// ICMP errors about tracked connections, passed as related.
+    pub ct_related: AtomicU64,
+    /// New connections that matched a Log rule.
+    pub policy_logged: AtomicU64,
+    /// Log events lost because the worker's log ring was full.
+    pub policy_log_dropped: AtomicU64,
     /// Frames the kernel dropped before they reached an AF_XDP socket of this worker, by
     /// cause (XDP_STATISTICS of its sockets, refreshed about once a second).
     pub xsk_rx_dropped: AtomicU64,
@@ -121,6 +139,11 @@ impl WorkerCounters {
             ("decapsulated".to_string(), self.decapsulated.load(Relaxed)),
             ("snapshot_version".to_string(), self.snapshot_version.load(Relaxed)),
             ("idle_sleeps".to_string(), self.idle_sleeps.load(Relaxed)),
+            ("ct_established".to_string(), self.ct_established.load(Relaxed)),
+            ("ct_new".to_string(), self.ct_new.load(Relaxed)),
+            ("ct_related".to_string(), self.ct_related.load(Relaxed)),
+            ("policy_logged".to_string(), self.policy_logged.load(Relaxed)),
+            ("policy_log_dropped".to_string(), self.policy_log_dropped.load(Relaxed)),
             ("xsk_rx_dropped".to_string(), self.xsk_rx_dropped.load(Relaxed)),
             ("xsk_rx_ring_full".to_string(), self.xsk_rx_ring_full.load(Relaxed)),
             ("xsk_fill_ring_empty".to_string(), self.xsk_fill_ring_empty.load(Relaxed)),

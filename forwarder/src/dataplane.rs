@@ -21,6 +21,7 @@ use xsk_rs::{
 use crate::{
     Error,
     counters::WorkerCounters,
+    policy::{self, FlowTables, PolicyLog},
     port::{CopyMode, Port, RING_SIZE},
     snapshot::{MAX_PORTS, MAX_UPLINK_QUEUES, PortId, Snapshot, Tables},
     worker::{Command, IdleStrategy, Shared, Worker, WorkerConfig},
@@ -47,6 +48,8 @@ pub struct DataplaneConfig {
     pub frames: u32,
     /// Frames kept in each port's fill ring.
     pub fill_target: usize,
+    /// Connections the node's tracker holds at most.
+    pub conntrack_flows: usize,
 }
 
 #[derive(Debug)]
@@ -123,6 +126,7 @@ impl Dataplane {
             stop: Default::default(),
             all_frames: descs,
             umem,
+            flows: FlowTables::new(cfg.conntrack_flows, workers_n),
         });
         let uplink_hook = XdpHook::attach(&cfg.uplink, cfg.uplink_hook, cfg.attach)?;
         let wcfg = WorkerConfig { batch: cfg.batch.clamp(1, 256), idle: cfg.idle, fill_target: cfg.fill_target };
@@ -215,6 +219,45 @@ impl Dataplane {
     /// Every worker's counters.
     pub fn counters(&self) -> &[Arc<WorkerCounters>] {
         &self.shared.counters
+    }
+
+    /// Waits until every worker runs on table version `version` or later (a worker loads
+    /// the current version at the start of each turn; an idle one within a millisecond).
+    /// Returns false on timeout.
+    pub fn wait_for_version(&self, version: u64, timeout: Duration) -> bool {
+        let deadline = std::time::Instant::now() + timeout;
+        loop {
+            if self.shared.counters.iter().all(|c| c.snapshot_version.load(Ordering::Relaxed) >= version) {
+                return true;
+            }
+            if std::time::Instant::now() >= deadline {
+                return false;
+            }
+            std::thread::sleep(Duration::from_micros(200));
+        }
+    }
+
+    /// Forgets the tracked connections the current tables' policy denies (call after
+    /// [`Dataplane::wait_for_version`] for the version that changed policy). Returns how
+    /// many were forgotten.
+    pub fn rejudge(&self) -> usize {
+        let snap = self.shared.tables.load_full();
+        let flows = &self.shared.flows;
+        policy::rejudge(&flows.conntrack, &snap.policy, |ip| snap.endpoints.contains_key(&ip), flows.now_ms())
+    }
+
+    /// Hands every queued Log event to `f` (the control thread writes them out).
+    pub fn drain_policy_logs(&self, mut f: impl FnMut(PolicyLog)) {
+        for ring in &self.shared.flows.logs {
+            while let Some(e) = ring.pop() {
+                f(e);
+            }
+        }
+    }
+
+    /// Connections the tracker can hold.
+    pub fn conntrack_capacity(&self) -> usize {
+        self.shared.flows.conntrack.capacity()
     }
 
     /// Frames in the node's free pool (for leak checks).

@@ -4,14 +4,15 @@
 //!
 //! Where a packet goes, by file: `xdp_hook` (the XDP program that sends frames to the
 //! sockets) → `port` (AF_XDP socket) → `worker` (the poll loop) → `pipeline` (per packet:
-//! parse, anti-spoof, decap, route, encap) reading `snapshot` (`route` LPM, endpoints,
-//! nodes) → `port` TX. `counters` has a reason for every drop; `dataplane` is the
-//! control thread's handle.
+//! parse, anti-spoof, decap, route, encap) with `policy` (conntrack, then policy for new
+//! connections) reading `snapshot` (`route` LPM, endpoints, nodes, compiled policy) → `port`
+//! TX. `counters` has a reason for every drop; `dataplane` is the control thread's handle.
 
 pub mod conntrack;
 pub mod counters;
 pub mod dataplane;
 pub mod pipeline;
+pub mod policy;
 pub mod port;
 pub mod route;
 pub mod snapshot;

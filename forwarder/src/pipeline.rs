@@ -12,8 +12,10 @@
 //!               mode, the plain IPv4 frame → [`route`] (local pods only).
 //! [`route`]:    LPM on the destination → local pod (MAC rewrite) or remote node (VXLAN
 //!               encapsulation with the node's VTEP MAC as inner destination, or MAC
-//!               rewrite to the next hop in direct mode); TTL decremented with an
-//!               incremental checksum update (RFC 1624).
+//!               rewrite to the next hop in direct mode); before the frame is rewritten,
+//!               the stateful policy stage ([`policy::admit`]: conntrack, then egress /
+//!               ingress policy of the local pods for a new connection); TTL decremented
+//!               with an incremental checksum update (RFC 1624).
 
 use encap::{
     arp,
@@ -25,6 +27,7 @@ use encap::{
 
 use crate::{
     counters::DropReason,
+    policy::{self, FlowState},
     snapshot::{EncapProfile, GATEWAY_IP, PortId, RouteTarget, Snapshot, UPLINK, is_uplink},
 };
 
@@ -47,14 +50,15 @@ pub enum Kind {
     ArpReply,
 }
 
-/// Processes the frame `buf[..len]` that arrived on `in_port` of worker `worker`.
-/// `buf` is the frame's whole buffer: encapsulation may grow the frame up to `buf.len()`.
-pub fn process(snap: &Snapshot, worker: u16, in_port: PortId, buf: &mut [u8], len: usize) -> Verdict {
+/// Processes the frame `buf[..len]` that arrived on `in_port` of worker `worker`, whose
+/// flow tables are `fs`. `buf` is the frame's whole buffer: encapsulation may grow the
+/// frame up to `buf.len()`.
+pub fn process(snap: &Snapshot, fs: &FlowState, worker: u16, in_port: PortId, buf: &mut [u8], len: usize) -> Verdict {
     let len = len.min(buf.len());
-    if is_uplink(in_port) { from_uplink(snap, buf, len) } else { from_pod(snap, worker, in_port, buf, len) }
+    if is_uplink(in_port) { from_uplink(snap, fs, buf, len) } else { from_pod(snap, fs, worker, in_port, buf, len) }
 }
 
-fn from_pod(snap: &Snapshot, worker: u16, in_port: PortId, buf: &mut [u8], len: usize) -> Verdict {
+fn from_pod(snap: &Snapshot, fs: &FlowState, worker: u16, in_port: PortId, buf: &mut [u8], len: usize) -> Verdict {
     let Some(ep) = snap.port_endpoint(in_port).copied() else {
         return Verdict::Drop(DropReason::NoEndpoint);
     };
@@ -76,7 +80,7 @@ fn from_pod(snap: &Snapshot, worker: u16, in_port: PortId, buf: &mut [u8], len: 
     if src != ep.ip {
         return Verdict::Drop(DropReason::Spoofed);
     }
-    route(snap, buf, len, false)
+    route(snap, fs, buf, len, false)
 }
 
 /// Answers an ARP request from the pod for its gateway (proxy-ARP style, as Calico does).
@@ -99,12 +103,12 @@ fn arp_for_gateway(snap: &Snapshot, worker: u16, in_port: PortId, pod_ip: std::n
     }
 }
 
-fn from_uplink(snap: &Snapshot, buf: &mut [u8], len: usize) -> Verdict {
+fn from_uplink(snap: &Snapshot, fs: &FlowState, buf: &mut [u8], len: usize) -> Verdict {
     let profile = match snap.node.profile {
         EncapProfile::Vxlan(p) => p,
         EncapProfile::Direct => {
             return match EthernetFrame::new_checked(&buf[..len]).map(|e| e.ethertype()) {
-                Ok(EtherType::Ipv4) if Ipv4Packet::new_checked(&buf[ETH_LEN..len]).is_ok() => route(snap, buf, len, true),
+                Ok(EtherType::Ipv4) if Ipv4Packet::new_checked(&buf[ETH_LEN..len]).is_ok() => route(snap, fs, buf, len, true),
                 Ok(EtherType::Ipv4) => Verdict::Drop(DropReason::BadIpHeader),
                 Ok(_) => Verdict::Drop(DropReason::UnsupportedEtherType),
                 Err(_) => Verdict::Drop(DropReason::Truncated),
@@ -133,7 +137,7 @@ fn from_uplink(snap: &Snapshot, buf: &mut [u8], len: usize) -> Verdict {
         Ok(ip) if ip.verify_checksum() => {}
         _ => return Verdict::Drop(DropReason::BadIpHeader),
     }
-    match route(snap, buf, inner_len, true) {
+    match route(snap, fs, buf, inner_len, true) {
         Verdict::Forward { port, worker, len, .. } => Verdict::Forward { port, worker, len, kind: Kind::Decapsulated },
         drop => drop,
     }
@@ -152,7 +156,7 @@ fn decap_reason(e: DecapError) -> DropReason {
 
 /// Routes the IPv4 frame `buf[..len]` (its IPv4 header already validated).
 /// `from_uplink`: it came from another node, so only local pods are valid destinations.
-fn route(snap: &Snapshot, buf: &mut [u8], len: usize, from_uplink: bool) -> Verdict {
+fn route(snap: &Snapshot, fs: &FlowState, buf: &mut [u8], len: usize, from_uplink: bool) -> Verdict {
     let dst = Ipv4Packet::new_unchecked(&buf[ETH_LEN..len]).dst_addr();
     let target = match snap.routes.lookup(dst) {
         Some(t) => *t,
@@ -164,6 +168,9 @@ fn route(snap: &Snapshot, buf: &mut [u8], len: usize, from_uplink: bool) -> Verd
             let Some(ep) = snap.endpoints.get(&dst) else {
                 return Verdict::Drop(if from_uplink { DropReason::NotLocal } else { DropReason::NoRoute });
             };
+            if let Err(reason) = policy::admit(fs, &snap.policy, &buf[ETH_LEN..len], !from_uplink, true) {
+                return Verdict::Drop(reason);
+            }
             if ipv4::decrement_ttl(&mut buf[ETH_LEN..len]).is_err() {
                 return Verdict::Drop(DropReason::TtlExpired);
             }
@@ -185,6 +192,9 @@ fn route(snap: &Snapshot, buf: &mut [u8], len: usize, from_uplink: bool) -> Verd
                     if ip_len + vxlan::OVERHEAD > usize::from(snap.node.uplink_mtu) || out_len > buf.len() {
                         return Verdict::Drop(DropReason::TooBig);
                     }
+                    if let Err(reason) = policy::admit(fs, &snap.policy, &buf[ETH_LEN..len], true, false) {
+                        return Verdict::Drop(reason);
+                    }
                     if ipv4::decrement_ttl(&mut buf[ETH_LEN..len]).is_err() {
                         return Verdict::Drop(DropReason::TtlExpired);
                     }
@@ -202,6 +212,9 @@ fn route(snap: &Snapshot, buf: &mut [u8], len: usize, from_uplink: bool) -> Verd
                     };
                     if ip_len > usize::from(snap.node.uplink_mtu) {
                         return Verdict::Drop(DropReason::TooBig);
+                    }
+                    if let Err(reason) = policy::admit(fs, &snap.policy, &buf[ETH_LEN..len], true, false) {
+                        return Verdict::Drop(reason);
                     }
                     if ipv4::decrement_ttl(&mut buf[ETH_LEN..len]).is_err() {
                         return Verdict::Drop(DropReason::TtlExpired);

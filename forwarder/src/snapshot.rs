@@ -13,7 +13,7 @@ use encap::{
     vxlan::{VxlanEncap, VxlanProfile},
 };
 
-use policy_engine::fxhash::FxBuildHasher;
+use policy_engine::{compiler::PolicyTables, fxhash::FxBuildHasher};
 
 use crate::route::RouteTable;
 
@@ -124,6 +124,9 @@ pub struct Snapshot {
     pub ports: Vec<Option<Endpoint>>,
     pub nodes: Vec<RemoteNode>,
     pub nodes_by_ip: HashMap<Ipv4Addr, u32, FxBuildHasher>,
+    /// Compiled network policy: every endpoint of the cluster with its address sets and,
+    /// for the pipeline's new connections, its rule sets.
+    pub policy: Arc<PolicyTables>,
 }
 
 impl Snapshot {
@@ -137,6 +140,7 @@ impl Snapshot {
             ports: vec![None; MAX_PORTS],
             nodes: Vec::new(),
             nodes_by_ip: HashMap::default(),
+            policy: Arc::default(),
         }
     }
 

@@ -25,6 +25,7 @@ use xsk_rs::{FrameDesc, Umem};
 use crate::{
     counters::{DropReason, WorkerCounters, bump},
     pipeline::{self, Kind, Verdict},
+    policy::FlowTables,
     port::Port,
     snapshot::{MAX_PORTS, PortId, Tables, UPLINK, is_uplink},
 };
@@ -63,6 +64,8 @@ pub struct Shared {
     pub stop: AtomicBool,
     /// The descriptor of every frame as the UMEM was created, by frame index.
     pub all_frames: Vec<FrameDesc>,
+    /// Connections, fragments and Log rings of the node.
+    pub flows: FlowTables,
 }
 
 /// Control → worker.
@@ -256,6 +259,7 @@ impl Worker {
         if self.counters.snapshot_version.load(Ordering::Relaxed) != snap.version {
             self.counters.snapshot_version.store(snap.version, Ordering::Relaxed);
         }
+        let now_ms = self.shared.flows.now_ms();
         let mut work = 0;
 
         // Frames other workers routed to our ports.
@@ -275,7 +279,7 @@ impl Worker {
             let id = self.active[i];
             self.reclaim_completions(id);
             self.refill(id);
-            work += self.receive(id, &snap);
+            work += self.receive(id, &snap, now_ms);
         }
         self.flush_tx();
         self.balance_free_list();
@@ -322,8 +326,9 @@ impl Worker {
         }
     }
 
-    fn receive(&mut self, id: PortId, snap: &crate::snapshot::Snapshot) -> usize {
+    fn receive(&mut self, id: PortId, snap: &crate::snapshot::Snapshot, now_ms: u64) -> usize {
         let Some(port) = self.ports[id as usize].as_mut() else { return 0 };
+        let fs = self.shared.flows.state(self.index as usize, &self.counters, now_ms);
         // SAFETY: the RX ring returns frames of this UMEM that the kernel has filled.
         let n = unsafe { port.rx.consume(&mut self.batch) };
         if n == 0 {
@@ -343,7 +348,7 @@ impl Worker {
                 // writes it until we put it on a ring again.
                 let mut data = unsafe { self.shared.umem.data_mut(&mut desc) };
                 data.cursor().set_pos(usize::MAX); // the whole buffer, for encapsulation
-                let v = pipeline::process(snap, self.index, id, data.contents_mut(), len);
+                let v = pipeline::process(snap, &fs, self.index, id, data.contents_mut(), len);
                 let out_len = match v {
                     Verdict::Forward { len, .. } => len,
                     Verdict::Drop(_) => len,

@@ -14,7 +14,37 @@ use encap::{
 use proptest::prelude::*;
 
 use super::*;
-use crate::snapshot::{Endpoint, NodeConfig, RemoteNode, RouteTarget};
+use crate::{
+    counters::WorkerCounters,
+    policy::FlowTables,
+    snapshot::{Endpoint, NodeConfig, RemoteNode, RouteTarget},
+};
+
+/// A node's flow tables and counters, as its worker would hold them.
+struct NodeFlows {
+    tables: FlowTables,
+    counters: WorkerCounters,
+}
+
+thread_local! {
+    /// One set of flow tables per node address, for the test running on this thread.
+    static FLOWS: std::cell::RefCell<std::collections::HashMap<Ipv4Addr, &'static NodeFlows>> = Default::default();
+}
+
+/// The flow tables of the node at `ip` in this test.
+fn flows(ip: Ipv4Addr) -> &'static NodeFlows {
+    FLOWS.with(|f| {
+        *f.borrow_mut()
+            .entry(ip)
+            .or_insert_with(|| Box::leak(Box::new(NodeFlows { tables: FlowTables::new(1024, 1), counters: WorkerCounters::default() })))
+    })
+}
+
+/// The pipeline, with the flow tables of the snapshot's node.
+fn process(snap: &Snapshot, worker: u16, in_port: PortId, buf: &mut [u8], len: usize) -> Verdict {
+    let f = flows(snap.node.node_ip);
+    super::process(snap, &f.tables.state(0, &f.counters, f.tables.now_ms()), worker, in_port, buf, len)
+}
 
 const BUF: usize = 4096 - 256;
 /// Pod ports (ids below MAX_UPLINK_QUEUES are the uplink's queues).
@@ -63,7 +93,19 @@ fn vxlan_cluster() -> (Snapshot, Snapshot) {
 
 /// An Ethernet/IPv4/UDP frame in a UMEM-sized buffer; returns (buffer, frame length).
 fn udp_frame(src_mac: EthernetAddress, dst_mac: EthernetAddress, src: Ipv4Addr, dst: Ipv4Addr, ttl: u8, payload: &[u8]) -> (Vec<u8>, usize) {
-    let udp = UdpRepr { src_port: 40000, dst_port: 5201, payload };
+    udp_ports_frame(src_mac, dst_mac, (src, 40000), (dst, 5201), ttl, payload)
+}
+
+/// [`udp_frame`] with chosen ports.
+fn udp_ports_frame(
+    src_mac: EthernetAddress,
+    dst_mac: EthernetAddress,
+    (src, src_port): (Ipv4Addr, u16),
+    (dst, dst_port): (Ipv4Addr, u16),
+    ttl: u8,
+    payload: &[u8],
+) -> (Vec<u8>, usize) {
+    let udp = UdpRepr { src_port, dst_port, payload };
     let ip = Ipv4Repr {
         src_addr: src,
         dst_addr: dst,
@@ -268,4 +310,178 @@ proptest! {
         buf[pos] = val;
         let _ = process(&sb, 0, UPLINK, &mut buf, len.min(cut.max(1)));
     }
+}
+
+// ---------------------------------------------------------------------------------------
+// The stateful policy stage, in the pipeline
+
+use policy_engine::{
+    compiler::PolicyCompiler,
+    model::{Direction, parse_manifests},
+    world::{Endpoint as PolicyEndpoint, World},
+};
+
+/// Gives `snap` the compiled `yaml` policies, over pods a1, a2 (node A) and b1 (node B) of
+/// namespace `default`, labelled `app: <name>`.
+fn with_policy(snap: &mut Snapshot, yaml: &str) {
+    let mut world = World::new();
+    for (name, ip) in [("a1", POD_A1), ("a2", POD_A2), ("b1", POD_B1)] {
+        world.add_endpoint(PolicyEndpoint::new("default", name, &[("app", name)], ip));
+    }
+    let policies = parse_manifests(yaml, "test.yaml").expect("test policy parses");
+    let mut c = PolicyCompiler::from_world(&world, &policies).expect("test policy compiles");
+    snap.policy = c.tables().expect("tables");
+}
+
+/// Ingress of `app` isolated, nothing allowed in.
+fn deny_ingress(app: &str) -> String {
+    format!(
+        "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {{name: deny-{app}, namespace: default}}\nspec:\n  podSelector: {{matchLabels: {{app: {app}}}}}\n  policyTypes: [Ingress]\n"
+    )
+}
+
+fn counter(ip: Ipv4Addr, read: impl Fn(&WorkerCounters) -> &std::sync::atomic::AtomicU64) -> u64 {
+    read(&flows(ip).counters).load(std::sync::atomic::Ordering::Relaxed)
+}
+
+/// B1's frame to A1 as node A's uplink receives it (encapsulated by node B).
+fn from_b1(sb: &Snapshot, b1_port: u16, a1_port: u16) -> (Vec<u8>, usize) {
+    let (mut buf, len) = udp_ports_frame(MAC_B1, GW, (POD_B1, b1_port), (POD_A1, a1_port), 64, b"reply");
+    let Verdict::Forward { len, kind: Kind::Encapsulated, .. } = process(sb, 0, P1, &mut buf, len) else { panic!("node B refused") };
+    (buf, len)
+}
+
+#[test]
+fn the_destination_node_enforces_ingress_policy() {
+    let (sa, mut sb) = vxlan_cluster();
+    with_policy(&mut sb, &deny_ingress("b1"));
+    let (mut buf, len) = udp_frame(MAC_A1, GW, POD_A1, POD_B1, 64, b"knock");
+    let Verdict::Forward { len: out, .. } = process(&sa, 0, P1, &mut buf, len) else { panic!("node A has no policy for a1") };
+    assert_eq!(process(&sb, 0, UPLINK, &mut buf, out), Verdict::Drop(DropReason::PolicyDeniedIngress));
+    assert_eq!(counter(B_IP, |c| &c.ct_new), 0, "a denied connection is not tracked");
+}
+
+#[test]
+fn replies_to_an_allowed_connection_pass_and_new_ones_are_judged() {
+    let (mut sa, sb) = vxlan_cluster();
+    with_policy(&mut sa, &deny_ingress("a1"));
+    let (mut buf, len) = udp_ports_frame(MAC_A1, GW, (POD_A1, 40000), (POD_B1, 5201), 64, b"ask");
+    assert!(matches!(process(&sa, 0, P1, &mut buf, len), Verdict::Forward { kind: Kind::Encapsulated, .. }));
+    assert_eq!(counter(A_IP, |c| &c.ct_new), 1);
+
+    let (mut reply, len) = from_b1(&sb, 5201, 40000);
+    assert!(matches!(process(&sa, 0, UPLINK, &mut reply, len), Verdict::Forward { port: P1, .. }), "the reply passes");
+    assert_eq!(counter(A_IP, |c| &c.ct_established), 1);
+
+    let (mut other, len) = from_b1(&sb, 6000, 40000);
+    assert_eq!(process(&sa, 0, UPLINK, &mut other, len), Verdict::Drop(DropReason::PolicyDeniedIngress), "not a reply: judged, denied");
+}
+
+#[test]
+fn a_policy_change_cuts_the_connections_it_denies_and_no_others() {
+    let (mut sa, _) = vxlan_cluster();
+    let (mut buf, len) = udp_ports_frame(MAC_A1, GW, (POD_A1, 1000), (POD_A2, 53), 64, b"q");
+    assert!(matches!(process(&sa, 0, P1, &mut buf, len), Verdict::Forward { port: P2, .. }));
+    let (mut buf, len) = udp_ports_frame(MAC_A2, GW, (POD_A2, 2000), (POD_A1, 80), 64, b"q");
+    assert!(matches!(process(&sa, 0, P2, &mut buf, len), Verdict::Forward { port: P1, .. }));
+
+    // a1 may send nothing any more.
+    with_policy(
+        &mut sa,
+        "apiVersion: projectcalico.org/v3\nkind: GlobalNetworkPolicy\nmetadata: {name: mute-a1}\nspec:\n  selector: app == 'a1'\n  types: [Egress]\n  egress: [{action: Deny}]\n",
+    );
+    let f = flows(A_IP);
+    let cut = crate::policy::rejudge(&f.tables.conntrack, &sa.policy, |ip| sa.endpoints.contains_key(&ip), f.tables.now_ms());
+    assert_eq!(cut, 1, "only a1's own connection");
+    let (mut buf, len) = udp_ports_frame(MAC_A1, GW, (POD_A1, 1000), (POD_A2, 53), 64, b"q");
+    assert_eq!(process(&sa, 0, P1, &mut buf, len), Verdict::Drop(DropReason::PolicyDeniedEgress));
+    // a2's connection to a1 is untouched: a1's replies on it still pass.
+    let (mut buf, len) = udp_ports_frame(MAC_A1, GW, (POD_A1, 80), (POD_A2, 2000), 64, b"r");
+    assert!(matches!(process(&sa, 0, P1, &mut buf, len), Verdict::Forward { port: P2, .. }));
+}
+
+/// A UDP datagram's fragment from a1 to a2: the first (with ports) or a later one.
+fn fragment(ident: u16, first: bool) -> (Vec<u8>, usize) {
+    let (mut buf, len) = udp_frame(MAC_A1, GW, POD_A1, POD_A2, 64, b"fragmented datagram");
+    let mut ip = Ipv4Packet::new_unchecked(&mut buf[14..len]);
+    ip.set_ident(ident);
+    ip.set_dont_frag(false);
+    if first {
+        ip.set_more_frags(true);
+    } else {
+        ip.set_frag_offset(64);
+    }
+    ip.fill_checksum();
+    (buf, len)
+}
+
+#[test]
+fn later_fragments_follow_their_first_fragment() {
+    let (sa, _) = vxlan_cluster();
+    let (mut buf, len) = fragment(99, false);
+    assert_eq!(process(&sa, 0, P1, &mut buf, len), Verdict::Drop(DropReason::FragmentUnmatched), "no first fragment yet");
+    let (mut buf, len) = fragment(99, true);
+    assert!(matches!(process(&sa, 0, P1, &mut buf, len), Verdict::Forward { port: P2, .. }));
+    let (mut buf, len) = fragment(99, false);
+    assert!(matches!(process(&sa, 0, P1, &mut buf, len), Verdict::Forward { port: P2, .. }), "its datagram was admitted");
+    let (mut buf, len) = fragment(100, false);
+    assert_eq!(process(&sa, 0, P1, &mut buf, len), Verdict::Drop(DropReason::FragmentUnmatched), "another datagram");
+}
+
+/// B1's ICMP port unreachable to A1 about `quoted` (a UDP datagram A1 sent), as node A's
+/// uplink receives it.
+fn port_unreachable(sb: &Snapshot, quoted: &[u8]) -> (Vec<u8>, usize) {
+    let mut buf = vec![0xa5; BUF];
+    let ip_len = encap::icmpv4::emit_error(&mut buf[14..], POD_B1, &quoted[14..], encap::icmpv4::IcmpError::HostUnreachable).unwrap();
+    EthernetRepr { src_addr: MAC_B1, dst_addr: GW, ethertype: EtherType::Ipv4 }.emit(&mut EthernetFrame::new_unchecked(&mut buf[..14]));
+    let Verdict::Forward { len, kind: Kind::Encapsulated, .. } = process(sb, 0, P1, &mut buf, 14 + ip_len) else { panic!("node B refused") };
+    (buf, len)
+}
+
+#[test]
+fn icmp_errors_about_tracked_connections_pass_as_related() {
+    let (mut sa, sb) = vxlan_cluster();
+    with_policy(&mut sa, &deny_ingress("a1"));
+    let (mut sent, len) = udp_ports_frame(MAC_A1, GW, (POD_A1, 40000), (POD_B1, 5201), 64, b"ask");
+    let original = sent[..len].to_vec();
+    assert!(matches!(process(&sa, 0, P1, &mut sent, len), Verdict::Forward { .. }));
+    let (mut err, elen) = port_unreachable(&sb, &original);
+    assert!(matches!(process(&sa, 0, UPLINK, &mut err, elen), Verdict::Forward { port: P1, .. }));
+    assert_eq!(counter(A_IP, |c| &c.ct_related), 1);
+    let (other, olen) = udp_ports_frame(MAC_A1, GW, (POD_A1, 41000), (POD_B1, 5201), 64, b"never sent");
+    let (mut err, elen) = port_unreachable(&sb, &other[..olen]);
+    assert_eq!(process(&sa, 0, UPLINK, &mut err, elen), Verdict::Drop(DropReason::PolicyDeniedIngress), "about no connection of a1's");
+}
+
+#[test]
+fn a_full_connection_table_refuses_new_connections_and_counts_them() {
+    let (sa, _) = vxlan_cluster();
+    let tables = FlowTables::new(8, 1);
+    let counters = WorkerCounters::default();
+    let fs = tables.state(0, &counters, 1);
+    let mut refused = 0;
+    for port in 0..64u16 {
+        let (mut buf, len) = udp_ports_frame(MAC_A1, GW, (POD_A1, 1000 + port), (POD_A2, 53), 64, b"q");
+        match super::process(&sa, &fs, 0, P1, &mut buf, len) {
+            Verdict::Drop(DropReason::ConntrackFull) => refused += 1,
+            Verdict::Forward { .. } => {}
+            v => panic!("{v:?}"),
+        }
+    }
+    assert_eq!(64 - refused, tables.conntrack.capacity(), "every slot used, the rest refused");
+}
+
+#[test]
+fn log_rules_count_and_queue_an_event_for_the_control_thread() {
+    let (mut sa, _) = vxlan_cluster();
+    with_policy(
+        &mut sa,
+        "apiVersion: projectcalico.org/v3\nkind: NetworkPolicy\nmetadata: {name: audit, namespace: default}\nspec:\n  selector: app == 'a2'\n  ingress: [{action: Log}, {action: Allow}]\n",
+    );
+    let (mut buf, len) = udp_frame(MAC_A1, GW, POD_A1, POD_A2, 64, b"audited");
+    assert!(matches!(process(&sa, 0, P1, &mut buf, len), Verdict::Forward { port: P2, .. }));
+    assert_eq!(counter(A_IP, |c| &c.policy_logged), 1);
+    let event = flows(A_IP).tables.logs[0].pop().expect("a log event");
+    assert_eq!((event.direction, event.tuple.src, event.tuple.dst), (Direction::Ingress, POD_A1, POD_A2));
+    assert_eq!(event.rules.rule_ref(event.entry).policy, "audit");
 }
