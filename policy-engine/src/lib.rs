@@ -9,6 +9,7 @@ pub mod calico;
 pub mod classbench;
 pub mod classifier;
 pub mod compiler;
+pub mod dataset;
 pub mod fxhash;
 pub mod k8s;
 pub mod model;

@@ -6,32 +6,15 @@
 //! low and high corner and a middle point of every rule), plus seeded random keys.
 //! Missing data is a failure, never a skip.
 
-use std::{io::Read, path::PathBuf};
-
 use policy_engine::{
     classbench::{self, TraceEntry},
     classifier::{ClassRule, Classifier, Key, linear_first_match, linear_first_match_with},
 };
 use proptest::prelude::*;
 
-fn data_dir() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../shared/data/classbench")
-}
-
 fn read_gz(name: &str) -> String {
-    let path = data_dir().join(format!("{name}.gz"));
-    let file = std::fs::File::open(&path).unwrap_or_else(|e| {
-        panic!(
-            "ClassBench data missing: cannot open {} ({e}); the tests need the shared data \
-             directory beside the workspace (see shared/data/README.md)",
-            path.display()
-        )
-    });
-    let mut s = String::new();
-    flate2::read::GzDecoder::new(file)
-        .read_to_string(&mut s)
-        .unwrap_or_else(|e| panic!("{}: not a gzip text file: {e}", path.display()));
-    s
+    policy_engine::dataset::read(&format!("classbench/{name}.gz"))
+        .unwrap_or_else(|e| panic!("ClassBench data missing: {e} (see shared/data/README.md)"))
 }
 
 fn rules(set: &str) -> Vec<ClassRule> {
@@ -164,7 +147,7 @@ fn ipc1_10k_trace() {
 fn acl1_10k_generated() {
     let rules = rules("acl1_10k");
     assert!(
-        !data_dir().join("acl1_10k_trace.gz").exists(),
+        !policy_engine::dataset::data_dir().expect("data directory").join("classbench/acl1_10k_trace.gz").exists(),
         "acl1_10k now has a trace: test it with trace_set"
     );
     agree("acl1_10k", &rules, &generated_keys(&rules, 20_000));
