@@ -11,7 +11,9 @@ use anyhow::Context;
 use clap::{Parser, Subcommand};
 use control::{
     agent::{Agent, AgentConfig, Datastore, parse_profile},
-    cluster, server,
+    cluster,
+    policy_cli::{self, Engine, ExplainQuery},
+    server,
 };
 use forwarder::{EncapProfile, port::CopyMode, worker::IdleStrategy, xdp_hook::AttachMode};
 use serde_json::json;
@@ -45,6 +47,11 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Explain and test network policy with the data plane's compiled classifier.
+    Policy {
+        #[command(subcommand)]
+        command: PolicyCommand,
+    },
     /// Validate manifests and write them to the datastore.
     Apply {
         #[arg(short = 'f', long = "filename")]
@@ -52,6 +59,69 @@ enum Command {
         #[arg(long, value_parser = parse_datastore)]
         datastore: Datastore,
     },
+}
+
+#[derive(Subcommand)]
+enum PolicyCommand {
+    /// The verdict on a connection, and the policy and rule that decided it.
+    Explain {
+        /// A directory of manifests: Namespaces, Pods (labels, status.podIP, container
+        /// ports), NetworkPolicies of both dialects.
+        #[arg(long, conflicts_with = "datastore", required_unless_present = "datastore")]
+        state: Option<PathBuf>,
+        /// dir:PATH, as for the agent.
+        #[arg(long, value_parser = parse_datastore)]
+        datastore: Option<Datastore>,
+        /// NAMESPACE/POD or an IPv4 address.
+        #[arg(long)]
+        from: String,
+        /// NAMESPACE/POD or an IPv4 address.
+        #[arg(long)]
+        to: String,
+        /// TCP | UDP | SCTP | ICMP | a protocol number.
+        #[arg(long, value_parser = policy_cli::parse_protocol)]
+        proto: u8,
+        /// Destination port (for ICMP: the ICMP type; 8 = echo request).
+        #[arg(long, default_value_t = 0)]
+        port: u16,
+        /// Source port.
+        #[arg(long, default_value_t = policy_cli::DEFAULT_SRC_PORT)]
+        src_port: u16,
+        /// ICMP code.
+        #[arg(long, default_value_t = 0)]
+        icmp_code: u8,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Classify a ClassBench trace against one GlobalNetworkPolicy's ingress rules: one
+    /// line per header, the 1-based index of the first matching rule or 0.
+    Classify {
+        #[arg(long)]
+        policy: PathBuf,
+        #[arg(long)]
+        trace: PathBuf,
+        /// compiled (the data plane's classifier) | reference (the slow evaluator)
+        #[arg(long, default_value = "compiled", value_parser = parse_engine)]
+        engine: Engine,
+        /// Print only a summary: counts per action, compile time, lookups per second.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Turn a ClassBench rule file into a GlobalNetworkPolicy (YAML on stdout).
+    FromClassbench {
+        /// The rule file (plain or .gz).
+        file: PathBuf,
+        #[arg(long, default_value = "classbench")]
+        name: String,
+    },
+}
+
+fn parse_engine(s: &str) -> Result<Engine, String> {
+    match s {
+        "compiled" => Ok(Engine::Compiled),
+        "reference" => Ok(Engine::Reference),
+        _ => Err(format!("{s:?}: accepted engines are compiled, reference")),
+    }
 }
 
 #[derive(clap::Args)]
@@ -181,7 +251,40 @@ fn main() -> anyhow::Result<()> {
             Ok(())
         }
         Command::Apply { file, datastore } => apply(&file, &datastore),
+        Command::Policy { command } => policy(command),
     }
+}
+
+fn policy(command: PolicyCommand) -> anyhow::Result<()> {
+    match command {
+        PolicyCommand::Explain { state, datastore, from, to, proto, port, src_port, icmp_code, json } => {
+            let dir = match (state, datastore) {
+                (Some(d), _) | (None, Some(Datastore::Dir(d))) => d,
+                (None, None) => anyhow::bail!("give --state DIR or --datastore dir:PATH"),
+            };
+            let cluster = cluster::read_dir(&dir)?;
+            let q = ExplainQuery { from, to, protocol: proto, port, src_port, icmp_code };
+            let (d, v) = policy_cli::explain(&cluster, &q)?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&v)?);
+            } else {
+                print!("{}", policy_cli::explain_text(&d, &v));
+            }
+        }
+        PolicyCommand::Classify { policy, trace, engine, json } => {
+            let (answers, summary) = policy_cli::classify(&policy, &trace, engine)?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&summary)?);
+            } else {
+                let mut out = std::io::BufWriter::new(std::io::stdout().lock());
+                for a in answers {
+                    writeln!(out, "{a}")?;
+                }
+            }
+        }
+        PolicyCommand::FromClassbench { file, name } => print!("{}", policy_cli::from_classbench(&file, &name)?),
+    }
+    Ok(())
 }
 
 fn print_table(kind: &str, items: &[serde_json::Value]) {

@@ -7,10 +7,12 @@
 //! VTEP MAC. A Pod is written before CNI ADD (as the API server has it when kubelet calls the
 //! plugin) and rewritten with `status.podIP` after, as kubelet reports it.
 
+use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
 use std::path::Path;
 
 use anyhow::{Context, Result};
+use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
 /// flanneld's vxlan-backend identity of a node.
@@ -54,11 +56,26 @@ pub fn node(
 }
 
 pub fn namespace(name: &str) -> Result<String> {
+    labelled_namespace(name, &BTreeMap::new())
+}
+
+/// A Namespace with `labels` (and the name label the API server adds).
+pub fn labelled_namespace(name: &str, labels: &BTreeMap<String, String>) -> Result<String> {
+    let mut l = labels.clone();
+    l.insert("kubernetes.io/metadata.name".into(), name.into());
     to_yaml(&json!({
         "apiVersion": "v1",
         "kind": "Namespace",
-        "metadata": { "name": name, "labels": { "kubernetes.io/metadata.name": name } },
+        "metadata": { "name": name, "labels": l },
     }))
+}
+
+/// What a lab pod is besides its name and node: labels beyond the lab's own, and named
+/// container ports (name, `TCP`/`UDP`/`SCTP`, port).
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct PodLabels {
+    pub labels: BTreeMap<String, String>,
+    pub ports: Vec<(String, String, u16)>,
 }
 
 /// A Pod scheduled on `node_name`; with `ip` it is Running with that address.
@@ -69,6 +86,18 @@ pub fn pod(
     host_ip: Ipv4Addr,
     ip: Option<Ipv4Addr>,
 ) -> Result<String> {
+    labelled_pod(name, namespace, node_name, host_ip, ip, &PodLabels::default())
+}
+
+/// [`pod`] with extra labels and named container ports.
+pub fn labelled_pod(
+    name: &str,
+    namespace: &str,
+    node_name: &str,
+    host_ip: Ipv4Addr,
+    ip: Option<Ipv4Addr>,
+    extra: &PodLabels,
+) -> Result<String> {
     let status = match ip {
         Some(ip) => json!({
             "phase": "Running",
@@ -78,17 +107,23 @@ pub fn pod(
         }),
         None => json!({ "phase": "Pending", "hostIP": host_ip.to_string() }),
     };
+    let mut labels: BTreeMap<String, String> = [("app", "twill-lab"), ("twill-lab/node", node_name), ("twill-lab/pod", name)]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+    labels.extend(extra.labels.clone());
+    let ports: Vec<Value> = extra
+        .ports
+        .iter()
+        .map(|(n, proto, port)| json!({"name": n, "protocol": proto, "containerPort": port}))
+        .collect();
     to_yaml(&json!({
         "apiVersion": "v1",
         "kind": "Pod",
-        "metadata": {
-            "name": name,
-            "namespace": namespace,
-            "labels": { "app": "twill-lab", "twill-lab/node": node_name, "twill-lab/pod": name },
-        },
+        "metadata": { "name": name, "namespace": namespace, "labels": labels },
         "spec": {
             "nodeName": node_name,
-            "containers": [{ "name": "app", "image": "twill-lab/probe" }],
+            "containers": [{ "name": "app", "image": "twill-lab/probe", "ports": ports }],
         },
         "status": status,
     }))

@@ -17,7 +17,7 @@ use serde_json::Value;
 
 use crate::cni_runtime::{self, CniCall};
 use crate::kernel_flannel;
-use crate::manifests::{self, FlannelBackend};
+use crate::manifests::{self, FlannelBackend, PodLabels};
 use crate::netns::{self, ip};
 pub use crate::teardown::down_all;
 use crate::teardown::teardown;
@@ -157,6 +157,9 @@ pub struct PodState {
     pub cni_result: Option<Value>,
     /// Kernel-flannel pods: the host end of the pod's veth, on cni0.
     pub host_veth: Option<String>,
+    /// Labels beyond the lab's own and named container ports, as its manifest has them.
+    #[serde(default)]
+    pub extra: PodLabels,
 }
 
 impl PodState {
@@ -548,8 +551,31 @@ impl Lab {
         Ok(())
     }
 
-    /// Adds a pod on node `n{index}`; returns its name.
+    /// Adds a pod on node `n{index}` in namespace `default`; returns its name.
     pub fn add_pod(&mut self, index: u32) -> Result<String> {
+        self.add_pod_in(index, POD_NAMESPACE, &PodLabels::default())
+    }
+
+    /// Writes (or rewrites) a Namespace manifest with `labels`.
+    pub fn add_namespace(&mut self, name: &str, labels: &std::collections::BTreeMap<String, String>) -> Result<()> {
+        manifests::write(&manifests_dir(), &manifests::namespace_file(name), &manifests::labelled_namespace(name, labels)?)
+    }
+
+    /// Writes a manifest file of the user's (a policy, say) into the directory the agents
+    /// watch; a file of that name is replaced whole.
+    pub fn apply_manifest(&self, file: &str, yaml: &str) -> Result<()> {
+        manifests::write(&manifests_dir(), file, yaml)
+    }
+
+    /// Removes a manifest written by [`Lab::apply_manifest`].
+    pub fn delete_manifest(&self, file: &str) -> Result<()> {
+        let path = manifests_dir().join(file);
+        std::fs::remove_file(&path).with_context(|| format!("removing {}", path.display()))
+    }
+
+    /// Adds a pod on node `n{index}` in `namespace` with `extra` labels and named ports;
+    /// returns its name.
+    pub fn add_pod_in(&mut self, index: u32, namespace: &str, extra: &PodLabels) -> Result<String> {
         let node = self
             .state
             .nodes
@@ -565,7 +591,7 @@ impl Lab {
         let twill = node.dataplane == Dataplane::Twill;
         self.state.pods.push(PodState {
             name: name.clone(),
-            namespace: POD_NAMESPACE.to_owned(),
+            namespace: namespace.to_owned(),
             node: node.name.clone(),
             node_index: index,
             index: j,
@@ -576,15 +602,16 @@ impl Lab {
             container_id: twill.then(|| format!("n{index}-p{j}-{}", random_hex(8))),
             cni_result: None,
             host_veth: (!twill).then(|| format!("tw-p{j}")),
+            extra: extra.clone(),
         });
         self.persist()?;
         netns::add(&pod_ns)?;
         let mdir = manifests_dir();
-        let pod_file = manifests::pod_file(POD_NAMESPACE, &name);
+        let pod_file = manifests::pod_file(namespace, &name);
         manifests::write(
             &mdir,
             &pod_file,
-            &manifests::pod(&name, POD_NAMESPACE, &node.name, node.address, None)?,
+            &manifests::labelled_pod(&name, namespace, &node.name, node.address, None, extra)?,
         )?;
         let pod = self.state.pods.last().cloned().expect("pod just pushed");
         let (ip, result) = if twill {
@@ -610,7 +637,7 @@ impl Lab {
         manifests::write(
             &mdir,
             &pod_file,
-            &manifests::pod(&name, POD_NAMESPACE, &node.name, node.address, Some(ip))?,
+            &manifests::labelled_pod(&name, namespace, &node.name, node.address, Some(ip), extra)?,
         )?;
         self.persist()?;
         Ok(name)

@@ -234,6 +234,9 @@ pub struct FlowStats {
     pub reordered: u64,
     /// The longest time between two received packets while the flow ran, ms.
     pub max_gap_ms: f64,
+    /// When the last packet arrived.
+    #[serde(skip)]
+    pub last_rx_at: Option<Instant>,
 }
 
 static FLOW_PORT: AtomicU16 = AtomicU16::new(0);
@@ -323,6 +326,7 @@ fn receive_flow(s: &UdpSocket, stop: &AtomicBool) -> Result<FlowStats> {
         duplicates: 0,
         reordered: 0,
         max_gap_ms: 0.0,
+        last_rx_at: None,
     };
     let (mut highest, mut last_rx, mut stop_seen) = (None::<u64>, None::<Instant>, None::<Instant>);
     let mut buf = [0u8; 64];
@@ -362,6 +366,7 @@ fn receive_flow(s: &UdpSocket, stop: &AtomicBool) -> Result<FlowStats> {
         if stop.load(Ordering::Relaxed) {
             let since = *stop_seen.get_or_insert_with(Instant::now);
             if since.elapsed() >= DRAIN_QUIET {
+                st.last_rx_at = last_rx;
                 return Ok(st);
             }
         }

@@ -2,7 +2,6 @@
 //! grows while traffic flows and tears down on drop (also on panic). Run here on the kernel
 //! Flannel data plane, which needs no twill binaries. Needs root; fails loudly otherwise.
 
-use std::sync::Mutex;
 use std::time::Duration;
 
 use perf_lab::netns;
@@ -10,14 +9,9 @@ use perf_lab::probe::check_all_pairs;
 use perf_lab::topology::{Dataplane, Topology};
 use perf_lab::traffic::UdpFlow;
 
-static SERIAL: Mutex<()> = Mutex::new(());
+mod common;
 
-fn setup() -> std::sync::MutexGuard<'static, ()> {
-    netns::require_root().expect("lab tests create network namespaces: run them as root (CI does)");
-    let g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
-    perf_lab::topology::down_all().expect("clearing a lab left by an earlier run");
-    g
-}
+use common::setup;
 
 #[test]
 fn node_joins_while_a_flow_runs_without_loss() {

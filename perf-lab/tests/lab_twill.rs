@@ -4,7 +4,7 @@
 //! flows, and malformed input dropped with a reason while forwarding goes on.
 //! Needs root; fails loudly otherwise.
 
-use std::{collections::BTreeMap, sync::Mutex, time::Duration};
+use std::time::Duration;
 
 use perf_lab::{
     netns,
@@ -14,35 +14,15 @@ use perf_lab::{
 };
 use serde_json::Value;
 
-static SERIAL: Mutex<()> = Mutex::new(());
+mod common;
 
-fn setup() -> std::sync::MutexGuard<'static, ()> {
-    netns::require_root().expect("lab tests create network namespaces: run them as root (CI does)");
-    let g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
-    perf_lab::topology::down_all().expect("clearing a lab left by an earlier run");
-    g
-}
+use common::{down, setup, stats};
 
 fn assert_all_pairs_ok(lab: &Lab, expected: usize) {
     let pairs = check_all_pairs(lab.pods()).expect("probing pod pairs");
     assert_eq!(pairs.len(), expected);
     let failed: Vec<_> = pairs.iter().filter(|p| !p.ok()).collect();
     assert!(failed.is_empty(), "pairs that failed: {failed:#?}");
-}
-
-fn stats(lab: &Lab, node: &str) -> BTreeMap<String, u64> {
-    let v = lab.agent_stats(node).expect("agent stats");
-    v["stats"]
-        .as_object()
-        .expect("stats object")
-        .iter()
-        .map(|(k, v)| (k.clone(), v.as_u64().unwrap_or(0)))
-        .collect()
-}
-
-fn down(lab: Lab) {
-    lab.down().expect("lab down");
-    assert_eq!(netns::list_lab(), Vec::<String>::new(), "down left namespaces behind");
 }
 
 #[test]

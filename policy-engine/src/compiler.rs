@@ -66,6 +66,9 @@ pub enum CompileError {
         /// What is wrong and what is accepted.
         reason: String,
     },
+    /// A policy asked for is not held.
+    #[error("no policy {0}")]
+    UnknownPolicy(String),
     /// The classifier refused the lowered rules.
     #[error("compiling the rules of {endpoint}: {source}")]
     Build {
@@ -1013,6 +1016,15 @@ impl PolicyCompiler {
             .collect();
         list.sort_by(|a, b| a.cmp_order(b));
         list.into_iter().map(Policy::id_key).collect()
+    }
+
+    /// Compiles the rules of the policies `ids`, in this order, for `dir`: what an endpoint
+    /// they all apply to is judged by (for `twill policy classify` and benches; not cached).
+    pub fn rule_set(&self, dir: Direction, ids: &[PolicyId]) -> Result<RuleSet, CompileError> {
+        if let Some(missing) = ids.iter().find(|id| !self.policies.contains_key(*id)) {
+            return Err(CompileError::UnknownPolicy(missing.to_string()));
+        }
+        self.build_rule_set(&(dir_index(dir), ids.to_vec()))
     }
 
     /// The rule set for a list, from the cache or built; counts one more user.
