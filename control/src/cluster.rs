@@ -361,6 +361,26 @@ metadata:
     }
 
     #[test]
+    fn pods_bring_addresses_and_named_ports_and_policies_are_read_once() {
+        let pod = "kind: Pod\nmetadata: {name: db, namespace: shop, labels: {app: db}}\nspec:\n  containers:\n  - {name: c, image: pg, ports: [{name: sql, containerPort: 5432}, {name: stats, containerPort: 9187, protocol: UDP}, {containerPort: 1}]}\nstatus: {podIP: 10.244.1.9, podIPs: [{ip: 10.244.1.9}, {ip: 'fd00::9'}]}\n";
+        let mut s = ClusterState::default();
+        read_documents(pod, "pod.yaml", &mut s).unwrap();
+        let p = &s.pods[&("shop".into(), "db".into())];
+        assert_eq!(p.ips, vec![Ipv4Addr::new(10, 244, 1, 9)], "the IPv4 address of podIPs");
+        assert_eq!(p.ports.len(), 2, "unnamed ports name nothing");
+        assert_eq!((p.ports[1].name.as_str(), p.ports[1].protocol, p.ports[1].port), ("stats", proto::UDP, 9187));
+
+        let np = "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: x, namespace: shop}\nspec: {podSelector: {}}\n";
+        read_documents(np, "a.yaml", &mut s).unwrap();
+        assert_eq!(s.policies.len(), 1);
+        let err = read_documents(np, "b.yaml", &mut s).unwrap_err().to_string();
+        assert!(err.starts_with("b.yaml: ") && err.contains("first in a.yaml"), "{err}");
+        let bad = "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: y, namespace: shop}\nspec:\n  podSelector: {}\n  ingress: [{from: [{ipBlock: {cidr: 10.0.0.0/99}}]}]\n";
+        let err = read_documents(bad, "bad.yaml", &mut s).unwrap_err().to_string();
+        assert!(err.starts_with("bad.yaml: ") && err.contains("spec.ingress[0].from[0].ipBlock.cidr"), "{err}");
+    }
+
+    #[test]
     fn derived_mac_is_stable_unicast_and_local() {
         let a = derived_vtep_mac("node-a");
         assert_eq!(a, derived_vtep_mac("node-a"));
