@@ -472,6 +472,7 @@ pub fn control_loop(agent: &Arc<Mutex<Agent>>, stop: &std::sync::atomic::AtomicB
         }
         let mut a = agent.lock().expect("agent lock");
         a.write_policy_logs();
+        a.dataplane.sweep_flows();
         let every = if a.unresolved_peers() { Duration::from_millis(100) } else { Duration::from_secs(1) };
         if last_neigh.elapsed() >= every {
             last_neigh = Instant::now();

@@ -5,30 +5,38 @@
 //! - **Symmetric keys.** A flow's key orders its two (address, port) ends, so both
 //!   directions find the same entry whichever worker handles them; the entry remembers
 //!   which end opened the flow, so a lookup also says whether a packet is a reply.
-//! - **Buckets of 4 slots** (two cache lines); a flow lives in one of two buckets chosen by
-//!   independent hashes, the emptier one (two-choice hashing). Entries are never moved, so
-//!   a few flows are refused before the table is full (measured by the tests: 1 in 16,384
-//!   at half load, 1.3 % on the way to 80 %): size the table for twice the flows expected.
-//!   Bounded: when both buckets are full of live flows, a new flow is refused
+//! - **A bucket is one cache line**: four 16-byte slots, each the whole entry — both
+//!   addresses in one word; both ports, the protocol, state, opener and deadline in the
+//!   other. A flow lives in one of two buckets chosen by independent hashes, the emptier
+//!   one (two-choice hashing). A small side array holds an 8-bit tag per slot (4 bytes a
+//!   bucket, so it mostly stays in cache): a lookup reads the two tag words and then only
+//!   the line whose tag matches — one random memory access per packet, as a SwissTable's
+//!   control bytes allow. Entries are never moved, so a few flows are refused before the
+//!   table is full (the tests measure it): size the table for twice the flows expected.
+//!   The table sits on transparent huge pages (`huge.rs`).
+//! - **Bounded**: when both buckets are full of live flows, a new flow is refused
 //!   ([`Insert::Full`]) and the caller counts and drops it, as Linux does ("table full,
 //!   dropping packet"). Nothing grows, nothing allocates after creation.
-//! - **Expiry without sweeps.** Each entry carries its deadline (coarse milliseconds); an
-//!   expired entry is simply a free slot to the next insert and invisible to lookups.
-//!   No thread ever walks the table, so there is no stop-the-world pause.
-//! - **Seqlock slots.** A slot's `meta` word (deadline, state, opener) is 0 when empty and
-//!   [`BUSY`] while a writer fills it; writers claim slots with a compare-and-swap, readers
-//!   read the key between two loads of `meta` and retry if it changed.
+//! - **Expiry without pauses.** Each entry carries its deadline (seconds, 20 bits, compared
+//!   modulo 2^20); an expired entry is a free slot to the next insert and invisible to
+//!   lookups. The control thread calls [`Conntrack::sweep`] on a slice of the table now and
+//!   then (a full pass in well under the 6 days the timestamp range spans) so no expired
+//!   entry lives long enough for its timestamp to wrap: it never stops the workers.
+//! - **Seqlock slots.** A slot's second word is 0 when empty and [`BUSY`] while a writer
+//!   fills it; writers claim slots with a compare-and-swap, readers read the address word
+//!   between two loads of the second word and retry if it changed.
 //!
 //! Timeouts follow the kernel's conntrack defaults in spirit: unreplied flows expire fast
 //! (TCP SYN 60 s, UDP 30 s, ICMP 30 s), replied ones slowly (TCP established 1 h, UDP 180 s),
-//! closing TCP (FIN or RST seen) after 30 s.
+//! closing TCP (FIN or RST seen) after 30 s. Time is given in milliseconds and kept in
+//! seconds.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 
-/// Slots per bucket.
+use crate::huge::HugeTable;
+
+/// Slots per bucket: four 16-byte slots fill one cache line.
 const WAYS: usize = 4;
-/// `meta` of a slot being written.
-const BUSY: u64 = u64::MAX;
 
 /// The 5-tuple of a packet, as seen on the wire.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -46,14 +54,15 @@ impl Flow {
         Flow { src: self.dst, dst: self.src, proto: self.proto, src_port: self.dst_port, dst_port: self.src_port }
     }
 
-    /// (symmetric key words, whether this packet is sent by the "low" end).
+    /// The symmetric key, and whether this packet is sent by the "low" end.
     #[inline]
-    fn key(&self) -> ([u64; 2], bool) {
+    fn key(&self) -> (Key, bool) {
         let a = (u64::from(self.src) << 16) | u64::from(self.src_port);
         let b = (u64::from(self.dst) << 16) | u64::from(self.dst_port);
         let (lo, hi, from_lo) = if a <= b { (a, b, true) } else { (b, a, false) };
-        // 48 bits each: lo in k0 with the protocol in the top byte, hi in k1.
-        ([lo | (u64::from(self.proto) << 56), hi], from_lo)
+        let addrs = ((lo >> 16) << 32) | (hi >> 16);
+        let rest = (lo & 0xffff) | ((hi & 0xffff) << 16) | (u64::from(self.proto) << 32);
+        (Key { addrs, rest }, from_lo)
     }
 }
 
@@ -116,6 +125,11 @@ impl Timeouts {
         Timeouts { tcp_new: ms, tcp_established: ms, tcp_closing: ms, udp_new: ms, udp_established: ms, other: ms }
     }
 
+    /// The timeout of a protocol in a state, in whole seconds (at least one).
+    fn secs(&self, proto: u8, state: State) -> u64 {
+        self.of(proto, state).div_ceil(1000).max(1)
+    }
+
     fn of(&self, proto: u8, state: State) -> u64 {
         match (proto, state) {
             (6, State::New) => self.tcp_new,
@@ -128,37 +142,99 @@ impl Timeouts {
     }
 }
 
-#[derive(Debug, Default)]
-#[repr(align(64))]
-struct Bucket {
-    meta: [AtomicU64; WAYS],
-    key: [[AtomicU64; 2]; WAYS],
+/// A flow as a slot stores it: both addresses (low end's first) in one word; both ports
+/// and the protocol in the low 40 bits of the other.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Key {
+    addrs: u64,
+    rest: u64,
 }
 
-// meta: deadline in ms (bits 8..63, never 0 for a live entry) | state (bits 1..2) | opener is
-// the low end (bit 0).
-fn pack(deadline: u64, state: State, opener_lo: bool) -> u64 {
+impl Key {
+    fn flow(&self, opener_lo: bool) -> Flow {
+        let (lo_addr, hi_addr) = ((self.addrs >> 32) as u32, self.addrs as u32);
+        let (lo_port, hi_port) = (self.rest as u16, (self.rest >> 16) as u16);
+        let proto = (self.rest >> 32) as u8;
+        if opener_lo {
+            Flow { src: lo_addr, dst: hi_addr, proto, src_port: lo_port, dst_port: hi_port }
+        } else {
+            Flow { src: hi_addr, dst: lo_addr, proto, src_port: hi_port, dst_port: lo_port }
+        }
+    }
+}
+
+// The second word of a slot: key bits 0..39 | valid (40) | state (41..42) | opener is the
+// low end (43) | deadline in seconds modulo 2^20 (44..63). 0 = empty, BUSY = being written.
+const KEY_BITS: u64 = (1 << 40) - 1;
+const VALID: u64 = 1 << 40;
+const DEADLINE_SHIFT: u32 = 44;
+const DEADLINE_MASK: u64 = (1 << 20) - 1;
+/// A deadline further ahead than this is in the past (modulo 2^20 s).
+const HORIZON: u64 = 1 << 19;
+/// Second word of a slot a writer is filling (not valid, not empty).
+const BUSY: u64 = 1 << 63;
+
+fn pack(key: &Key, deadline_s: u64, state: State, opener_lo: bool) -> u64 {
     let s = match state {
         State::New => 1,
         State::Established => 2,
         State::Closing => 3,
     };
-    (deadline.max(1) << 8) | (s << 1) | u64::from(opener_lo)
+    (key.rest & KEY_BITS)
+        | VALID
+        | (s << 41)
+        | (u64::from(opener_lo) << 43)
+        | ((deadline_s & DEADLINE_MASK) << DEADLINE_SHIFT)
 }
 
-fn unpack(meta: u64) -> (u64, State, bool) {
-    let state = match (meta >> 1) & 3 {
+fn unpack(meta: u64) -> (State, bool) {
+    let state = match (meta >> 41) & 3 {
         2 => State::Established,
         3 => State::Closing,
         _ => State::New,
     };
-    (meta >> 8, state, meta & 1 == 1)
+    (state, (meta >> 43) & 1 == 1)
+}
+
+/// Whether the slot word `meta` is a valid entry whose deadline is after `now_s`.
+#[inline]
+fn live(meta: u64, now_s: u64) -> bool {
+    let ahead = ((meta >> DEADLINE_SHIFT).wrapping_sub(now_s)) & DEADLINE_MASK;
+    meta & VALID != 0 && ahead != 0 && ahead < HORIZON
+}
+
+/// Seconds of a millisecond clock.
+#[inline]
+fn secs(now_ms: u64) -> u64 {
+    now_ms / 1000
+}
+
+/// Where a key may live: its two candidate buckets, and its tag (8 hash bits, never 0).
+#[derive(Debug, Clone, Copy)]
+struct Place {
+    buckets: [usize; 2],
+    tag: u8,
+}
+
+/// The ways of a bucket whose tag byte in `tags` may be `tag` (a superset: SWAR zero-byte
+/// test, whose rare false positives only cost a look at the slot).
+#[inline]
+fn tag_ways(tags: u32, tag: u8) -> u32 {
+    let x = tags ^ (u32::from(tag) * 0x0101_0101);
+    let zero = x.wrapping_sub(0x0101_0101) & !x & 0x8080_8080;
+    // Byte i's high bit → bit i.
+    ((zero >> 7) & 1) | ((zero >> 14) & 2) | ((zero >> 21) & 4) | ((zero >> 28) & 8)
 }
 
 /// The connection table of a node.
 #[derive(Debug)]
 pub struct Conntrack {
-    buckets: Box<[Bucket]>,
+    /// One cache line per bucket: `WAYS` slots of two words.
+    buckets: HugeTable<[[AtomicU64; 2]; WAYS]>,
+    /// Per bucket, one tag byte per way: a lookup reads this small array (4 bytes a
+    /// bucket, mostly in cache) to know which of its two lines to read. A superset: set
+    /// before a slot is filled, left behind when it empties.
+    tags: HugeTable<AtomicU32>,
     mask: usize,
     timeouts: Timeouts,
 }
@@ -171,16 +247,11 @@ fn mix(mut h: u64) -> u64 {
     h ^ (h >> 31)
 }
 
-#[inline]
-fn hash(k: &[u64; 2]) -> u64 {
-    mix(k[0] ^ mix(k[1]))
-}
-
 impl Conntrack {
     /// A table for at least `flows` flows (rounded up to a power of two of buckets).
     pub fn new(flows: usize, timeouts: Timeouts) -> Conntrack {
         let buckets = flows.div_ceil(WAYS).next_power_of_two().max(2);
-        Conntrack { buckets: (0..buckets).map(|_| Bucket::default()).collect(), mask: buckets - 1, timeouts }
+        Conntrack { buckets: HugeTable::zeroed(buckets), tags: HugeTable::zeroed(buckets), mask: buckets - 1, timeouts }
     }
 
     /// Flows the table can hold.
@@ -190,34 +261,43 @@ impl Conntrack {
 
     /// Bytes of memory the table uses.
     pub fn memory_bytes(&self) -> usize {
-        std::mem::size_of_val(&*self.buckets)
+        self.buckets.bytes() + self.tags.bytes()
     }
 
-    /// Two independent buckets (two-choice hashing: the fuller one rarely matters).
+    /// Two buckets from independent hash bits (two-choice hashing), and the tag.
     #[inline]
-    fn candidates(&self, k: &[u64; 2]) -> [usize; 2] {
-        let h = hash(k);
-        [h as usize & self.mask, (h >> 32) as usize & self.mask]
+    fn place(&self, k: &Key) -> Place {
+        let h = mix(k.addrs ^ mix(k.rest));
+        let tag = ((h >> 24) as u8) | 1;
+        Place { buckets: [h as usize & self.mask, (h >> 32) as usize & self.mask], tag }
     }
 
-    /// Finds the live entry of `key`: (bucket, way, meta).
+    /// The ways of both buckets whose tags match.
     #[inline]
-    fn find(&self, k: &[u64; 2], now: u64) -> Option<(usize, usize, u64)> {
-        for b in self.candidates(k) {
-            let bucket = &self.buckets[b];
-            for w in 0..WAYS {
+    fn candidates(&self, place: &Place) -> [u32; 2] {
+        place.buckets.map(|b| tag_ways(self.tags[b].load(Ordering::Acquire), place.tag))
+    }
+
+    /// Finds the live entry of `k`: (bucket, way, second word). Only slots whose tag
+    /// matches are read: usually one line.
+    #[inline(always)]
+    fn find(&self, k: &Key, place: &Place, now_s: u64) -> Option<(usize, usize, u64)> {
+        for (b, mut ways) in place.buckets.into_iter().zip(self.candidates(place)) {
+            while ways != 0 {
+                let w = ways.trailing_zeros() as usize;
+                ways &= ways - 1;
+                let slot = &self.buckets[b][w];
                 loop {
-                    let m = bucket.meta[w].load(Ordering::Acquire);
-                    if m == 0 || m == BUSY || unpack(m).0 <= now {
+                    let m = slot[1].load(Ordering::Acquire);
+                    if m & KEY_BITS != k.rest || !live(m, now_s) {
                         break;
                     }
-                    let k0 = bucket.key[w][0].load(Ordering::Relaxed);
-                    let k1 = bucket.key[w][1].load(Ordering::Relaxed);
+                    let addrs = slot[0].load(Ordering::Relaxed);
                     std::sync::atomic::fence(Ordering::Acquire);
-                    if bucket.meta[w].load(Ordering::Relaxed) != m {
+                    if slot[1].load(Ordering::Relaxed) != m {
                         continue; // rewritten while we read: look again
                     }
-                    if k0 == k[0] && k1 == k[1] {
+                    if addrs == k.addrs {
                         return Some((b, w, m));
                     }
                     break;
@@ -232,24 +312,74 @@ impl Conntrack {
     #[inline]
     pub fn track(&self, flow: &Flow, now: u64, tcp_fin_rst: bool) -> Option<Tracked> {
         let (k, from_lo) = flow.key();
-        let (b, w, m) = self.find(&k, now)?;
-        let (deadline, state, opener_lo) = unpack(m);
+        let place = self.place(&k);
+        self.track_key(&k, &place, from_lo, flow.proto, secs(now), tcp_fin_rst)
+    }
+
+    /// Prefetches the line a lookup of `flow` will read, so that a lookup soon after finds
+    /// it in the cache (the pipeline's prefetch stage).
+    #[inline]
+    pub fn prefetch(&self, flow: &Flow) {
+        self.prefetch_place(&self.place(&flow.key().0));
+    }
+
+    /// Prefetches the line a lookup of `place` will read: the first bucket whose tag matches.
+    #[inline]
+    fn prefetch_place(&self, place: &Place) {
+        match self.candidates(place) {
+            [0, 0] => {}
+            [0, _] => self.buckets.prefetch(place.buckets[1]),
+            _ => self.buckets.prefetch(place.buckets[0]),
+        }
+    }
+
+    /// [`Conntrack::track`] for a vector of packets (no FIN/RST among them): `out[i]` for
+    /// `flows[i]`, for as many as both hold. A software pipeline over the vector (VPP's
+    /// prefetch stages): packet `i` has its tag words prefetched while packet `i - D` has
+    /// the line its tag points at prefetched and packet `i - 2D` is tracked, so the cache
+    /// misses of different packets overlap instead of queueing.
+    pub fn track_batch(&self, flows: &[Flow], now: u64, out: &mut [Option<Tracked>]) {
+        /// Prefetch distance, in packets, between the stages.
+        const D: usize = 12;
+        /// Ring of the packets in flight (a power of two above 2 D).
+        const RING: usize = 32;
+        let n = flows.len().min(out.len());
+        let now_s = secs(now);
+        let mut keys = [(Key { addrs: 0, rest: 0 }, false); RING];
+        let mut places = [Place { buckets: [0; 2], tag: 0 }; RING];
+        for i in 0..n + 2 * D {
+            if i < n {
+                let r = i % RING;
+                keys[r] = flows[i].key();
+                places[r] = self.place(&keys[r].0);
+                self.tags.prefetch(places[r].buckets[0]);
+                self.tags.prefetch(places[r].buckets[1]);
+            }
+            if let Some(j) = i.checked_sub(D).filter(|j| *j < n) {
+                self.prefetch_place(&places[j % RING]);
+            }
+            if let Some(j) = i.checked_sub(2 * D).filter(|j| *j < n) {
+                let (k, from_lo) = &keys[j % RING];
+                out[j] = self.track_key(k, &places[j % RING], *from_lo, flows[j].proto, now_s, false);
+            }
+        }
+    }
+
+    #[inline]
+    fn track_key(&self, k: &Key, place: &Place, from_lo: bool, proto: u8, now_s: u64, tcp_fin_rst: bool) -> Option<Tracked> {
+        let (b, w, m) = self.find(k, place, now_s)?;
+        let (state, opener_lo) = unpack(m);
         let reply = from_lo != opener_lo;
         let next = match state {
-            _ if tcp_fin_rst && flow.proto == 6 => State::Closing,
+            _ if tcp_fin_rst && proto == 6 => State::Closing,
             State::New if reply => State::Established,
             s => s,
         };
-        let new_deadline = now + self.timeouts.of(flow.proto, next);
-        // Write only when something changed or the deadline moved by more than a second:
-        // established flows do not write a shared cache line on every packet.
-        if next != state || new_deadline > deadline + 1000 {
-            let _ = self.buckets[b].meta[w].compare_exchange(
-                m,
-                pack(new_deadline, next, opener_lo),
-                Ordering::AcqRel,
-                Ordering::Relaxed,
-            );
+        let deadline = now_s + self.timeouts.secs(proto, next);
+        // Write only when something changed or the deadline moved: established flows do
+        // not write a shared cache line more than once a second.
+        if next != state || (m >> DEADLINE_SHIFT) != deadline & DEADLINE_MASK {
+            let _ = self.buckets[b][w][1].compare_exchange(m, pack(k, deadline, next, opener_lo), Ordering::AcqRel, Ordering::Relaxed);
         }
         Some(Tracked { state: next, reply })
     }
@@ -257,46 +387,50 @@ impl Conntrack {
     /// Whether `flow` (either direction) is tracked, without refreshing it.
     #[inline]
     pub fn is_tracked(&self, flow: &Flow, now: u64) -> bool {
-        self.find(&flow.key().0, now).is_some()
+        let k = flow.key().0;
+        self.find(&k, &self.place(&k), secs(now)).is_some()
     }
 
     /// Records a new flow opened by `flow`'s sender (after policy allowed it).
     pub fn insert(&self, flow: &Flow, now: u64) -> Insert {
+        let now_s = secs(now);
         let (k, from_lo) = flow.key();
-        if self.find(&k, now).is_some() {
+        let place = self.place(&k);
+        if self.find(&k, &place, now_s).is_some() {
             return Insert::Exists;
         }
-        let meta = pack(now + self.timeouts.of(flow.proto, State::New), State::New, from_lo);
+        let meta = pack(&k, now_s + self.timeouts.secs(flow.proto, State::New), State::New, from_lo);
         // The emptier of the two buckets first (two-choice hashing keeps buckets even).
-        let [b1, b2] = self.candidates(&k);
-        let order = if self.free_slots(b2, now) > self.free_slots(b1, now) { [b2, b1] } else { [b1, b2] };
+        let [b1, b2] = place.buckets;
+        let order = if self.free_slots(b2, now_s) > self.free_slots(b1, now_s) { [b2, b1] } else { [b1, b2] };
         for b in order {
-            let bucket = &self.buckets[b];
-            for w in 0..WAYS {
-                let m = bucket.meta[w].load(Ordering::Acquire);
-                let free = m == 0 || (m != BUSY && unpack(m).0 <= now);
-                if !free {
+            for (w, slot) in self.buckets[b].iter().enumerate() {
+                let m = slot[1].load(Ordering::Acquire);
+                if m == BUSY || live(m, now_s) {
                     continue;
                 }
-                if bucket.meta[w].compare_exchange(m, BUSY, Ordering::Acquire, Ordering::Relaxed).is_err() {
+                if slot[1].compare_exchange(m, BUSY, Ordering::Acquire, Ordering::Relaxed).is_err() {
                     continue;
                 }
-                bucket.key[w][0].store(k[0], Ordering::Relaxed);
-                bucket.key[w][1].store(k[1], Ordering::Relaxed);
-                bucket.meta[w].store(meta, Ordering::Release);
+                // The tag first: a reader that sees the entry has seen its tag.
+                let shift = 8 * w as u32;
+                let _ = self.tags[b].fetch_update(Ordering::Release, Ordering::Relaxed, |t| {
+                    Some((t & !(0xff << shift)) | (u32::from(place.tag) << shift))
+                });
+                slot[0].store(k.addrs, Ordering::Relaxed);
+                slot[1].store(meta, Ordering::Release);
                 return Insert::Inserted;
             }
         }
         Insert::Full
     }
 
-    fn free_slots(&self, b: usize, now: u64) -> usize {
+    fn free_slots(&self, b: usize, now_s: u64) -> usize {
         self.buckets[b]
-            .meta
             .iter()
-            .filter(|m| {
-                let m = m.load(Ordering::Relaxed);
-                m == 0 || (m != BUSY && unpack(m).0 <= now)
+            .filter(|slot| {
+                let m = slot[1].load(Ordering::Relaxed);
+                m != BUSY && !live(m, now_s)
             })
             .count()
     }
@@ -304,8 +438,8 @@ impl Conntrack {
     /// Forgets `flow` (a policy change now denies it).
     pub fn remove(&self, flow: &Flow, now: u64) -> bool {
         let (k, _) = flow.key();
-        match self.find(&k, now) {
-            Some((b, w, m)) => self.buckets[b].meta[w].compare_exchange(m, 0, Ordering::AcqRel, Ordering::Relaxed).is_ok(),
+        match self.find(&k, &self.place(&k), secs(now)) {
+            Some((b, w, m)) => self.buckets[b][w][1].compare_exchange(m, 0, Ordering::AcqRel, Ordering::Relaxed).is_ok(),
             None => false,
         }
     }
@@ -313,27 +447,44 @@ impl Conntrack {
     /// Visits every live flow (opener's view) — for re-judging flows after a policy change.
     /// Runs beside the workers; it sees each flow that stays live during the walk once.
     pub fn for_each_live(&self, now: u64, mut f: impl FnMut(Flow, State)) {
+        let now_s = secs(now);
         for bucket in self.buckets.iter() {
-            for w in 0..WAYS {
-                let m = bucket.meta[w].load(Ordering::Acquire);
-                if m == 0 || m == BUSY || unpack(m).0 <= now {
+            for slot in bucket {
+                let m = slot[1].load(Ordering::Acquire);
+                if !live(m, now_s) {
                     continue;
                 }
-                let (k0, k1) = (bucket.key[w][0].load(Ordering::Relaxed), bucket.key[w][1].load(Ordering::Relaxed));
-                if bucket.meta[w].load(Ordering::Acquire) != m {
+                let addrs = slot[0].load(Ordering::Relaxed);
+                std::sync::atomic::fence(Ordering::Acquire);
+                if slot[1].load(Ordering::Relaxed) != m {
                     continue;
                 }
-                let (_, state, opener_lo) = unpack(m);
-                let lo = k0 & 0xffff_ffff_ffff;
-                let hi = k1;
-                let proto = (k0 >> 56) as u8;
-                let (s, d) = if opener_lo { (lo, hi) } else { (hi, lo) };
-                f(
-                    Flow { src: (s >> 16) as u32, dst: (d >> 16) as u32, proto, src_port: s as u16, dst_port: d as u16 },
-                    state,
-                );
+                let (state, opener_lo) = unpack(m);
+                f(Key { addrs, rest: m & KEY_BITS }.flow(opener_lo), state);
             }
         }
+    }
+
+    /// Empties the expired slots of `count` buckets starting at bucket `start` (modulo the
+    /// table); returns the bucket to start from next time. Beside the workers, without
+    /// stopping them: an expired slot is free to them already, this only keeps its
+    /// timestamp from ever wrapping into the future.
+    pub fn sweep(&self, now: u64, start: usize, count: usize) -> usize {
+        let now_s = secs(now);
+        for i in 0..count.min(self.buckets.len()) {
+            for slot in &self.buckets[(start + i) & self.mask] {
+                let m = slot[1].load(Ordering::Relaxed);
+                if m != 0 && m != BUSY && !live(m, now_s) {
+                    let _ = slot[1].compare_exchange(m, 0, Ordering::AcqRel, Ordering::Relaxed);
+                }
+            }
+        }
+        (start + count) & self.mask
+    }
+
+    /// Buckets in the table (for sweeping in slices).
+    pub fn buckets(&self) -> usize {
+        self.buckets.len()
     }
 }
 
@@ -425,6 +576,32 @@ mod tests {
         });
         let want: HashSet<Flow> = (0..100).filter(|i| *i != 7).map(|i| flow(i, 6)).collect();
         assert_eq!(seen, want, "the walk returns each flow as its opener sent it");
+    }
+
+    /// Expired entries are swept empty, so their 20-bit timestamps never wrap into the
+    /// future: an entry left 2^20 s would otherwise come back to life.
+    #[test]
+    fn sweeping_empties_expired_entries_before_their_timestamp_wraps() {
+        let ct = Conntrack::new(64, Timeouts::default());
+        let f = flow(3, 17);
+        ct.insert(&f, 0);
+        let wrapped = (DEADLINE_MASK + 1) * 1000;
+        assert!(ct.track(&f, wrapped, false).is_some(), "unswept, the timestamp has wrapped");
+        let mut at = 0;
+        for _ in 0..ct.buckets() {
+            at = ct.sweep(60_000, at, 1);
+        }
+        assert!(ct.track(&f, wrapped, false).is_none(), "swept when expired, it stays gone");
+        let batch: Vec<Flow> = (0..40).map(|i| flow(i, 6)).collect();
+        for f in &batch[..20] {
+            ct.insert(f, 0);
+        }
+        let mut out = vec![None; batch.len()];
+        ct.track_batch(&batch, 1, &mut out);
+        assert_eq!(out.iter().filter(|o| o.is_some()).count(), 20, "the batch finds what single lookups find");
+        for (f, o) in batch.iter().zip(&out) {
+            assert_eq!(*o, ct.track(f, 1, false));
+        }
     }
 
     /// Two threads, one per direction, as when a flow's directions land on different workers.

@@ -75,6 +75,8 @@ pub struct Dataplane {
     free_ids: Vec<PortId>,
     copy_mode: CopyMode,
     attach: AttachMode,
+    /// Where the next [`Dataplane::sweep_flows`] slice starts, per table.
+    sweep_at: [usize; 2],
 }
 
 /// Number of RX queues of `ifname`.
@@ -138,6 +140,7 @@ impl Dataplane {
             free_ids: (MAX_UPLINK_QUEUES as PortId..MAX_PORTS as PortId).rev().collect(),
             copy_mode: cfg.copy_mode,
             attach: cfg.attach,
+            sweep_at: [0; 2],
         };
         for (i, &core) in cfg.cores.iter().enumerate() {
             let (tx, rx) = bounded(64);
@@ -252,6 +255,16 @@ impl Dataplane {
             while let Some(e) = ring.pop() {
                 f(e);
             }
+        }
+    }
+
+    /// Empties the expired slots of 1/1024 of the connection and fragment tables (the
+    /// control loop calls it every turn, so a whole pass takes about 20 s).
+    pub fn sweep_flows(&mut self) {
+        let flows = &self.shared.flows;
+        let now = flows.now_ms();
+        for (table, at) in [&flows.conntrack, &flows.fragments].into_iter().zip(self.sweep_at.iter_mut()) {
+            *at = table.sweep(now, *at, table.buckets().div_ceil(1024));
         }
     }
 

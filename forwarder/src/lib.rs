@@ -11,6 +11,7 @@
 pub mod conntrack;
 pub mod counters;
 pub mod dataplane;
+pub mod huge;
 pub mod pipeline;
 pub mod policy;
 pub mod port;
