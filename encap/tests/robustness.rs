@@ -11,7 +11,7 @@ use encap::ipv4::{self, Ipv4Packet, Ipv4Repr};
 use encap::tcp::{TcpPacket, TcpRepr};
 use encap::udp::{UdpPacket, UdpRepr};
 use encap::vxlan::{self, VxlanEncap, VxlanPacket, VxlanProfile, VxlanRepr};
-use encap::{direct, flow};
+use encap::{direct, flow, ipip};
 use proptest::prelude::*;
 
 #[path = "../src/fixtures.rs"]
@@ -94,6 +94,15 @@ fn exercise(frame: &[u8]) -> Result<(), TestCaseError> {
             prop_assert_eq!(ip.dst_addr(), NODE_B);
         }
     }
+    if let Ok(d) = ipip::decap(frame, NODE_B) {
+        prop_assert!(d.inner.start <= d.inner.end && d.inner.end <= frame.len());
+        let inner = Ipv4Packet::new_checked(&frame[d.inner.clone()]).unwrap();
+        prop_assert_eq!(usize::from(inner.total_len()), d.inner.len());
+        let outer = Ipv4Packet::new_checked(&frame[14..]).unwrap();
+        prop_assert!(outer.verify_checksum() && !outer.is_fragment());
+        prop_assert_eq!(outer.dst_addr(), NODE_B);
+    }
+    let _ = flow::parse_flow_info(frame.get(14..).unwrap_or(&[]));
     let port = vxlan::flow_src_port(frame);
     prop_assert!((vxlan::SRC_PORT_MIN..vxlan::SRC_PORT_MAX).contains(&port));
 

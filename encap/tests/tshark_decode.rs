@@ -1,7 +1,7 @@
-//! Interop check against Wireshark's dissectors: frames built with `VxlanEncap` (inner
-//! frames built with this crate's `Repr` types) are written to a classic pcap file and
-//! decoded by `tshark`, and every header field tshark reports is compared with what was
-//! meant. Requires `tshark` (`apt-get install tshark`); fails, never skips, without it.
+//! Interop check against Wireshark's dissectors: frames built with `VxlanEncap` and
+//! `IpipEncap` (inner packets built with this crate's `Repr` types) are written to a
+//! classic pcap file and decoded by `tshark`, and every header field tshark reports is
+//! compared with what was meant. Requires `tshark` (`apt-get install tshark`); fails, never skips, without it.
 
 use std::collections::HashMap;
 use std::net::Ipv4Addr;
@@ -13,6 +13,7 @@ use encap::icmpv4::{Icmpv4Packet, Icmpv4Repr};
 use encap::ipv4::{Ipv4Packet, Ipv4Repr};
 use encap::tcp::{TcpFlags, TcpPacket, TcpRepr};
 use encap::udp::{UdpPacket, UdpRepr};
+use encap::ipip::{self, IpipEncap};
 use encap::vxlan::{OVERHEAD, VxlanEncap, VxlanProfile, flow_src_port};
 use encap::{EtherType, EthernetAddress, IpProtocol};
 
@@ -242,8 +243,9 @@ fn tshark_fields(path: &Path) -> Vec<HashMap<&'static str, String>> {
         .collect()
 }
 
-fn temp_dir() -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("twill-encap-tshark-{}", std::process::id()));
+/// A scratch directory of the test `name` (tests run in parallel).
+fn temp_dir(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("twill-encap-tshark-{name}-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     dir
 }
@@ -308,7 +310,7 @@ fn tshark_decodes_every_field_of_our_vxlan_frames() {
         frames.push(frame);
     }
 
-    let dir = temp_dir();
+    let dir = temp_dir("vxlan");
     let path = dir.join("vxlan.pcap");
     write_pcap(&path, &frames);
     let decoded = tshark_fields(&path);
@@ -442,5 +444,77 @@ fn tshark_decodes_every_field_of_our_vxlan_frames() {
         );
     }
 
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// IP-in-IP as Calico's `tunl0` sends it: node Ethernet, outer IPv4 protocol 4 with the
+/// inner TOS, then the pod's IPv4 packet (no inner Ethernet).
+#[test]
+fn tshark_decodes_every_field_of_our_ipip_frames() {
+    let inners = [
+        Inner::Udp { src_port: 40000, dst_port: 31000, payload: b"twill ipip" },
+        Inner::Tcp { src_port: 40001, dst_port: 8080, seq: 0x9db3_3208 },
+        Inner::IcmpEcho { ident: 0x4321, seq_no: 3, data: b"fedcba9876543210" },
+    ];
+    let mut frames = Vec::new();
+    for inner in &inners {
+        let pkt = inner_frame(inner)[14..].to_vec();
+        let mut frame = vec![0u8; ipip::HEADER_LEN + pkt.len()];
+        frame[ipip::HEADER_LEN..].copy_from_slice(&pkt);
+        IpipEncap::new(mac(NODE_A_MAC), mac(NODE_B_MAC), NODE_A, NODE_B).write(&mut frame, pkt.len(), pkt[1]).unwrap();
+        frames.push(frame);
+    }
+    let dir = temp_dir("ipip");
+    let path = dir.join("ipip.pcap");
+    write_pcap(&path, &frames);
+    let decoded = tshark_fields(&path);
+    assert_eq!(decoded.len(), inners.len());
+    for (i, ((inner, frame), fields)) in inners.iter().zip(&frames).zip(&decoded).enumerate() {
+        let inner_ip_len = frame.len() - ipip::HEADER_LEN;
+        let proto = match inner {
+            Inner::Udp { .. } => 17,
+            Inner::Tcp { .. } => 6,
+            Inner::IcmpEcho { .. } => 1,
+        };
+        let expected: Vec<(&str, String)> = vec![
+            ("eth.src", NODE_A_MAC.into()),
+            ("eth.dst", NODE_B_MAC.into()),
+            ("eth.type", "0x0800".into()),
+            ("ip.version", "4,4".into()),
+            ("ip.hdr_len", "20,20".into()),
+            ("ip.len", format!("{},{inner_ip_len}", 20 + inner_ip_len)),
+            ("ip.flags.df", "1,1".into()),
+            ("ip.flags.mf", "0,0".into()),
+            ("ip.ttl", "64,63".into()),
+            ("ip.proto", format!("4,{proto}")),
+            ("ip.checksum.status", "1,1".into()),
+            ("ip.src", format!("{NODE_A},{POD_A}")),
+            ("ip.dst", format!("{NODE_B},{POD_B}")),
+            ("vxlan.vni", String::new()),
+        ];
+        for (field, want) in &expected {
+            assert_eq!(&fields[field], want, "IP-in-IP frame {i}: field {field}");
+        }
+        match inner {
+            Inner::Udp { src_port, dst_port, payload } => {
+                assert_eq!(fields["udp.srcport"], src_port.to_string());
+                assert_eq!(fields["udp.dstport"], dst_port.to_string());
+                assert_eq!(fields["udp.checksum.status"], "1", "the pod's own checksum, untouched");
+                assert_eq!(fields["data.data"], payload.iter().map(|b| format!("{b:02x}")).collect::<String>());
+            }
+            Inner::Tcp { src_port, seq, .. } => {
+                assert_eq!(fields["tcp.srcport"], src_port.to_string());
+                assert_eq!(fields["tcp.seq_raw"], seq.to_string());
+                assert_eq!(fields["tcp.checksum.status"], "1");
+            }
+            Inner::IcmpEcho { ident, seq_no, .. } => {
+                assert_eq!((fields["icmp.type"].as_str(), fields["icmp.ident"].clone()), ("8", ident.to_string()));
+                assert_eq!(fields["icmp.seq"], seq_no.to_string());
+                assert_eq!(fields["icmp.checksum.status"], "1");
+            }
+        }
+        let expert = &fields["_ws.expert"];
+        assert!(!expert.contains("Error") && !expert.contains("Warning") && !expert.contains("Malformed"), "frame {i}: tshark complains: {expert}");
+    }
     std::fs::remove_dir_all(&dir).unwrap();
 }
