@@ -20,12 +20,23 @@ use policy_engine::{
     model::{Policy, PolicyId, proto},
     world::NamedPort,
 };
+
+use crate::pool::IpPool;
 use serde::{Deserialize, Serialize};
 
 /// Flannel's annotation with the VXLAN identity of a node.
 pub const FLANNEL_BACKEND_DATA: &str = "flannel.alpha.coreos.com/backend-data";
 /// Flannel's annotation with the underlay address of a node.
 pub const FLANNEL_PUBLIC_IP: &str = "flannel.alpha.coreos.com/public-ip";
+/// Calico's annotation with a node's underlay address and subnet (`10.0.0.5/24`): what
+/// CrossSubnet compares.
+pub const CALICO_IPV4_ADDRESS: &str = "projectcalico.org/IPv4Address";
+/// Calico's annotation with the MAC of a node's `vxlan.calico`.
+pub const CALICO_VXLAN_MAC: &str = "projectcalico.org/VXLANTunnelMACAddr";
+/// Calico's annotation with the address of a node's `vxlan.calico`.
+pub const CALICO_VXLAN_TUNNEL_ADDR: &str = "projectcalico.org/IPv4VXLANTunnelAddr";
+/// Calico's annotation with the address of a node's `tunl0`.
+pub const CALICO_IPIP_TUNNEL_ADDR: &str = "projectcalico.org/IPv4IPIPTunnelAddr";
 
 /// A manifest that could not be used: names the file, the object and the field.
 #[derive(Debug, thiserror::Error)]
@@ -51,9 +62,23 @@ pub struct NodeInfo {
     #[serde(serialize_with = "as_display")]
     pub pod_cidr: Ipv4Prefix,
     pub address: Ipv4Addr,
+    /// The node's underlay subnet (Calico's `IPv4Address` annotation), when known: nodes in
+    /// one subnet reach each other without encapsulation in CrossSubnet mode.
+    #[serde(serialize_with = "as_display_opt")]
+    pub subnet: Option<Ipv4Prefix>,
     #[serde(serialize_with = "as_display")]
     pub vtep_mac: EthernetAddress,
     pub vtep_mac_source: MacSource,
+    /// Calico's tunnel addresses of the node (`vxlan.calico`, `tunl0`), when published.
+    pub vxlan_tunnel_addr: Option<Ipv4Addr>,
+    pub ipip_tunnel_addr: Option<Ipv4Addr>,
+}
+
+fn as_display_opt<T: std::fmt::Display, S: serde::Serializer>(v: &Option<T>, s: S) -> Result<S::Ok, S::Error> {
+    match v {
+        Some(v) => s.collect_str(v),
+        None => s.serialize_none(),
+    }
 }
 
 fn as_display<T: std::fmt::Display, S: serde::Serializer>(v: &T, s: S) -> Result<S::Ok, S::Error> {
@@ -81,6 +106,8 @@ pub struct ClusterState {
     pub pods: BTreeMap<(String, String), PodInfo>,
     /// Network policies of both dialects, with the file each came from.
     pub policies: BTreeMap<PolicyId, (Policy, String)>,
+    /// Calico IP pools, by name.
+    pub pools: BTreeMap<String, IpPool>,
 }
 
 /// The VTEP MAC derived from a node name: FNV-1a of the name with a splitmix64 finaliser
@@ -119,11 +146,25 @@ impl NodeInfo {
             .ok_or_else(|| err("spec.podCIDR is missing (expected an IPv4 CIDR such as 10.244.1.0/24)".into()))?;
         let pod_cidr: Ipv4Prefix = cidr.parse().map_err(|e: String| err(format!("spec.podCIDR: {e}")))?;
         let annotations = node.metadata.annotations.clone().unwrap_or_default();
-        let address = match annotations.get(FLANNEL_PUBLIC_IP) {
-            Some(ip) => ip
-                .parse()
-                .map_err(|_| err(format!("annotation {FLANNEL_PUBLIC_IP}: {ip:?} is not an IPv4 address")))?,
-            None => {
+        let addr_annotation = |key: &str| -> Result<Option<Ipv4Addr>, ManifestError> {
+            annotations
+                .get(key)
+                .map(|v| v.parse().map_err(|_| err(format!("annotation {key}: {v:?} is not an IPv4 address"))))
+                .transpose()
+        };
+        let calico_address = annotations
+            .get(CALICO_IPV4_ADDRESS)
+            .map(|v| {
+                let bad = || err(format!("annotation {CALICO_IPV4_ADDRESS}: {v:?} is not an IPv4 address with its prefix length (10.0.0.5/24)"));
+                let (a, l) = v.split_once('/').ok_or_else(bad)?;
+                let a: Ipv4Addr = a.parse().map_err(|_| bad())?;
+                let l: u8 = l.parse().map_err(|_| bad())?;
+                Ok::<_, ManifestError>((a, Ipv4Prefix::new(a, l).ok_or_else(bad)?))
+            })
+            .transpose()?;
+        let address = match (addr_annotation(FLANNEL_PUBLIC_IP)?, calico_address) {
+            (Some(ip), _) | (None, Some((ip, _))) => ip,
+            (None, None) => {
                 let addrs = node.status.as_ref().and_then(|s| s.addresses.clone()).unwrap_or_default();
                 let internal = addrs.iter().find(|a| a.type_ == "InternalIP").ok_or_else(|| {
                     err("status.addresses has no InternalIP (and no flannel.alpha.coreos.com/public-ip annotation)".into())
@@ -134,7 +175,12 @@ impl NodeInfo {
                     .map_err(|_| err(format!("status.addresses InternalIP {:?} is not an IPv4 address", internal.address)))?
             }
         };
+        let calico_mac = annotations
+            .get(CALICO_VXLAN_MAC)
+            .map(|v| v.parse::<EthernetAddress>().map_err(|_| err(format!("annotation {CALICO_VXLAN_MAC}: {v:?} is not a MAC address"))))
+            .transpose()?;
         let (vtep_mac, vtep_mac_source) = match annotations.get(FLANNEL_BACKEND_DATA) {
+            None if calico_mac.is_some() => (calico_mac.expect("checked"), MacSource::Annotation),
             Some(raw) => {
                 let data: FlannelBackendData = serde_json::from_str(raw).map_err(|e| {
                     err(format!("annotation {FLANNEL_BACKEND_DATA}: {e} (expected {{\"VNI\":1,\"VtepMAC\":\"aa:bb:cc:dd:ee:ff\"}})"))
@@ -147,7 +193,18 @@ impl NodeInfo {
             }
             None => (derived_vtep_mac(&name), MacSource::Derived),
         };
-        Ok(NodeInfo { name, pod_cidr, address, vtep_mac, vtep_mac_source })
+        let vxlan_tunnel_addr = addr_annotation(CALICO_VXLAN_TUNNEL_ADDR)?;
+        let ipip_tunnel_addr = addr_annotation(CALICO_IPIP_TUNNEL_ADDR)?;
+        Ok(NodeInfo {
+            name: name.clone(),
+            pod_cidr,
+            address,
+            subnet: calico_address.map(|(_, subnet)| subnet),
+            vtep_mac,
+            vtep_mac_source,
+            vxlan_tunnel_addr,
+            ipip_tunnel_addr,
+        })
     }
 }
 
@@ -280,6 +337,14 @@ fn read_objects(text: &str, file: &str, state: &mut ClusterState) -> Result<(), 
                 let info = PodInfo::from_pod(pod, file)?;
                 state.pods.insert((info.namespace.clone(), info.name.clone()), info);
             }
+            "IPPool" => {
+                let pool = IpPool::from_manifest(&value).map_err(|reason| ManifestError {
+                    file: file.to_string(),
+                    object: format!("IPPool {}", value["metadata"]["name"].as_str().unwrap_or("?")),
+                    reason,
+                })?;
+                state.pools.insert(pool.name.clone(), pool);
+            }
             "" => {
                 return Err(ManifestError {
                     file: file.to_string(),
@@ -378,6 +443,26 @@ metadata:
         let bad = "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: y, namespace: shop}\nspec:\n  podSelector: {}\n  ingress: [{from: [{ipBlock: {cidr: 10.0.0.0/99}}]}]\n";
         let err = read_documents(bad, "bad.yaml", &mut s).unwrap_err().to_string();
         assert!(err.starts_with("bad.yaml: ") && err.contains("spec.ingress[0].from[0].ipBlock.cidr"), "{err}");
+    }
+
+    #[test]
+    fn calico_node_annotations_give_address_subnet_vtep_and_tunnel_addresses() {
+        let y = "kind: Node\nmetadata:\n  name: c1\n  annotations:\n    projectcalico.org/IPv4Address: 10.100.0.21/24\n    projectcalico.org/VXLANTunnelMACAddr: 66:70:a5:01:02:03\n    projectcalico.org/IPv4VXLANTunnelAddr: 10.244.7.0\n    projectcalico.org/IPv4IPIPTunnelAddr: 10.244.7.1\nspec: {podCIDR: 10.244.7.0/24}\nstatus: {addresses: [{type: InternalIP, address: 10.100.0.99}]}\n";
+        let mut s = ClusterState::default();
+        read_documents(y, "c.yaml", &mut s).unwrap();
+        let n = &s.nodes["c1"];
+        assert_eq!(n.address, Ipv4Addr::new(10, 100, 0, 21), "Calico's address wins over InternalIP");
+        assert_eq!(n.subnet.map(|p| p.to_string()).as_deref(), Some("10.100.0.0/24"));
+        assert_eq!((n.vtep_mac.to_string(), n.vtep_mac_source), ("66:70:a5:01:02:03".to_string(), MacSource::Annotation));
+        assert_eq!((n.vxlan_tunnel_addr, n.ipip_tunnel_addr), (Some(Ipv4Addr::new(10, 244, 7, 0)), Some(Ipv4Addr::new(10, 244, 7, 1))));
+        let bad = y.replace("10.100.0.21/24", "10.100.0.21");
+        let err = read_documents(&bad, "c.yaml", &mut ClusterState::default()).unwrap_err().to_string();
+        assert!(err.contains("projectcalico.org/IPv4Address") && err.contains("prefix length"), "{err}");
+        let pool = "apiVersion: projectcalico.org/v3\nkind: IPPool\nmetadata: {name: default}\nspec: {cidr: 10.244.0.0/16, vxlanMode: CrossSubnet}\n";
+        read_documents(pool, "pool.yaml", &mut s).unwrap();
+        assert_eq!(s.pools["default"].vxlan_mode, crate::pool::EncapMode::CrossSubnet);
+        let err = read_documents(&pool.replace("16,", "16, ipipMode: Always,"), "pool.yaml", &mut s).unwrap_err().to_string();
+        assert!(err.starts_with("pool.yaml: IPPool default:"), "{err}");
     }
 
     #[test]

@@ -11,4 +11,5 @@ pub mod ipam;
 pub mod neighbour;
 pub mod policy;
 pub mod policy_cli;
+pub mod pool;
 pub mod server;
