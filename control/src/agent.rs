@@ -56,8 +56,9 @@ impl std::str::FromStr for Datastore {
 pub fn parse_profile(s: &str) -> Result<EncapProfile, String> {
     match s {
         "vxlan-flannel" => Ok(EncapProfile::Vxlan(VxlanProfile::FLANNEL)),
+        "vxlan-calico" => Ok(EncapProfile::Vxlan(VxlanProfile::CALICO)),
         "direct" => Ok(EncapProfile::Direct),
-        _ => Err(format!("{s:?} is not an encapsulation profile; accepted: vxlan-flannel, direct")),
+        _ => Err(format!("{s:?} is not an encapsulation profile; accepted: vxlan-flannel, vxlan-calico, direct")),
     }
 }
 

@@ -143,7 +143,7 @@ struct AgentArgs {
     /// Where IPAM state is kept.
     #[arg(long, default_value = "/var/lib/twill")]
     state_dir: PathBuf,
-    /// vxlan-flannel | direct
+    /// vxlan-flannel | vxlan-calico | direct
     #[arg(long, default_value = "vxlan-flannel", value_parser = parse_profile)]
     encap: EncapProfile,
     /// Frames per RX batch (1..=256).

@@ -156,7 +156,14 @@ pub fn finish_checksums_on_uplink(ns: &str) -> Result<()> {
 
 /// What flanneld does when it sees peer `p`: route, permanent neighbour, FDB entry.
 pub fn add_peer(ns: &str, p: &Peer) -> Result<()> {
-    let tunnel = cidr_network(&p.pod_cidr)?.to_string();
+    add_peer_on(ns, VXLAN_DEV, p, cidr_network(&p.pod_cidr)?)
+}
+
+/// The peer recipe flanneld and Felix share, on vxlan device `dev`: `route <pod cidr> via
+/// <tunnel> dev <dev> onlink`, a permanent neighbour `<tunnel>` → the peer's VTEP MAC, an
+/// FDB entry VTEP MAC → the peer's node IP.
+pub fn add_peer_on(ns: &str, dev: &str, p: &Peer, tunnel: Ipv4Addr) -> Result<()> {
+    let tunnel = tunnel.to_string();
     ip(
         ns,
         &[
@@ -166,7 +173,7 @@ pub fn add_peer(ns: &str, p: &Peer) -> Result<()> {
             "via",
             &tunnel,
             "dev",
-            VXLAN_DEV,
+            dev,
             "onlink",
         ],
     )?;
@@ -179,7 +186,7 @@ pub fn add_peer(ns: &str, p: &Peer) -> Result<()> {
             "lladdr",
             &p.vtep_mac,
             "dev",
-            VXLAN_DEV,
+            dev,
             "nud",
             "permanent",
         ],
@@ -192,7 +199,7 @@ pub fn add_peer(ns: &str, p: &Peer) -> Result<()> {
             "append",
             &p.vtep_mac,
             "dev",
-            VXLAN_DEV,
+            dev,
             "dst",
             &p.node_ip.to_string(),
             "self",

@@ -25,6 +25,8 @@
 #![forbid(unsafe_code)]
 
 pub mod cni_runtime;
+pub mod capture;
+pub mod kernel_calico;
 pub mod kernel_flannel;
 pub mod manifests;
 pub mod netns;

@@ -94,6 +94,10 @@ struct TopoArgs {
     /// says: `--nodes 3 --flannel-nodes 3` is two twill nodes and one Flannel node.
     #[arg(long, value_delimiter = ',')]
     flannel_nodes: Vec<u32>,
+    /// Node numbers wired as kernel Calico (VXLAN mode) whatever --dataplane says; twill
+    /// nodes then need `--encap vxlan-calico` to talk to them.
+    #[arg(long, value_delimiter = ',')]
+    calico_nodes: Vec<u32>,
     /// --cores for every agent (default: node i gets core (i-1) mod the core count).
     #[arg(long)]
     cores: Option<String>,
@@ -107,20 +111,20 @@ struct TopoArgs {
 
 impl TopoArgs {
     fn topology(&self) -> Result<Topology> {
-        if let Some(bad) = self
-            .flannel_nodes
-            .iter()
-            .find(|&&i| i == 0 || i > self.nodes)
-        {
-            bail!(
-                "--flannel-nodes {bad}: nodes are numbered 1..={}",
-                self.nodes
-            );
+        for (flag, list) in [("--flannel-nodes", &self.flannel_nodes), ("--calico-nodes", &self.calico_nodes)] {
+            if let Some(bad) = list.iter().find(|&&i| i == 0 || i > self.nodes) {
+                bail!("{flag} {bad}: nodes are numbered 1..={}", self.nodes);
+            }
+        }
+        if let Some(both) = self.flannel_nodes.iter().find(|i| self.calico_nodes.contains(i)) {
+            bail!("node {both} is in both --flannel-nodes and --calico-nodes");
         }
         let mut t = Topology::new().keep_on_failure(self.keep_on_failure);
         for i in 1..=self.nodes {
             let dp = if self.flannel_nodes.contains(&i) {
                 Dataplane::KernelFlannel
+            } else if self.calico_nodes.contains(&i) {
+                Dataplane::KernelCalico
             } else {
                 self.dataplane
             };

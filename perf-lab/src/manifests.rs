@@ -3,8 +3,9 @@
 //! (temporary dot-file, then rename) so a watcher never reads half a file.
 //!
 //! A Node carries `spec.podCIDR` and its InternalIP; a kernel-flannel node also carries the
-//! annotations flanneld publishes for its vxlan backend, which is how twill nodes learn its
-//! VTEP MAC. A Pod is written before CNI ADD (as the API server has it when kubelet calls the
+//! annotations flanneld publishes for its vxlan backend, a kernel-calico node those
+//! calico-node publishes (address and subnet, VXLAN MAC and tunnel address), which is how
+//! twill nodes learn their VTEP MACs. A Pod is written before CNI ADD (as the API server has it when kubelet calls the
 //! plugin) and rewritten with `status.podIP` after, as kubelet reports it.
 
 use std::collections::BTreeMap;
@@ -22,24 +23,50 @@ pub struct FlannelBackend {
     pub public_ip: Ipv4Addr,
 }
 
+/// calico-node's VXLAN identity of a node, as it annotates the Kubernetes Node.
+#[derive(Debug, Clone)]
+pub struct CalicoNode {
+    pub vtep_mac: String,
+    /// The node's address with its underlay prefix length (`10.100.0.13/24`).
+    pub address: String,
+    pub vxlan_tunnel_addr: Ipv4Addr,
+}
+
+/// Who published a node's identity besides its Node spec and status.
+#[derive(Debug, Clone)]
+pub enum KernelNode {
+    Flannel(FlannelBackend),
+    Calico(CalicoNode),
+}
+
 pub fn node(
     name: &str,
     pod_cidr: &str,
     address: Ipv4Addr,
-    flannel: Option<&FlannelBackend>,
+    kernel: Option<&KernelNode>,
 ) -> Result<String> {
     let mut metadata = json!({
         "name": name,
         "labels": { "kubernetes.io/hostname": name, "kubernetes.io/os": "linux" },
     });
-    if let Some(f) = flannel {
-        let backend_data = json!({ "VNI": 1, "VtepMAC": f.vtep_mac }).to_string();
-        metadata["annotations"] = json!({
-            "flannel.alpha.coreos.com/backend-data": backend_data,
-            "flannel.alpha.coreos.com/backend-type": "vxlan",
-            "flannel.alpha.coreos.com/kube-subnet-manager": "true",
-            "flannel.alpha.coreos.com/public-ip": f.public_ip.to_string(),
-        });
+    match kernel {
+        Some(KernelNode::Flannel(f)) => {
+            let backend_data = json!({ "VNI": 1, "VtepMAC": f.vtep_mac }).to_string();
+            metadata["annotations"] = json!({
+                "flannel.alpha.coreos.com/backend-data": backend_data,
+                "flannel.alpha.coreos.com/backend-type": "vxlan",
+                "flannel.alpha.coreos.com/kube-subnet-manager": "true",
+                "flannel.alpha.coreos.com/public-ip": f.public_ip.to_string(),
+            });
+        }
+        Some(KernelNode::Calico(c)) => {
+            metadata["annotations"] = json!({
+                "projectcalico.org/IPv4Address": c.address,
+                "projectcalico.org/VXLANTunnelMACAddr": c.vtep_mac,
+                "projectcalico.org/IPv4VXLANTunnelAddr": c.vxlan_tunnel_addr.to_string(),
+            });
+        }
+        None => {}
     }
     to_yaml(&json!({
         "apiVersion": "v1",
@@ -163,7 +190,7 @@ mod tests {
             vtep_mac: "aa:bb:cc:dd:ee:01".into(),
             public_ip: Ipv4Addr::new(10, 100, 0, 13),
         };
-        let y = node("n3", "10.244.3.0/24", f.public_ip, Some(&f)).unwrap();
+        let y = node("n3", "10.244.3.0/24", f.public_ip, Some(&KernelNode::Flannel(f))).unwrap();
         let n: Node = serde_yaml::from_str(&y).unwrap();
         assert_eq!(n.metadata.name.as_deref(), Some("n3"));
         assert_eq!(n.spec.unwrap().pod_cidr.as_deref(), Some("10.244.3.0/24"));

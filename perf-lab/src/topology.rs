@@ -16,8 +16,8 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use crate::cni_runtime::{self, CniCall};
-use crate::kernel_flannel;
-use crate::manifests::{self, FlannelBackend, PodLabels};
+use crate::{kernel_calico, kernel_flannel};
+use crate::manifests::{self, CalicoNode, FlannelBackend, KernelNode, PodLabels};
 use crate::netns::{self, ip};
 pub use crate::teardown::down_all;
 use crate::teardown::teardown;
@@ -39,6 +39,15 @@ pub enum Dataplane {
     Twill,
     /// The kernel path flanneld's vxlan backend and the bridge plugin set up.
     KernelFlannel,
+    /// The kernel path calico-node (VXLAN mode) and the Calico CNI plugin set up.
+    KernelCalico,
+}
+
+impl Dataplane {
+    /// A kernel data path (Flannel's or Calico's), wired by the lab itself.
+    pub fn is_kernel(self) -> bool {
+        self != Dataplane::Twill
+    }
 }
 
 impl fmt::Display for Dataplane {
@@ -46,6 +55,7 @@ impl fmt::Display for Dataplane {
         f.write_str(match self {
             Dataplane::Twill => "twill",
             Dataplane::KernelFlannel => "kernel-flannel",
+            Dataplane::KernelCalico => "kernel-calico",
         })
     }
 }
@@ -132,9 +142,9 @@ pub struct NodeState {
     pub agent: Option<AgentState>,
     /// Pods created so far (the next one is `p{next_pod+1}`).
     pub pods_created: u32,
-    /// Kernel-flannel nodes: peers whose route, neighbour and FDB entry are installed.
-    #[serde(default)]
-    pub flannel_peers: Vec<String>,
+    /// Kernel nodes: peers whose route, neighbour and FDB entry are installed.
+    #[serde(default, alias = "flannel_peers")]
+    pub kernel_peers: Vec<String>,
 }
 
 /// A pod as built.
@@ -155,7 +165,7 @@ pub struct PodState {
     pub container_id: Option<String>,
     /// Twill pods: the CNI ADD result (DEL's prevResult).
     pub cni_result: Option<Value>,
-    /// Kernel-flannel pods: the host end of the pod's veth, on cni0.
+    /// Kernel pods: the host end of the pod's veth (on cni0 for Flannel, `cali<j>` for Calico).
     pub host_veth: Option<String>,
     /// Labels beyond the lab's own and named container ports, as its manifest has them.
     #[serde(default)]
@@ -402,7 +412,7 @@ impl Lab {
             vtep_mac: None,
             agent: None,
             pods_created: 0,
-            flannel_peers: Vec::new(),
+            kernel_peers: Vec::new(),
         };
         self.state.nodes.push(node.clone());
         self.persist()?;
@@ -448,11 +458,20 @@ impl Lab {
             Dataplane::KernelFlannel => {
                 let mac = kernel_flannel::setup_node(ns, node.address, &node.pod_cidr)
                     .with_context(|| format!("wiring node {} as kernel Flannel", node.name))?;
-                let fb = FlannelBackend {
-                    vtep_mac: mac.clone(),
-                    public_ip: node.address,
-                };
+                let fb = KernelNode::Flannel(FlannelBackend { vtep_mac: mac.clone(), public_ip: node.address });
                 let y = manifests::node(&node.name, &node.pod_cidr, node.address, Some(&fb))?;
+                manifests::write(&mdir, &manifests::node_file(&node.name), &y)?;
+                self.node_mut(i).vtep_mac = Some(mac);
+            }
+            Dataplane::KernelCalico => {
+                let mac = kernel_calico::setup_node(ns, node.address, &node.pod_cidr)
+                    .with_context(|| format!("wiring node {} as kernel Calico", node.name))?;
+                let id = KernelNode::Calico(CalicoNode {
+                    vtep_mac: mac.clone(),
+                    address: format!("{}/24", node.address),
+                    vxlan_tunnel_addr: kernel_calico::tunnel_addr(&node.pod_cidr)?,
+                });
+                let y = manifests::node(&node.name, &node.pod_cidr, node.address, Some(&id))?;
                 manifests::write(&mdir, &manifests::node_file(&node.name), &y)?;
                 self.node_mut(i).vtep_mac = Some(mac);
             }
@@ -515,19 +534,17 @@ impl Lab {
             self.node_mut(n.index).vtep_mac = Some(mac);
         }
         self.persist()?;
-        self.sync_flannel_peers()
+        self.sync_kernel_peers()
     }
 
-    /// For every kernel-flannel node, installs each other node it does not know yet.
-    fn sync_flannel_peers(&mut self) -> Result<()> {
+    /// For every kernel node, installs each other node it does not know yet, as flanneld
+    /// or Felix would.
+    fn sync_kernel_peers(&mut self) -> Result<()> {
         let all = self.state.nodes.clone();
-        for f in all
-            .iter()
-            .filter(|n| n.dataplane == Dataplane::KernelFlannel)
-        {
+        for f in all.iter().filter(|n| n.dataplane.is_kernel()) {
             for k in all
                 .iter()
-                .filter(|k| k.index != f.index && !f.flannel_peers.contains(&k.name))
+                .filter(|k| k.index != f.index && !f.kernel_peers.contains(&k.name))
             {
                 let vtep_mac = k
                     .vtep_mac
@@ -538,13 +555,15 @@ impl Lab {
                     node_ip: k.address,
                     vtep_mac,
                 };
-                kernel_flannel::add_peer(&f.netns, &peer).with_context(|| {
-                    format!("installing peer {} on Flannel node {}", k.name, f.name)
-                })?;
+                let added = match f.dataplane {
+                    Dataplane::KernelCalico => kernel_calico::add_peer(&f.netns, &peer),
+                    _ => kernel_flannel::add_peer(&f.netns, &peer),
+                };
+                added.with_context(|| format!("installing peer {} on {} node {}", k.name, f.dataplane, f.name))?;
                 if k.dataplane == Dataplane::Twill {
                     kernel_flannel::finish_checksums_on_uplink(&f.netns)?;
                 }
-                self.node_mut(f.index).flannel_peers.push(k.name.clone());
+                self.node_mut(f.index).kernel_peers.push(k.name.clone());
                 self.persist()?;
             }
         }
@@ -601,7 +620,11 @@ impl Lab {
             ip: None,
             container_id: twill.then(|| format!("n{index}-p{j}-{}", random_hex(8))),
             cni_result: None,
-            host_veth: (!twill).then(|| format!("tw-p{j}")),
+            host_veth: match node.dataplane {
+                Dataplane::Twill => None,
+                Dataplane::KernelFlannel => Some(format!("tw-p{j}")),
+                Dataplane::KernelCalico => Some(format!("cali{j}")),
+            },
             extra: extra.clone(),
         });
         self.persist()?;
@@ -622,8 +645,11 @@ impl Lab {
                 .host_veth
                 .as_deref()
                 .expect("flannel pod has a host veth");
-            let ip = kernel_flannel::add_pod(&node.netns, &node.pod_cidr, &pod_ns, j, host)
-                .with_context(|| format!("wiring pod {name} on Flannel node {}", node.name))?;
+            let ip = match node.dataplane {
+                Dataplane::KernelCalico => kernel_calico::add_pod(&node.netns, &node.pod_cidr, &pod_ns, j, host),
+                _ => kernel_flannel::add_pod(&node.netns, &node.pod_cidr, &pod_ns, j, host),
+            }
+            .with_context(|| format!("wiring pod {name} on {} node {}", node.dataplane, node.name))?;
             (ip, None)
         };
         let p = self

@@ -105,6 +105,48 @@ fn interoperates_with_the_kernel_flannel_vxlan_device() {
     down(lab);
 }
 
+/// A node configured exactly as calico-node configures `vxlan.calico` (VNI 4096, port 4789,
+/// permanent neighbour + FDB entry and onlink route per peer, pods on /32 veths with proxy
+/// ARP) beside a twill node running `--encap vxlan-calico`: pod traffic both ways, and on
+/// the underlay wire only VXLAN with VNI 4096 to port 4789, from both nodes.
+#[test]
+fn interoperates_with_the_kernel_calico_vxlan_device() {
+    let _g = setup();
+    let lab = Topology::new().node(Dataplane::Twill, 2).node(Dataplane::KernelCalico, 2).encap("vxlan-calico").up().unwrap();
+    let nodes = perf_lab::twill_node::request(
+        &lab.node("n1").unwrap().agent.as_ref().unwrap().files.socket,
+        &serde_json::json!({"op": "get", "kind": "nodes"}),
+        Duration::from_secs(5),
+    )
+    .unwrap();
+    let calico = nodes["items"].as_array().unwrap().iter().find(|n| n["name"] == "n2").expect("n2 listed").clone();
+    assert_eq!(calico["vtep_mac"].as_str(), lab.node("n2").unwrap().vtep_mac.as_deref(), "VTEP MAC from Calico's annotation: {calico}");
+    assert_eq!(calico["subnet"], "10.100.0.0/24", "{calico}");
+
+    let wire = perf_lab::capture::Capture::start(
+        perf_lab::topology::UNDERLAY_NS,
+        perf_lab::topology::UNDERLAY_BRIDGE,
+        "udp",
+        &["udp.port==4789,vxlan"],
+        &["ip.src", "udp.dstport", "vxlan.vni"],
+        400,
+        Duration::from_secs(20),
+    )
+    .unwrap();
+    assert_all_pairs_ok(&lab, 12);
+    let rows = wire.finish().unwrap();
+    let (n1, n2) = (lab.node("n1").unwrap().address.to_string(), lab.node("n2").unwrap().address.to_string());
+    for from in [&n1, &n2] {
+        let sent: Vec<_> = rows.iter().filter(|r| r[0].starts_with(from.as_str())).collect();
+        assert!(!sent.is_empty(), "nothing from {from} on the wire: {rows:?}");
+        assert!(sent.iter().all(|r| r[1] == "4789" && r[2] == "4096"), "{from} sent other than VXLAN 4789 / VNI 4096: {sent:?}");
+    }
+    let s = stats(&lab, "n1");
+    assert!(s["encapsulated"] > 0 && s["decapsulated"] > 0, "{s:?}");
+    assert_eq!(s["drop_wrong_inner_mac"] + s["drop_wrong_vni"] + s["drop_unknown_vtep"], 0, "{s:?}");
+    down(lab);
+}
+
 #[test]
 fn a_third_node_joins_while_traffic_flows() {
     let _g = setup();
