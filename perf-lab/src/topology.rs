@@ -65,6 +65,9 @@ impl fmt::Display for Dataplane {
 pub struct NodeSpec {
     pub dataplane: Dataplane,
     pub pods: u32,
+    /// Underlay subnet: the node's address is 10.100.{subnet}.{10+i}/24; subnets reach
+    /// each other through the lab's router.
+    pub subnet: u8,
 }
 
 /// A cluster to build: nodes in order (node i is the i-th, 1-based), each with its data
@@ -92,7 +95,14 @@ impl Topology {
 
     /// Appends a node.
     pub fn node(mut self, dataplane: Dataplane, pods: u32) -> Self {
-        self.nodes.push(NodeSpec { dataplane, pods });
+        self.nodes.push(NodeSpec { dataplane, pods, subnet: 0 });
+        self
+    }
+
+    /// Appends a node in underlay subnet 10.100.`subnet`.0/24 (0..=3); nodes of different
+    /// subnets reach each other through the lab's router (`tw-rt`).
+    pub fn node_in_subnet(mut self, dataplane: Dataplane, pods: u32, subnet: u8) -> Self {
+        self.nodes.push(NodeSpec { dataplane, pods, subnet });
         self
     }
 
@@ -212,6 +222,26 @@ pub fn manifests_dir() -> PathBuf {
 /// One lab per process at a time (the names are fixed); tests in one binary queue here.
 static LAB_SERIAL: Mutex<()> = Mutex::new(());
 
+/// The router between the underlay subnets, a namespace on the underlay bridge.
+pub const ROUTER_NS: &str = "tw-rt";
+/// Underlay subnets 10.100.0.0/24 .. 10.100.{ROUTER_SUBNETS-1}.0/24, routed by `tw-rt`.
+pub const ROUTER_SUBNETS: u8 = 4;
+
+/// The router: one leg on the underlay bridge with the .1 address of every subnet.
+fn create_router() -> Result<()> {
+    netns::add(ROUTER_NS)?;
+    ip(UNDERLAY_NS, &["link", "add", "tw-rt", "type", "veth", "peer", "name", "eth0", "netns", ROUTER_NS])?;
+    ip(UNDERLAY_NS, &["link", "set", "tw-rt", "master", UNDERLAY_BRIDGE, "up"])?;
+    for s in 0..ROUTER_SUBNETS {
+        ip(ROUTER_NS, &["addr", "add", &format!("10.100.{s}.1/24"), "dev", "eth0"])?;
+    }
+    ip(ROUTER_NS, &["link", "set", "eth0", "up"])?;
+    netns::sysctl(ROUTER_NS, "net.ipv4.ip_forward", "1")?;
+    // Routing back out of the interface a packet came in on is the router's job here.
+    netns::sysctl(ROUTER_NS, "net.ipv4.conf.all.send_redirects", "0")?;
+    netns::sysctl(ROUTER_NS, "net.ipv4.conf.eth0.send_redirects", "0")
+}
+
 /// A running lab. Dropping it tears it down (agents, CNI DEL, namespaces, /run/twill-lab)
 /// unless [`Lab::detach`] was called or it came from [`Lab::attach`].
 #[derive(Debug)]
@@ -283,6 +313,7 @@ impl Lab {
             &["link", "add", UNDERLAY_BRIDGE, "type", "bridge"],
         )?;
         ip(UNDERLAY_NS, &["link", "set", UNDERLAY_BRIDGE, "up"])?;
+        create_router()?;
         manifests::write(
             &manifests_dir(),
             &manifests::namespace_file(POD_NAMESPACE),
@@ -290,7 +321,7 @@ impl Lab {
         )?;
         let mut created = Vec::new();
         for spec in &topo.nodes {
-            created.push(self.create_node(spec.dataplane)?);
+            created.push(self.create_node(spec.dataplane, spec.subnet)?);
         }
         self.finish_nodes(&created)?;
         for (idx, spec) in created.iter().zip(&topo.nodes) {
@@ -358,7 +389,7 @@ impl Lab {
         if dataplane == Dataplane::Twill && self.state.binaries.is_none() {
             self.state.binaries = Some(Binaries::locate()?);
         }
-        let idx = self.create_node(dataplane)?;
+        let idx = self.create_node(dataplane, 0)?;
         self.finish_nodes(&[idx])?;
         for _ in 0..pods {
             self.add_pod(idx)?;
@@ -398,15 +429,16 @@ impl Lab {
             .expect("node index from this lab")
     }
 
-    fn create_node(&mut self, dataplane: Dataplane) -> Result<u32> {
+    fn create_node(&mut self, dataplane: Dataplane, subnet: u8) -> Result<u32> {
         let i = self.state.nodes.iter().map(|n| n.index).max().unwrap_or(0) + 1;
         anyhow::ensure!(i <= MAX_NODES, "at most {MAX_NODES} nodes");
+        anyhow::ensure!(subnet < ROUTER_SUBNETS, "underlay subnets are 0..{ROUTER_SUBNETS}");
         let node = NodeState {
             index: i,
             name: format!("n{i}"),
             netns: format!("tw-n{i}"),
             dataplane,
-            address: Ipv4Addr::new(10, 100, 0, (10 + i) as u8),
+            address: Ipv4Addr::new(10, 100, subnet, (10 + i) as u8),
             pod_cidr: format!("10.244.{i}.0/24"),
             underlay_link: format!("tw-n{i}"),
             vtep_mac: None,
@@ -452,6 +484,8 @@ impl Lab {
             ],
         )?;
         ip(ns, &["link", "set", "eth0", "up"])?;
+        // Other subnets through the lab's router (its address in this node's subnet).
+        ip(ns, &["route", "add", "10.100.0.0/16", "via", &format!("10.100.{subnet}.1")])?;
         netns::sysctl(ns, "net.ipv4.ip_forward", "1")?;
         let mdir = manifests_dir();
         match dataplane {
