@@ -64,9 +64,9 @@ mod tests {
         let neigh = HashMap::from([(Ipv4Addr::new(10, 100, 0, 12), EthernetAddress([2, 0, 0, 0, 0, 12]))]);
         let snap = snapshot(7, &node, "n1", &cluster, [], &neigh);
         assert_eq!(snap.version, 7);
-        assert_eq!(snap.routes.lookup(Ipv4Addr::new(10, 244, 1, 5)), Some(&RouteTarget::LocalPods));
-        let RouteTarget::Node(i2) = *snap.routes.lookup(Ipv4Addr::new(10, 244, 2, 5)).unwrap() else { panic!() };
-        let RouteTarget::Node(i3) = *snap.routes.lookup(Ipv4Addr::new(10, 244, 3, 5)).unwrap() else { panic!() };
+        assert_eq!(snap.routes.lookup(Ipv4Addr::new(10, 244, 1, 5)), Some(RouteTarget::LocalPods));
+        let RouteTarget::Node(i2) = snap.routes.lookup(Ipv4Addr::new(10, 244, 2, 5)).unwrap() else { panic!() };
+        let RouteTarget::Node(i3) = snap.routes.lookup(Ipv4Addr::new(10, 244, 3, 5)).unwrap() else { panic!() };
         assert!(snap.nodes[i2 as usize].encap.is_some());
         assert!(snap.nodes[i3 as usize].encap.is_none(), "n3's next hop is unresolved");
         assert_eq!(snap.routes.lookup(Ipv4Addr::new(10, 245, 0, 1)), None);

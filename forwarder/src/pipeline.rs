@@ -159,7 +159,7 @@ fn decap_reason(e: DecapError) -> DropReason {
 fn route(snap: &Snapshot, fs: &FlowState, buf: &mut [u8], len: usize, from_uplink: bool) -> Verdict {
     let dst = Ipv4Packet::new_unchecked(&buf[ETH_LEN..len]).dst_addr();
     let target = match snap.routes.lookup(dst) {
-        Some(t) => *t,
+        Some(t) => t,
         None if from_uplink => return Verdict::Drop(DropReason::NotLocal),
         None => return Verdict::Drop(DropReason::NoRoute),
     };

@@ -105,7 +105,7 @@ impl RemoteNode {
 }
 
 /// Where a route leads.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum RouteTarget {
     /// This node's pod subnet: the endpoint table says which port.
     LocalPods,
