@@ -32,7 +32,7 @@ use encap::{
     vxlan::{self, VxlanProfile},
 };
 use forwarder::{
-    DropReason, EncapProfile, Endpoint, NodeConfig, RemoteNode, RouteTarget, Snapshot, Tables, WorkerCounters,
+    DropReason, Endpoint, NodeConfig, RemoteNode, RouteTarget, Snapshot, Tables, Tunnel, WorkerCounters,
     conntrack::Flow,
     pipeline::{self, Verdict},
     policy::FlowTables,
@@ -104,7 +104,7 @@ fn node_config() -> NodeConfig {
         uplink_mac: EthernetAddress([2, 0, 0, 0, 0, 0x11]),
         vtep_mac: EthernetAddress([0x0e, 0xaa, 0, 0, 0, 1]),
         gateway_mac: GATEWAY_MAC,
-        profile: EncapProfile::Vxlan(VxlanProfile::FLANNEL),
+        vxlan: VxlanProfile::FLANNEL,
         uplink_mtu: 1500,
     }
 }
@@ -116,7 +116,7 @@ fn snapshot(v: u64, compiler: &mut PolicyCompiler) -> Snapshot {
     s.add_endpoint(Endpoint { ip: POD, mac: POD_MAC, port: POD_PORT, worker: 0 });
     for k in 0..PEERS {
         let mac = EthernetAddress([2, 0, 0, 0, 1, k as u8]);
-        s.add_node(RemoteNode::new(&node, format!("peer{k}"), peer_ip(k), EthernetAddress([0x0e, 0xbb, 0, 0, 0, k as u8]), Some(mac)));
+        s.add_node(RemoteNode::new(&node, format!("peer{k}"), peer_ip(k), EthernetAddress([0x0e, 0xbb, 0, 0, 0, k as u8]), Some(mac), Tunnel::Vxlan));
     }
     s.routes.insert(Ipv4Prefix::new(Ipv4Addr::new(10, 244, 1, 0), 24).expect("prefix"), RouteTarget::LocalPods);
     for i in 0..ROUTES {

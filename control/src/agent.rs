@@ -15,9 +15,10 @@ use std::{
 };
 
 use anyhow::{Context, bail};
-use encap::{ethernet::EthernetAddress, vxlan::VxlanProfile};
+use encap::ethernet::EthernetAddress;
 use forwarder::{
-    Dataplane, DataplaneConfig, EncapProfile, Endpoint, NodeConfig,
+    Dataplane, DataplaneConfig, Endpoint, NodeConfig, Tunnel,
+    route::Ipv4Prefix,
     port::CopyMode,
     worker::IdleStrategy,
     xdp_hook::{AttachMode, HookMode},
@@ -30,6 +31,7 @@ use crate::{
     ipam::Ipam,
     neighbour,
     policy::PolicySync,
+    pool::{self, DefaultEncap},
 };
 
 /// The MAC pods see as their gateway (Calico uses the same one).
@@ -52,16 +54,6 @@ impl std::str::FromStr for Datastore {
     }
 }
 
-/// The encapsulation profile names of the CLI.
-pub fn parse_profile(s: &str) -> Result<EncapProfile, String> {
-    match s {
-        "vxlan-flannel" => Ok(EncapProfile::Vxlan(VxlanProfile::FLANNEL)),
-        "vxlan-calico" => Ok(EncapProfile::Vxlan(VxlanProfile::CALICO)),
-        "direct" => Ok(EncapProfile::Direct),
-        _ => Err(format!("{s:?} is not an encapsulation profile; accepted: vxlan-flannel, vxlan-calico, direct")),
-    }
-}
-
 /// Settings of `twill agent`.
 #[derive(Debug, Clone)]
 pub struct AgentConfig {
@@ -70,7 +62,8 @@ pub struct AgentConfig {
     pub uplink: String,
     pub cores: Vec<usize>,
     pub state_dir: PathBuf,
-    pub profile: EncapProfile,
+    /// `--encap`: the VXLAN spoken, and how nodes no IP pool covers are reached.
+    pub encap: DefaultEncap,
     pub batch: usize,
     pub idle: IdleStrategy,
     pub attach: AttachMode,
@@ -89,6 +82,8 @@ pub struct Agent {
     ipam: Ipam,
     endpoints: BTreeMap<String, Endpoint>,
     neighbours: HashMap<Ipv4Addr, EthernetAddress>,
+    /// This node's underlay subnet (CrossSubnet compares peers against it).
+    subnet: Option<Ipv4Prefix>,
     policy: PolicySync,
     policy_tables: Arc<policy_engine::compiler::PolicyTables>,
     version: u64,
@@ -134,13 +129,12 @@ impl Agent {
             uplink_mac,
             vtep_mac: me.vtep_mac,
             gateway_mac: GATEWAY_MAC,
-            profile: cfg.profile,
+            vxlan: cfg.encap.vxlan,
             uplink_mtu,
         };
-        let (vxlan_port, pod_cidr) = match cfg.profile {
-            EncapProfile::Vxlan(p) => (Some(p.port), None),
-            EncapProfile::Direct => (None, Some((me.pod_cidr.addr(), me.pod_cidr.len()))),
-        };
+        // Every way a peer may send: VXLAN to our port, IP-in-IP, or plain to our pods.
+        let (vxlan_port, pod_cidr) = (Some(cfg.encap.vxlan.port), Some((me.pod_cidr.addr(), me.pod_cidr.len())));
+        let subnet = neighbour::connected_subnet(&cfg.uplink, me.address).and_then(|(a, l)| Ipv4Prefix::new(a, l));
         let dp_cfg = DataplaneConfig {
             uplink: cfg.uplink.clone(),
             cores: cfg.cores.clone(),
@@ -148,13 +142,15 @@ impl Agent {
             idle: cfg.idle,
             attach: cfg.attach,
             copy_mode: cfg.copy_mode,
-            uplink_hook: HookMode::Uplink { node_ip: me.address, vxlan_port, ipip: false, pod_cidr },
+            uplink_hook: HookMode::Uplink { node_ip: me.address, vxlan_port, ipip: true, pod_cidr },
             frames: cfg.frames,
             fill_target: forwarder::port::RING_SIZE as usize,
             conntrack_flows: cfg.conntrack_flows,
         };
         let neighbours = HashMap::new();
-        let first = calc::snapshot(1, &node, &cfg.node, &cluster, [], &neighbours);
+        let first = calc::snapshot(1, &node, &cfg.node, &cluster, [], &neighbours, |n| {
+            pool::tunnel_to(&cluster.pools, &cfg.encap, subnet, n.address, n.pod_cidr)
+        });
         let dataplane = Dataplane::start(dp_cfg, first).context("starting the data plane")?;
         let ipam = Ipam::open(&cfg.state_dir, me.pod_cidr)?;
         let mut agent = Agent {
@@ -165,6 +161,7 @@ impl Agent {
             ipam,
             endpoints: BTreeMap::new(),
             neighbours,
+            subnet,
             policy: PolicySync::new(),
             policy_tables: Arc::default(),
             version: 1,
@@ -210,6 +207,7 @@ impl Agent {
             &self.cluster,
             self.endpoints.values().copied(),
             &self.neighbours,
+            |n| self.tunnel_to(n),
         );
         let local = self.local_pods();
         match self.policy.sync(&self.cluster, &local) {
@@ -227,6 +225,27 @@ impl Agent {
             let cut = self.dataplane.rejudge();
             tracing::info!(version = self.version, rule_sets_built = stats.rule_sets_built, endpoints_updated = stats.peers_updated, connections_cut = cut, "policy published");
         }
+    }
+
+    /// How this node reaches `peer`'s pods.
+    fn tunnel_to(&self, peer: &cluster::NodeInfo) -> Tunnel {
+        pool::tunnel_to(&self.cluster.pools, &self.cfg.encap, self.subnet, peer.address, peer.pod_cidr)
+    }
+
+    /// The pod MTU: what the uplink MTU and the frame buffer leave after the largest
+    /// tunnel overhead this node uses (VXLAN 50, IP-in-IP 20, direct 0).
+    pub fn pod_mtu(&self) -> u16 {
+        let overhead = self
+            .cluster
+            .nodes
+            .values()
+            .filter(|n| n.name != self.cfg.node)
+            .map(|n| self.tunnel_to(n).overhead())
+            .chain([self.cfg.encap.tunnel.overhead()])
+            .max()
+            .unwrap_or(0);
+        let ip_room = usize::from(self.node.uplink_mtu).min(forwarder::dataplane::MAX_FRAME - 14);
+        ip_room.saturating_sub(overhead) as u16
     }
 
     /// Writes the data plane's Log events out (one line each, as iptables' LOG does).
@@ -305,10 +324,7 @@ impl Agent {
     /// Allocates (or returns) the address of a container.
     pub fn allocate(&mut self, container_id: &str, namespace: &str, pod: &str, ifname: &str) -> anyhow::Result<Value> {
         let ip = self.ipam.allocate(container_id, namespace, pod, ifname)?;
-        let mtu = match self.node.profile {
-            EncapProfile::Vxlan(_) => self.node.uplink_mtu - encap::vxlan::OVERHEAD as u16,
-            EncapProfile::Direct => self.node.uplink_mtu,
-        };
+        let mtu = self.pod_mtu();
         tracing::info!(container = %container_id, %namespace, %pod, %ip, "allocated");
         Ok(json!({"ip": ip.to_string(), "prefix_len": 32, "gateway": forwarder::snapshot::GATEWAY_IP.to_string(),
                   "gateway_mac": GATEWAY_MAC.to_string(), "mtu": mtu}))

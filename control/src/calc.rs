@@ -1,15 +1,16 @@
 //! The calculation from cluster state to data-plane tables: this node's pod subnet to
-//! its local pods, every other node's subnet to that node (VTEP MAC, underlay address and
-//! the resolved next-hop MAC).
+//! its local pods, every other node's subnet to that node (VTEP MAC, underlay address, the
+//! resolved next-hop MAC and the tunnel its IP pool and subnet call for).
 
 use std::{collections::HashMap, net::Ipv4Addr};
 
 use encap::ethernet::EthernetAddress;
-use forwarder::{Endpoint, NodeConfig, RemoteNode, RouteTarget, Snapshot};
+use forwarder::{Endpoint, NodeConfig, RemoteNode, RouteTarget, Snapshot, Tunnel};
 
-use crate::cluster::ClusterState;
+use crate::cluster::{ClusterState, NodeInfo};
 
-/// Builds table version `version` for node `me`.
+/// Builds table version `version` for node `me`; `tunnel_to` says how each other node is
+/// reached.
 pub fn snapshot(
     version: u64,
     node: &NodeConfig,
@@ -17,6 +18,7 @@ pub fn snapshot(
     cluster: &ClusterState,
     endpoints: impl IntoIterator<Item = Endpoint>,
     neighbours: &HashMap<Ipv4Addr, EthernetAddress>,
+    tunnel_to: impl Fn(&NodeInfo) -> Tunnel,
 ) -> Snapshot {
     let mut snap = Snapshot::new(version, node.clone());
     if let Some(mine) = cluster.nodes.get(me) {
@@ -30,7 +32,7 @@ pub fn snapshot(
             continue;
         }
         let next_hop = neighbours.get(&info.address).copied();
-        let idx = snap.add_node(RemoteNode::new(node, name.clone(), info.address, info.vtep_mac, next_hop));
+        let idx = snap.add_node(RemoteNode::new(node, name.clone(), info.address, info.vtep_mac, next_hop, tunnel_to(info)));
         snap.routes.insert(info.pod_cidr, RouteTarget::Node(idx));
     }
     snap
@@ -41,7 +43,6 @@ mod tests {
     use super::*;
     use crate::cluster::read_documents;
     use encap::vxlan::VxlanProfile;
-    use forwarder::EncapProfile;
 
     #[test]
     fn routes_every_other_node_and_keeps_unresolved_ones_without_encap() {
@@ -58,17 +59,18 @@ mod tests {
             uplink_mac: EthernetAddress([2, 0, 0, 0, 0, 1]),
             vtep_mac: EthernetAddress([2, 0, 0, 0, 0, 2]),
             gateway_mac: EthernetAddress([0xee; 6]),
-            profile: EncapProfile::Vxlan(VxlanProfile::FLANNEL),
+            vxlan: VxlanProfile::FLANNEL,
             uplink_mtu: 1500,
         };
         let neigh = HashMap::from([(Ipv4Addr::new(10, 100, 0, 12), EthernetAddress([2, 0, 0, 0, 0, 12]))]);
-        let snap = snapshot(7, &node, "n1", &cluster, [], &neigh);
+        let snap = snapshot(7, &node, "n1", &cluster, [], &neigh, |n| if n.name == "n3" { Tunnel::Ipip } else { Tunnel::Vxlan });
         assert_eq!(snap.version, 7);
         assert_eq!(snap.routes.lookup(Ipv4Addr::new(10, 244, 1, 5)), Some(RouteTarget::LocalPods));
         let RouteTarget::Node(i2) = snap.routes.lookup(Ipv4Addr::new(10, 244, 2, 5)).unwrap() else { panic!() };
         let RouteTarget::Node(i3) = snap.routes.lookup(Ipv4Addr::new(10, 244, 3, 5)).unwrap() else { panic!() };
-        assert!(snap.nodes[i2 as usize].encap.is_some());
-        assert!(snap.nodes[i3 as usize].encap.is_none(), "n3's next hop is unresolved");
+        assert!(snap.nodes[i2 as usize].vxlan.is_some());
+        assert_eq!(snap.nodes[i3 as usize].tunnel, Tunnel::Ipip);
+        assert!(snap.nodes[i3 as usize].ipip.is_none(), "n3's next hop is unresolved");
         assert_eq!(snap.routes.lookup(Ipv4Addr::new(10, 245, 0, 1)), None);
     }
 }

@@ -10,12 +10,12 @@ use std::{
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use control::{
-    agent::{Agent, AgentConfig, Datastore, parse_profile},
+    agent::{Agent, AgentConfig, Datastore},
     cluster,
     policy_cli::{self, Engine, ExplainQuery},
     server,
 };
-use forwarder::{EncapProfile, port::CopyMode, worker::IdleStrategy, xdp_hook::AttachMode};
+use forwarder::{port::CopyMode, worker::IdleStrategy, xdp_hook::AttachMode};
 use serde_json::json;
 
 const DEFAULT_SOCKET: &str = "/run/twill/twill.sock";
@@ -143,9 +143,10 @@ struct AgentArgs {
     /// Where IPAM state is kept.
     #[arg(long, default_value = "/var/lib/twill")]
     state_dir: PathBuf,
-    /// vxlan-flannel | vxlan-calico | direct
-    #[arg(long, default_value = "vxlan-flannel", value_parser = parse_profile)]
-    encap: EncapProfile,
+    /// vxlan-flannel | vxlan-calico | ipip | direct | cross-subnet | ipip-cross-subnet: the
+    /// VXLAN spoken, and how nodes no IP pool covers are reached (pools override it).
+    #[arg(long, default_value = "vxlan-flannel", value_parser = control::pool::parse_encap)]
+    encap: control::pool::DefaultEncap,
     /// Frames per RX batch (1..=256).
     #[arg(long, default_value_t = 64)]
     batch: usize,
@@ -335,7 +336,7 @@ fn run_agent(args: AgentArgs) -> anyhow::Result<()> {
         uplink: args.uplink,
         cores: args.cores.0,
         state_dir: args.state_dir,
-        profile: args.encap,
+        encap: args.encap,
         batch: args.batch,
         idle: args.idle,
         attach: args.xdp_mode,

@@ -59,6 +59,29 @@ fn next_hop_in(text: &str, dev: &str, dst: Ipv4Addr) -> Ipv4Addr {
         .unwrap_or(dst)
 }
 
+/// The connected subnet of `dev` that holds `addr` (a route without a gateway): this
+/// node's underlay subnet, which CrossSubnet compares peers against.
+pub fn connected_subnet(dev: &str, addr: Ipv4Addr) -> Option<(Ipv4Addr, u8)> {
+    let text = std::fs::read_to_string("/proc/net/route").unwrap_or_default();
+    connected_subnet_in(&text, dev, addr)
+}
+
+fn connected_subnet_in(text: &str, dev: &str, addr: Ipv4Addr) -> Option<(Ipv4Addr, u8)> {
+    let hex = |s: &str| u32::from_str_radix(s, 16).ok().map(|v| u32::from_be_bytes(v.to_ne_bytes()));
+    let a = u32::from(addr);
+    text.lines()
+        .skip(1)
+        .filter_map(|line| {
+            let f: Vec<&str> = line.split_whitespace().collect();
+            if f.len() < 8 || f[0] != dev {
+                return None;
+            }
+            let (net, gw, mask) = (hex(f[1])?, hex(f[2])?, hex(f[7])?);
+            (gw == 0 && mask != 0 && a & mask == net).then_some((Ipv4Addr::from(net), mask.count_ones() as u8))
+        })
+        .max_by_key(|(_, len)| *len)
+}
+
 /// Makes the kernel resolve `peer`'s next hop (it ARPs before sending the datagram).
 pub fn nudge(peer: Ipv4Addr) {
     if let Ok(sock) = std::net::UdpSocket::bind("0.0.0.0:0") {
@@ -88,5 +111,7 @@ mod tests {
                     eth0\t00000000\t0100640A\t0003\t0\t0\t0\t00000000\t0\t0\t0\n";
         assert_eq!(next_hop_in(text, "eth0", Ipv4Addr::new(10, 100, 0, 12)), Ipv4Addr::new(10, 100, 0, 12));
         assert_eq!(next_hop_in(text, "eth0", Ipv4Addr::new(10, 200, 0, 1)), Ipv4Addr::new(10, 100, 0, 1));
+        assert_eq!(connected_subnet_in(text, "eth0", Ipv4Addr::new(10, 100, 0, 11)), Some((Ipv4Addr::new(10, 100, 0, 0), 24)));
+        assert_eq!(connected_subnet_in(text, "eth0", Ipv4Addr::new(10, 101, 0, 11)), None, "the default route is no subnet");
     }
 }

@@ -12,9 +12,12 @@
 //! Flannel's `vxlan` backend is VXLAN Always (with `DirectRouting: true`, CrossSubnet);
 //! `host-gw` is Never. Without a pool, the agent's `--encap` decides for every node.
 
-use serde::Deserialize;
+use std::collections::BTreeMap;
+use std::net::Ipv4Addr;
 
-use forwarder::route::Ipv4Prefix;
+use encap::vxlan::VxlanProfile;
+use forwarder::{Tunnel, route::Ipv4Prefix};
+use serde::Deserialize;
 
 /// When an encapsulation is used.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, serde::Serialize)]
@@ -112,5 +115,75 @@ mod tests {
             let e = pool(spec).unwrap_err();
             assert!(e.contains(want), "{spec}: {e}");
         }
+    }
+}
+
+/// The agent's `--encap`: the VXLAN this node speaks, and how it reaches the pods of nodes
+/// that no IP pool covers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DefaultEncap {
+    pub vxlan: VxlanProfile,
+    pub tunnel: Tunnel,
+    pub mode: EncapMode,
+}
+
+/// The `--encap` names, with what each means.
+pub const ENCAP_NAMES: &str = "vxlan-flannel (VNI 1, UDP 8472, always), vxlan-calico (VNI 4096, UDP 4789, always), ipip (always), direct (never encapsulate: host-gw), cross-subnet (vxlan-calico across subnets, direct within), ipip-cross-subnet (IP-in-IP across subnets, direct within)";
+
+/// Parses `--encap`.
+pub fn parse_encap(s: &str) -> Result<DefaultEncap, String> {
+    let (vxlan, tunnel, mode) = match s {
+        "vxlan-flannel" => (VxlanProfile::FLANNEL, Tunnel::Vxlan, EncapMode::Always),
+        "vxlan-calico" => (VxlanProfile::CALICO, Tunnel::Vxlan, EncapMode::Always),
+        "ipip" => (VxlanProfile::CALICO, Tunnel::Ipip, EncapMode::Always),
+        "direct" => (VxlanProfile::FLANNEL, Tunnel::None, EncapMode::Never),
+        "cross-subnet" => (VxlanProfile::CALICO, Tunnel::Vxlan, EncapMode::CrossSubnet),
+        "ipip-cross-subnet" => (VxlanProfile::CALICO, Tunnel::Ipip, EncapMode::CrossSubnet),
+        _ => return Err(format!("{s:?} is not an encapsulation; accepted: {ENCAP_NAMES}")),
+    };
+    Ok(DefaultEncap { vxlan, tunnel, mode })
+}
+
+/// How this node reaches the pods of a peer at `peer_addr` whose pod CIDR is `peer_pods`:
+/// the IP pool holding those pods decides (longest pool CIDR first), else `default`;
+/// CrossSubnet routes directly when `my_subnet` holds the peer, Never always does.
+pub fn tunnel_to(pools: &BTreeMap<String, IpPool>, default: &DefaultEncap, my_subnet: Option<Ipv4Prefix>, peer_addr: Ipv4Addr, peer_pods: Ipv4Prefix) -> Tunnel {
+    let pool = pools.values().filter(|p| p.cidr.contains(peer_pods.addr())).max_by_key(|p| p.cidr.len());
+    let (tunnel, mode) = match pool {
+        Some(p) if p.vxlan_mode != EncapMode::Never => (Tunnel::Vxlan, p.vxlan_mode),
+        Some(p) if p.ipip_mode != EncapMode::Never => (Tunnel::Ipip, p.ipip_mode),
+        Some(_) => (Tunnel::None, EncapMode::Never),
+        None => (default.tunnel, default.mode),
+    };
+    match mode {
+        EncapMode::Always => tunnel,
+        EncapMode::Never => Tunnel::None,
+        EncapMode::CrossSubnet if my_subnet.is_some_and(|s| s.contains(peer_addr)) => Tunnel::None,
+        EncapMode::CrossSubnet => tunnel,
+    }
+}
+
+#[cfg(test)]
+mod tunnel_tests {
+    use super::*;
+
+    #[test]
+    fn pools_then_default_decide_and_cross_subnet_routes_locally() {
+        let subnet: Ipv4Prefix = "10.100.0.0/24".parse().unwrap();
+        let (near, far) = (Ipv4Addr::new(10, 100, 0, 12), Ipv4Addr::new(10, 100, 1, 13));
+        let pods: Ipv4Prefix = "10.244.2.0/24".parse().unwrap();
+        let vxlan = parse_encap("vxlan-flannel").unwrap();
+        assert_eq!(tunnel_to(&BTreeMap::new(), &vxlan, Some(subnet), near, pods), Tunnel::Vxlan);
+        let cross = parse_encap("cross-subnet").unwrap();
+        assert_eq!(tunnel_to(&BTreeMap::new(), &cross, Some(subnet), near, pods), Tunnel::None);
+        assert_eq!(tunnel_to(&BTreeMap::new(), &cross, Some(subnet), far, pods), Tunnel::Vxlan);
+        assert_eq!(tunnel_to(&BTreeMap::new(), &cross, None, near, pods), Tunnel::Vxlan, "no known subnet: encapsulate");
+        let pool = |ipip, vx| IpPool { name: "p".into(), cidr: "10.244.0.0/16".parse().unwrap(), block_size: 26, ipip_mode: ipip, vxlan_mode: vx, nat_outgoing: false, disabled: false };
+        let pools = BTreeMap::from([("p".to_string(), pool(EncapMode::CrossSubnet, EncapMode::Never))]);
+        assert_eq!(tunnel_to(&pools, &vxlan, Some(subnet), far, pods), Tunnel::Ipip, "the pool overrides --encap");
+        assert_eq!(tunnel_to(&pools, &vxlan, Some(subnet), near, pods), Tunnel::None);
+        let never = BTreeMap::from([("p".to_string(), pool(EncapMode::Never, EncapMode::Never))]);
+        assert_eq!(tunnel_to(&never, &vxlan, Some(subnet), far, pods), Tunnel::None);
+        assert!(parse_encap("gre").unwrap_err().contains("cross-subnet"));
     }
 }

@@ -45,7 +45,9 @@ drop_reasons! {
     NoRoute => "no_route",
     /// The underlay next hop of a remote node has no resolved MAC address yet.
     NeighbourUnresolved => "neighbour_unresolved",
-    /// The frame does not fit the egress MTU or the frame buffer after encapsulation.
+    /// The packet does not fit the tunnel's MTU or the frame buffer, and may not get an
+    /// ICMP fragmentation-needed (DF clear, or it came from another node): twill does not
+    /// fragment.
     TooBig => "too_big",
     /// Outer frame on the uplink that does not validate as VXLAN for this node.
     BadOuterHeader => "bad_outer_header",
@@ -91,6 +93,8 @@ pub struct WorkerCounters {
     pub arp_replies: AtomicU64,
     pub encapsulated: AtomicU64,
     pub decapsulated: AtomicU64,
+    /// ICMP errors the forwarder sent back to pods (fragmentation needed).
+    pub icmp_errors_sent: AtomicU64,
     pub snapshot_version: AtomicU64,
     pub idle_sleeps: AtomicU64,
     /// Packets of tracked connections (passed without a policy lookup).
@@ -137,6 +141,7 @@ impl WorkerCounters {
             ("arp_replies".to_string(), self.arp_replies.load(Relaxed)),
             ("encapsulated".to_string(), self.encapsulated.load(Relaxed)),
             ("decapsulated".to_string(), self.decapsulated.load(Relaxed)),
+            ("icmp_errors_sent".to_string(), self.icmp_errors_sent.load(Relaxed)),
             ("snapshot_version".to_string(), self.snapshot_version.load(Relaxed)),
             ("idle_sleeps".to_string(), self.idle_sleeps.load(Relaxed)),
             ("ct_established".to_string(), self.ct_established.load(Relaxed)),

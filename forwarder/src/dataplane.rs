@@ -32,6 +32,10 @@ use crate::{
 /// 4 KB-MTU frames the large-frame work needs.
 pub const FRAME_SIZE: u32 = 4096;
 
+/// The longest frame a UMEM chunk holds: the chunk less the headroom the kernel keeps in
+/// front of the data (XDP_PACKET_HEADROOM).
+pub const MAX_FRAME: usize = FRAME_SIZE as usize - 256;
+
 /// How to run the data plane.
 #[derive(Debug, Clone)]
 pub struct DataplaneConfig {

@@ -22,7 +22,7 @@ pub mod xdp_hook;
 
 pub use counters::{DropReason, WorkerCounters};
 pub use dataplane::{Dataplane, DataplaneConfig};
-pub use snapshot::{EncapProfile, Endpoint, NodeConfig, PortId, RemoteNode, RouteTarget, Snapshot, Tables};
+pub use snapshot::{Endpoint, NodeConfig, PortId, RemoteNode, RouteTarget, Snapshot, Tables, Tunnel};
 
 /// Errors of the data plane. Each names the interface, queue or setting it is about.
 #[derive(Debug, thiserror::Error)]

@@ -7,20 +7,24 @@
 //!
 //! From a pod:   ARP for the gateway → reply on the same port; IPv4 → anti-spoofing (the
 //!               source MAC and IP must be the pod's) → [`route`].
-//! From uplink:  VXLAN decapsulation (outer frame validated, VNI checked, sender must be a
-//!               known node, inner destination MAC must be our VTEP MAC) or, in direct
-//!               mode, the plain IPv4 frame → [`route`] (local pods only).
-//! [`route`]:    LPM on the destination → local pod (MAC rewrite) or remote node (VXLAN
-//!               encapsulation with the node's VTEP MAC as inner destination, or MAC
-//!               rewrite to the next hop in direct mode); before the frame is rewritten,
+//! From uplink:  by the outer headers: VXLAN decapsulation (outer frame validated, VNI
+//!               checked, sender must be a known node, inner destination MAC must be our
+//!               VTEP MAC), IP-in-IP decapsulation (outer validated, known sender), or a
+//!               plain IPv4 packet routed directly → [`route`] (local pods only).
+//! [`route`]:    LPM on the destination → local pod (MAC rewrite) or remote node through
+//!               its tunnel (VXLAN with the node's VTEP MAC as inner destination, IP-in-IP,
+//!               or MAC rewrite to the next hop); a DF packet too big for the tunnel gets
+//!               ICMP fragmentation-needed back (RFC 1191); before the frame is rewritten,
 //!               the stateful policy stage ([`policy::admit`]: conntrack, then egress /
 //!               ingress policy of the local pods for a new connection); TTL decremented
 //!               with an incremental checksum update (RFC 1624).
 
 use encap::{
-    arp,
+    IpProtocol, arp,
     direct::rewrite_macs,
     ethernet::{EtherType, EthernetAddress, EthernetFrame},
+    icmpv4::{self, IcmpError},
+    ipip,
     ipv4::{self, Ipv4Packet},
     vxlan::{self, DecapError},
 };
@@ -28,7 +32,7 @@ use encap::{
 use crate::{
     counters::DropReason,
     policy::{self, FlowState},
-    snapshot::{EncapProfile, GATEWAY_IP, PortId, RouteTarget, Snapshot, UPLINK, is_uplink},
+    snapshot::{GATEWAY_IP, PortId, RemoteNode, RouteTarget, Snapshot, Tunnel, UPLINK, is_uplink},
 };
 
 const ETH_LEN: usize = 14;
@@ -48,6 +52,8 @@ pub enum Kind {
     Encapsulated,
     Decapsulated,
     ArpReply,
+    /// An ICMP error the forwarder built, back to the pod that sent the packet.
+    IcmpError,
 }
 
 /// Processes the frame `buf[..len]` that arrived on `in_port` of worker `worker`, whose
@@ -80,7 +86,7 @@ fn from_pod(snap: &Snapshot, fs: &FlowState, worker: u16, in_port: PortId, buf: 
     if src != ep.ip {
         return Verdict::Drop(DropReason::Spoofed);
     }
-    route(snap, fs, buf, len, false)
+    route(snap, fs, buf, len, Origin::Pod { port: in_port, worker })
 }
 
 /// Answers an ARP request from the pod for its gateway (proxy-ARP style, as Calico does).
@@ -103,44 +109,98 @@ fn arp_for_gateway(snap: &Snapshot, worker: u16, in_port: PortId, pod_ip: std::n
     }
 }
 
-fn from_uplink(snap: &Snapshot, fs: &FlowState, buf: &mut [u8], len: usize) -> Verdict {
-    let profile = match snap.node.profile {
-        EncapProfile::Vxlan(p) => p,
-        EncapProfile::Direct => {
-            return match EthernetFrame::new_checked(&buf[..len]).map(|e| e.ethertype()) {
-                Ok(EtherType::Ipv4) if Ipv4Packet::new_checked(&buf[ETH_LEN..len]).is_ok() => route(snap, fs, buf, len, true),
-                Ok(EtherType::Ipv4) => Verdict::Drop(DropReason::BadIpHeader),
-                Ok(_) => Verdict::Drop(DropReason::UnsupportedEtherType),
-                Err(_) => Verdict::Drop(DropReason::Truncated),
-            };
-        }
-    };
-    let d = match vxlan::decap(&buf[..len], snap.node.node_ip, profile) {
-        Ok(d) => d,
-        Err(e) => return Verdict::Drop(decap_reason(e)),
-    };
-    if !snap.nodes_by_ip.contains_key(&d.outer_src_ip) {
-        return Verdict::Drop(DropReason::UnknownVtep);
-    }
-    let inner_len = d.inner.len();
-    buf.copy_within(d.inner, 0);
-    let Ok(eth) = EthernetFrame::new_checked(&buf[..inner_len]) else {
-        return Verdict::Drop(DropReason::Truncated);
-    };
-    if eth.dst_addr() != snap.node.vtep_mac {
-        return Verdict::Drop(DropReason::WrongInnerMac);
-    }
+/// What an uplink frame carries, judged from its outer headers.
+enum Outer {
+    /// UDP to this node's VXLAN port.
+    Vxlan,
+    /// IPv4 protocol 4 to this node.
+    Ipip,
+    /// A plain IPv4 packet (direct routing from another node).
+    Plain,
+}
+
+fn outer_kind(snap: &Snapshot, frame: &[u8]) -> Result<Outer, DropReason> {
+    let eth = EthernetFrame::new_checked(frame).map_err(|_| DropReason::Truncated)?;
     if eth.ethertype() != EtherType::Ipv4 {
-        return Verdict::Drop(DropReason::UnsupportedEtherType);
+        return Err(DropReason::UnsupportedEtherType);
     }
+    let ip = Ipv4Packet::new_checked(eth.payload()).map_err(|e| match e {
+        encap::Error::Truncated => DropReason::Truncated,
+        _ => DropReason::BadOuterHeader,
+    })?;
+    let to_us = ip.dst_addr() == snap.node.node_ip;
+    Ok(match ip.protocol() {
+        IpProtocol::Udp if to_us && ip.payload().get(2..4) == Some(&snap.node.vxlan.port.to_be_bytes()[..]) => Outer::Vxlan,
+        IpProtocol::IpIp if to_us => Outer::Ipip,
+        _ => Outer::Plain,
+    })
+}
+
+fn from_uplink(snap: &Snapshot, fs: &FlowState, buf: &mut [u8], len: usize) -> Verdict {
+    let inner_len = match outer_kind(snap, &buf[..len]) {
+        Err(reason) => return Verdict::Drop(reason),
+        Ok(Outer::Plain) => {
+            if !Ipv4Packet::new_unchecked(&buf[ETH_LEN..len]).verify_checksum() {
+                return Verdict::Drop(DropReason::BadIpHeader);
+            }
+            return route(snap, fs, buf, len, Origin::Uplink);
+        }
+        Ok(Outer::Vxlan) => match vxlan_decap(snap, buf, len) {
+            Ok(n) => n,
+            Err(reason) => return Verdict::Drop(reason),
+        },
+        Ok(Outer::Ipip) => match ipip_decap(snap, buf, len) {
+            Ok(n) => n,
+            Err(reason) => return Verdict::Drop(reason),
+        },
+    };
     match Ipv4Packet::new_checked(&buf[ETH_LEN..inner_len]) {
         Ok(ip) if ip.verify_checksum() => {}
         _ => return Verdict::Drop(DropReason::BadIpHeader),
     }
-    match route(snap, fs, buf, inner_len, true) {
+    match route(snap, fs, buf, inner_len, Origin::Uplink) {
         Verdict::Forward { port, worker, len, .. } => Verdict::Forward { port, worker, len, kind: Kind::Decapsulated },
         drop => drop,
     }
+}
+
+/// Validates a VXLAN frame from a known node and moves its inner Ethernet frame to the
+/// front of the buffer; returns the inner frame's length.
+fn vxlan_decap(snap: &Snapshot, buf: &mut [u8], len: usize) -> Result<usize, DropReason> {
+    let d = vxlan::decap(&buf[..len], snap.node.node_ip, snap.node.vxlan).map_err(decap_reason)?;
+    if !snap.nodes_by_ip.contains_key(&d.outer_src_ip) {
+        return Err(DropReason::UnknownVtep);
+    }
+    let inner_len = d.inner.len();
+    buf.copy_within(d.inner, 0);
+    let eth = EthernetFrame::new_checked(&buf[..inner_len]).map_err(|_| DropReason::Truncated)?;
+    if eth.dst_addr() != snap.node.vtep_mac {
+        return Err(DropReason::WrongInnerMac);
+    }
+    if eth.ethertype() != EtherType::Ipv4 {
+        return Err(DropReason::UnsupportedEtherType);
+    }
+    Ok(inner_len)
+}
+
+/// Validates an IP-in-IP frame from a known node and moves its inner IPv4 packet behind an
+/// Ethernet header at the front of the buffer (the routing step writes its MACs); returns
+/// the frame's length.
+fn ipip_decap(snap: &Snapshot, buf: &mut [u8], len: usize) -> Result<usize, DropReason> {
+    let d = ipip::decap(&buf[..len], snap.node.node_ip).map_err(|e| match e {
+        ipip::DecapError::Truncated => DropReason::Truncated,
+        ipip::DecapError::Fragment => DropReason::OuterFragment,
+        ipip::DecapError::NotForUs => DropReason::NotForUs,
+        ipip::DecapError::BadInner => DropReason::BadIpHeader,
+        _ => DropReason::BadOuterHeader,
+    })?;
+    if !snap.nodes_by_ip.contains_key(&d.outer_src_ip) {
+        return Err(DropReason::UnknownVtep);
+    }
+    let inner_len = d.inner.len();
+    buf.copy_within(d.inner, ETH_LEN);
+    buf[12..14].copy_from_slice(&0x0800u16.to_be_bytes());
+    Ok(ETH_LEN + inner_len)
 }
 
 fn decap_reason(e: DecapError) -> DropReason {
@@ -154,9 +214,18 @@ fn decap_reason(e: DecapError) -> DropReason {
     }
 }
 
+/// Where a frame being routed came from.
+#[derive(Debug, Clone, Copy)]
+enum Origin {
+    /// A local pod's port, served by `worker` (an ICMP error goes back there).
+    Pod { port: PortId, worker: u16 },
+    /// Another node: only local pods are valid destinations.
+    Uplink,
+}
+
 /// Routes the IPv4 frame `buf[..len]` (its IPv4 header already validated).
-/// `from_uplink`: it came from another node, so only local pods are valid destinations.
-fn route(snap: &Snapshot, fs: &FlowState, buf: &mut [u8], len: usize, from_uplink: bool) -> Verdict {
+fn route(snap: &Snapshot, fs: &FlowState, buf: &mut [u8], len: usize, from: Origin) -> Verdict {
+    let from_uplink = matches!(from, Origin::Uplink);
     let dst = Ipv4Packet::new_unchecked(&buf[ETH_LEN..len]).dst_addr();
     let target = match snap.routes.lookup(dst) {
         Some(t) => t,
@@ -182,49 +251,80 @@ fn route(snap: &Snapshot, fs: &FlowState, buf: &mut [u8], len: usize, from_uplin
             let Some(node) = snap.nodes.get(idx as usize) else {
                 return Verdict::Drop(DropReason::NoRoute);
             };
-            let ip_len = len - ETH_LEN;
-            match snap.node.profile {
-                EncapProfile::Vxlan(_) => {
-                    let Some(encap) = node.encap.as_ref() else {
-                        return Verdict::Drop(DropReason::NeighbourUnresolved);
-                    };
-                    let out_len = len + vxlan::OVERHEAD;
-                    if ip_len + vxlan::OVERHEAD > usize::from(snap.node.uplink_mtu) || out_len > buf.len() {
-                        return Verdict::Drop(DropReason::TooBig);
-                    }
-                    if let Err(reason) = policy::admit(fs, &snap.policy, &buf[ETH_LEN..len], true, false) {
-                        return Verdict::Drop(reason);
-                    }
-                    if ipv4::decrement_ttl(&mut buf[ETH_LEN..len]).is_err() {
-                        return Verdict::Drop(DropReason::TtlExpired);
-                    }
-                    set_macs(buf, snap.node.vtep_mac, node.vtep_mac);
-                    let src_port = vxlan::flow_src_port(&buf[..len]);
-                    buf.copy_within(..len, vxlan::OVERHEAD);
-                    if encap.write(&mut buf[..vxlan::OVERHEAD], len, src_port).is_err() {
-                        return Verdict::Drop(DropReason::TooBig);
-                    }
-                    Verdict::Forward { port: UPLINK, worker: u16::MAX, len: out_len, kind: Kind::Encapsulated }
-                }
-                EncapProfile::Direct => {
-                    let Some(next_hop) = node.next_hop_mac else {
-                        return Verdict::Drop(DropReason::NeighbourUnresolved);
-                    };
-                    if ip_len > usize::from(snap.node.uplink_mtu) {
-                        return Verdict::Drop(DropReason::TooBig);
-                    }
-                    if let Err(reason) = policy::admit(fs, &snap.policy, &buf[ETH_LEN..len], true, false) {
-                        return Verdict::Drop(reason);
-                    }
-                    if ipv4::decrement_ttl(&mut buf[ETH_LEN..len]).is_err() {
-                        return Verdict::Drop(DropReason::TtlExpired);
-                    }
-                    set_macs(buf, snap.node.uplink_mac, next_hop);
-                    Verdict::Forward { port: UPLINK, worker: u16::MAX, len, kind: Kind::Routed }
-                }
-            }
+            to_node(snap, fs, node, buf, len, from)
         }
     }
+}
+
+/// Sends a pod's packet to another node, through the node's tunnel.
+fn to_node(snap: &Snapshot, fs: &FlowState, node: &RemoteNode, buf: &mut [u8], len: usize, from: Origin) -> Verdict {
+    let Some(next_hop) = node.next_hop_mac else {
+        return Verdict::Drop(DropReason::NeighbourUnresolved);
+    };
+    let overhead = node.tunnel.overhead();
+    // The largest IPv4 packet that fits both the uplink MTU and the frame buffer.
+    let fits = usize::from(snap.node.uplink_mtu).min(buf.len() - ETH_LEN) - overhead;
+    let ip_len = len - ETH_LEN;
+    if ip_len > fits {
+        return too_big(snap, buf, len, fits, from);
+    }
+    if let Err(reason) = policy::admit(fs, &snap.policy, &buf[ETH_LEN..len], true, false) {
+        return Verdict::Drop(reason);
+    }
+    if ipv4::decrement_ttl(&mut buf[ETH_LEN..len]).is_err() {
+        return Verdict::Drop(DropReason::TtlExpired);
+    }
+    match node.tunnel {
+        Tunnel::Vxlan => {
+            let Some(encap) = node.vxlan.as_ref() else {
+                return Verdict::Drop(DropReason::NeighbourUnresolved);
+            };
+            set_macs(buf, snap.node.vtep_mac, node.vtep_mac);
+            let src_port = vxlan::flow_src_port(&buf[..len]);
+            buf.copy_within(..len, vxlan::OVERHEAD);
+            if encap.write(&mut buf[..vxlan::OVERHEAD], len, src_port).is_err() {
+                return Verdict::Drop(DropReason::TooBig);
+            }
+            Verdict::Forward { port: UPLINK, worker: u16::MAX, len: len + vxlan::OVERHEAD, kind: Kind::Encapsulated }
+        }
+        Tunnel::Ipip => {
+            let Some(encap) = node.ipip.as_ref() else {
+                return Verdict::Drop(DropReason::NeighbourUnresolved);
+            };
+            let tos = buf[ETH_LEN + 1];
+            buf.copy_within(ETH_LEN..len, ipip::HEADER_LEN);
+            if encap.write(&mut buf[..ipip::HEADER_LEN], ip_len, tos).is_err() {
+                return Verdict::Drop(DropReason::TooBig);
+            }
+            Verdict::Forward { port: UPLINK, worker: u16::MAX, len: ipip::HEADER_LEN + ip_len, kind: Kind::Encapsulated }
+        }
+        Tunnel::None => {
+            set_macs(buf, snap.node.uplink_mac, next_hop);
+            Verdict::Forward { port: UPLINK, worker: u16::MAX, len, kind: Kind::Routed }
+        }
+    }
+}
+
+/// A pod's packet that does not fit the tunnel: with DF set, an ICMP fragmentation-needed
+/// back to the pod with the MTU that fits (RFC 1191), so path MTU discovery works through
+/// twill; without DF, dropped and counted — twill does not fragment (one frame in, one
+/// out; the pod MTU the CNI plugin sets keeps pods from sending such packets).
+fn too_big(snap: &Snapshot, buf: &mut [u8], len: usize, fits: usize, from: Origin) -> Verdict {
+    let Origin::Pod { port, worker } = from else {
+        return Verdict::Drop(DropReason::TooBig);
+    };
+    if !Ipv4Packet::new_unchecked(&buf[ETH_LEN..len]).dont_frag() {
+        return Verdict::Drop(DropReason::TooBig);
+    }
+    let pod_mac = EthernetFrame::new_unchecked(&buf[..ETH_LEN]).src_addr();
+    let (head, tail) = buf.split_at_mut(len);
+    let error = IcmpError::FragNeeded { next_hop_mtu: fits.min(usize::from(u16::MAX)) as u16 };
+    let Ok(n) = icmpv4::emit_error(tail, GATEWAY_IP, &head[ETH_LEN..], error) else {
+        return Verdict::Drop(DropReason::TooBig);
+    };
+    buf.copy_within(len..len + n, ETH_LEN);
+    set_macs(buf, snap.node.gateway_mac, pod_mac);
+    Verdict::Forward { port, worker, len: ETH_LEN + n, kind: Kind::IcmpError }
 }
 
 #[inline]

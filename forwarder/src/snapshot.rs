@@ -10,6 +10,7 @@ use std::{collections::HashMap, net::Ipv4Addr, sync::Arc};
 use arc_swap::ArcSwap;
 use encap::{
     ethernet::EthernetAddress,
+    ipip::IpipEncap,
     vxlan::{VxlanEncap, VxlanProfile},
 };
 
@@ -40,13 +41,28 @@ pub const MAX_PORTS: usize = 1024;
 /// The address pods use as their default gateway (they ARP for it; the forwarder answers).
 pub const GATEWAY_IP: Ipv4Addr = Ipv4Addr::new(169, 254, 1, 1);
 
-/// How traffic to other nodes is carried.
+/// How traffic to one other node is carried (the control plane decides per node, from
+/// the IP pool of its pods and whether it shares this node's underlay subnet).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum EncapProfile {
-    /// VXLAN as Flannel's `flannel.1` (VNI 1, UDP 8472), or another VNI/port.
-    Vxlan(VxlanProfile),
-    /// No encapsulation: the frame goes to the next hop's MAC (Flannel host-gw).
-    Direct,
+pub enum Tunnel {
+    /// VXLAN with this node's profile (Flannel's `flannel.1`, Calico's `vxlan.calico`).
+    Vxlan,
+    /// IPv4-in-IPv4 (Calico's `tunl0`).
+    Ipip,
+    /// No encapsulation: the frame goes to the next hop's MAC (Flannel host-gw, Calico
+    /// BGP mode, either mode's CrossSubnet inside one subnet).
+    None,
+}
+
+impl Tunnel {
+    /// Bytes the tunnel adds to a pod's IPv4 packet on the wire.
+    pub const fn overhead(self) -> usize {
+        match self {
+            Tunnel::Vxlan => encap::vxlan::OVERHEAD,
+            Tunnel::Ipip => encap::ipip::OVERHEAD,
+            Tunnel::None => 0,
+        }
+    }
 }
 
 /// This node, as the pipeline needs it.
@@ -58,7 +74,8 @@ pub struct NodeConfig {
     pub vtep_mac: EthernetAddress,
     /// The MAC the forwarder answers ARP for [`GATEWAY_IP`] with.
     pub gateway_mac: EthernetAddress,
-    pub profile: EncapProfile,
+    /// The VXLAN this node speaks (VNI and UDP port), to send and to accept.
+    pub vxlan: VxlanProfile,
     /// MTU of the uplink (IP bytes per frame).
     pub uplink_mtu: u16,
 }
@@ -81,26 +98,34 @@ pub struct RemoteNode {
     pub vtep_mac: EthernetAddress,
     /// MAC of the underlay next hop, from the neighbour table; `None` while unresolved.
     pub next_hop_mac: Option<EthernetAddress>,
-    /// Precomputed outer headers, present when the next hop is resolved and the profile is VXLAN.
-    pub encap: Option<VxlanEncap>,
+    /// How traffic to its pods is carried.
+    pub tunnel: Tunnel,
+    /// Precomputed outer headers, present when the next hop is resolved and the tunnel
+    /// needs them.
+    pub vxlan: Option<VxlanEncap>,
+    pub ipip: Option<IpipEncap>,
 }
 
 impl RemoteNode {
-    /// A node; the outer header template is derived from `local` when `next_hop_mac` is known.
+    /// A node reached through `tunnel`; the outer header template is derived from `local`
+    /// when `next_hop_mac` is known.
     pub fn new(
         local: &NodeConfig,
         name: String,
         underlay_ip: Ipv4Addr,
         vtep_mac: EthernetAddress,
         next_hop_mac: Option<EthernetAddress>,
+        tunnel: Tunnel,
     ) -> Self {
-        let encap = match (local.profile, next_hop_mac) {
-            (EncapProfile::Vxlan(profile), Some(mac)) => {
-                Some(VxlanEncap::new(local.uplink_mac, mac, local.node_ip, underlay_ip, profile))
-            }
+        let vxlan = match (tunnel, next_hop_mac) {
+            (Tunnel::Vxlan, Some(mac)) => Some(VxlanEncap::new(local.uplink_mac, mac, local.node_ip, underlay_ip, local.vxlan)),
             _ => None,
         };
-        RemoteNode { name, underlay_ip, vtep_mac, next_hop_mac, encap }
+        let ipip = match (tunnel, next_hop_mac) {
+            (Tunnel::Ipip, Some(mac)) => Some(IpipEncap::new(local.uplink_mac, mac, local.node_ip, underlay_ip)),
+            _ => None,
+        };
+        RemoteNode { name, underlay_ip, vtep_mac, next_hop_mac, tunnel, vxlan, ipip }
     }
 }
 

@@ -366,6 +366,7 @@ impl Worker {
                         Kind::Encapsulated => bump(&self.counters.encapsulated, 1),
                         Kind::Decapsulated => bump(&self.counters.decapsulated, 1),
                         Kind::ArpReply => bump(&self.counters.arp_replies, 1),
+                        Kind::IcmpError => bump(&self.counters.icmp_errors_sent, 1),
                         Kind::Routed => {}
                     }
                     // The uplink is reached through this worker's own uplink socket.

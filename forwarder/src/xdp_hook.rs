@@ -149,7 +149,11 @@ impl XdpHook {
         // SAFETY: prog_fd is a loaded XDP program; null opts = defaults.
         let ret = unsafe { libbpf_sys::bpf_xdp_attach(ifindex as i32, prog_fd, attach.flags(), std::ptr::null()) };
         if ret != 0 {
-            return Err(os_err("attach the XDP program", ifname, ret));
+            return Err(os_err(
+                "attach the XDP program (veth refuses native XDP when its peer's MTU is above about 3,500 bytes: use --xdp-mode generic or a smaller MTU; the agent's log has the kernel's own message)",
+                ifname,
+                ret,
+            ));
         }
         Ok(hook)
     }

@@ -81,6 +81,8 @@ pub struct Topology {
     pub encap: Option<String>,
     /// Leave what was built in place when `up` fails (for reading agent logs).
     pub keep_on_failure: bool,
+    /// MTU of the underlay and every node's uplink; default 1500.
+    pub uplink_mtu: Option<u32>,
 }
 
 impl Topology {
@@ -118,6 +120,12 @@ impl Topology {
 
     pub fn keep_on_failure(mut self, keep: bool) -> Self {
         self.keep_on_failure = keep;
+        self
+    }
+
+    /// Underlay and uplink MTU (jumbo frames: 9000).
+    pub fn uplink_mtu(mut self, mtu: u32) -> Self {
+        self.uplink_mtu = Some(mtu);
         self
     }
 
@@ -201,6 +209,9 @@ pub struct LabState {
     pub cores: Option<String>,
     pub encap: Option<String>,
     pub binaries: Option<Binaries>,
+    /// MTU of every node's uplink and the underlay (default 1500).
+    #[serde(default)]
+    pub uplink_mtu: Option<u32>,
 }
 
 impl LabState {
@@ -228,9 +239,10 @@ pub const ROUTER_NS: &str = "tw-rt";
 pub const ROUTER_SUBNETS: u8 = 4;
 
 /// The router: one leg on the underlay bridge with the .1 address of every subnet.
-fn create_router() -> Result<()> {
+fn create_router(mtu: u32) -> Result<()> {
     netns::add(ROUTER_NS)?;
-    ip(UNDERLAY_NS, &["link", "add", "tw-rt", "type", "veth", "peer", "name", "eth0", "netns", ROUTER_NS])?;
+    let mtu = mtu.to_string();
+    ip(UNDERLAY_NS, &["link", "add", "tw-rt", "mtu", &mtu, "type", "veth", "peer", "name", "eth0", "mtu", &mtu, "netns", ROUTER_NS])?;
     ip(UNDERLAY_NS, &["link", "set", "tw-rt", "master", UNDERLAY_BRIDGE, "up"])?;
     for s in 0..ROUTER_SUBNETS {
         ip(ROUTER_NS, &["addr", "add", &format!("10.100.{s}.1/24"), "dev", "eth0"])?;
@@ -285,6 +297,7 @@ impl Lab {
             state: LabState {
                 cores: topo.cores.clone(),
                 encap: topo.encap.clone(),
+                uplink_mtu: topo.uplink_mtu,
                 binaries,
                 ..Default::default()
             },
@@ -313,7 +326,7 @@ impl Lab {
             &["link", "add", UNDERLAY_BRIDGE, "type", "bridge"],
         )?;
         ip(UNDERLAY_NS, &["link", "set", UNDERLAY_BRIDGE, "up"])?;
-        create_router()?;
+        create_router(self.state.uplink_mtu.unwrap_or(1500))?;
         manifests::write(
             &manifests_dir(),
             &manifests::namespace_file(POD_NAMESPACE),
@@ -472,7 +485,9 @@ impl Lab {
                 "up",
             ],
         )?;
-        ip(ns, &["link", "set", "eth0", "mtu", "1500"])?;
+        let mtu = self.state.uplink_mtu.unwrap_or(1500).to_string();
+        ip(ns, &["link", "set", "eth0", "mtu", &mtu])?;
+        ip(UNDERLAY_NS, &["link", "set", &node.underlay_link, "mtu", &mtu])?;
         ip(
             ns,
             &[
@@ -524,6 +539,8 @@ impl Lab {
                     node: &node.name,
                     cores: &cores,
                     encap: self.state.encap.as_deref(),
+                    // veth takes native XDP only up to an MTU of about 3,500 bytes.
+                    xdp_mode: (self.state.uplink_mtu.unwrap_or(1500) > 3500).then_some("generic"),
                 };
                 let pid = twill_node::start_agent(&bins, ns, &files, &cfg)?;
                 self.node_mut(i).agent = Some(AgentState { files, pid, cores });

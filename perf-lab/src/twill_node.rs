@@ -117,6 +117,8 @@ pub struct AgentConfig<'a> {
     pub node: &'a str,
     pub cores: &'a str,
     pub encap: Option<&'a str>,
+    /// `--xdp-mode` (native or generic); the agent's default when `None`.
+    pub xdp_mode: Option<&'a str>,
 }
 
 /// Starts `twill agent` in node namespace `ns`, detached; returns its pid (also written to
@@ -148,6 +150,9 @@ pub fn start_agent(
         .arg("--state-dir")
         .arg(&files.state_dir)
         .args(["--idle", "adaptive"]);
+    if let Some(m) = cfg.xdp_mode {
+        cmd.args(["--xdp-mode", m]);
+    }
     if let Some(e) = cfg.encap {
         cmd.args(["--encap", e]);
     }

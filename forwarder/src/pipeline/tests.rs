@@ -19,6 +19,7 @@ use crate::{
     policy::FlowTables,
     snapshot::{Endpoint, NodeConfig, RemoteNode, RouteTarget},
 };
+use encap::icmpv4::{Icmpv4Packet, Message};
 
 /// A node's flow tables and counters, as its worker would hold them.
 struct NodeFlows {
@@ -64,31 +65,31 @@ const MAC_A1: EthernetAddress = EthernetAddress([0x0a, 0x58, 10, 244, 1, 2]);
 const MAC_A2: EthernetAddress = EthernetAddress([0x0a, 0x58, 10, 244, 1, 3]);
 const MAC_B1: EthernetAddress = EthernetAddress([0x0a, 0x58, 10, 244, 2, 2]);
 
-fn node(ip: Ipv4Addr, mac: EthernetAddress, vtep: EthernetAddress, profile: EncapProfile) -> NodeConfig {
-    NodeConfig { node_ip: ip, uplink_mac: mac, vtep_mac: vtep, gateway_mac: GW, profile, uplink_mtu: 1500 }
+fn node(ip: Ipv4Addr, mac: EthernetAddress, vtep: EthernetAddress) -> NodeConfig {
+    NodeConfig { node_ip: ip, uplink_mac: mac, vtep_mac: vtep, gateway_mac: GW, vxlan: VxlanProfile::FLANNEL, uplink_mtu: 1500 }
 }
 
 /// Node A (pods .1.2 on port P1, .1.3 on port P2) and node B (pod .2.2 on port P1), each
 /// knowing the other with a resolved next hop.
-fn cluster(profile: EncapProfile) -> (Snapshot, Snapshot) {
-    let a = node(A_IP, A_MAC, A_VTEP, profile);
-    let b = node(B_IP, B_MAC, B_VTEP, profile);
+fn cluster(tunnel: Tunnel) -> (Snapshot, Snapshot) {
+    let a = node(A_IP, A_MAC, A_VTEP);
+    let b = node(B_IP, B_MAC, B_VTEP);
     let mut sa = Snapshot::new(1, a.clone());
     sa.routes.insert("10.244.1.0/24".parse().unwrap(), RouteTarget::LocalPods);
     sa.add_endpoint(Endpoint { ip: POD_A1, mac: MAC_A1, port: P1, worker: 0 });
     sa.add_endpoint(Endpoint { ip: POD_A2, mac: MAC_A2, port: P2, worker: 0 });
-    let ib = sa.add_node(RemoteNode::new(&a, "b".into(), B_IP, B_VTEP, Some(B_MAC)));
+    let ib = sa.add_node(RemoteNode::new(&a, "b".into(), B_IP, B_VTEP, Some(B_MAC), tunnel));
     sa.routes.insert("10.244.2.0/24".parse().unwrap(), RouteTarget::Node(ib));
     let mut sb = Snapshot::new(1, b.clone());
     sb.routes.insert("10.244.2.0/24".parse().unwrap(), RouteTarget::LocalPods);
     sb.add_endpoint(Endpoint { ip: POD_B1, mac: MAC_B1, port: P1, worker: 0 });
-    let ia = sb.add_node(RemoteNode::new(&b, "a".into(), A_IP, A_VTEP, Some(A_MAC)));
+    let ia = sb.add_node(RemoteNode::new(&b, "a".into(), A_IP, A_VTEP, Some(A_MAC), tunnel));
     sb.routes.insert("10.244.1.0/24".parse().unwrap(), RouteTarget::Node(ia));
     (sa, sb)
 }
 
 fn vxlan_cluster() -> (Snapshot, Snapshot) {
-    cluster(EncapProfile::Vxlan(VxlanProfile::FLANNEL))
+    cluster(Tunnel::Vxlan)
 }
 
 /// An Ethernet/IPv4/UDP frame in a UMEM-sized buffer; returns (buffer, frame length).
@@ -202,7 +203,7 @@ fn vxlan_round_trip_between_two_nodes() {
 
 #[test]
 fn direct_profile_rewrites_to_the_next_hop_without_encapsulation() {
-    let (sa, sb) = cluster(EncapProfile::Direct);
+    let (sa, sb) = cluster(Tunnel::None);
     let (mut buf, len) = udp_frame(MAC_A1, GW, POD_A1, POD_B1, 64, b"host-gw");
     assert_eq!(process(&sa, 0, P1, &mut buf, len), Verdict::Forward { port: UPLINK, worker: u16::MAX, len, kind: Kind::Routed });
     let eth = EthernetFrame::new_checked(&buf[..len]).unwrap();
@@ -229,18 +230,67 @@ fn counts_ttl_expiry_no_route_and_unresolved_neighbours() {
     assert_eq!(process(&sa, 0, P1, &mut buf, len), Verdict::Drop(DropReason::TtlExpired));
     let (mut buf, len) = udp_frame(MAC_A1, GW, POD_A1, Ipv4Addr::new(8, 8, 8, 8), 64, b"x");
     assert_eq!(process(&sa, 0, P1, &mut buf, len), Verdict::Drop(DropReason::NoRoute));
-    sa.nodes[0] = RemoteNode::new(&sa.node.clone(), "b".into(), B_IP, B_VTEP, None);
+    sa.nodes[0] = RemoteNode::new(&sa.node.clone(), "b".into(), B_IP, B_VTEP, None, Tunnel::Vxlan);
     let (mut buf, len) = udp_frame(MAC_A1, GW, POD_A1, POD_B1, 64, b"x");
     assert_eq!(process(&sa, 0, P1, &mut buf, len), Verdict::Drop(DropReason::NeighbourUnresolved));
 }
 
 #[test]
-fn refuses_frames_that_would_exceed_the_uplink_mtu() {
+fn a_df_packet_too_big_for_the_tunnel_gets_fragmentation_needed_with_the_mtu() {
+    for (tunnel, mtu) in [(Tunnel::Vxlan, 1450), (Tunnel::Ipip, 1480), (Tunnel::None, 1500)] {
+        let (sa, _) = cluster(tunnel);
+        let (mut buf, len) = udp_frame(MAC_A1, GW, POD_A1, POD_B1, 64, &vec![0u8; usize::from(mtu) - 28]);
+        assert!(matches!(process(&sa, 0, P1, &mut buf, len), Verdict::Forward { port: UPLINK, .. }), "{tunnel:?}: exactly the tunnel MTU fits");
+        let (mut buf, len) = udp_frame(MAC_A1, GW, POD_A1, POD_B1, 64, &vec![0u8; usize::from(mtu) - 28 + 1]);
+        let original = buf[14..len].to_vec();
+        let Verdict::Forward { port, len: out, kind: Kind::IcmpError, .. } = process(&sa, 0, P1, &mut buf, len) else {
+            panic!("{tunnel:?}: no ICMP error for a DF packet one byte over")
+        };
+        assert_eq!(port, P1, "back to the sending pod");
+        let eth = EthernetFrame::new_checked(&buf[..out]).unwrap();
+        assert_eq!((eth.src_addr(), eth.dst_addr()), (GW, MAC_A1));
+        let ip = ip_of(&buf[..out]);
+        assert!(ip.verify_checksum());
+        assert_eq!((ip.src_addr(), ip.dst_addr(), ip.protocol()), (GATEWAY_IP, POD_A1, IpProtocol::Icmp));
+        let icmp = Icmpv4Packet::new_checked(ip.payload()).unwrap();
+        assert!(icmp.verify_checksum());
+        assert_eq!((icmp.msg_type(), icmp.msg_code(), icmp.next_hop_mtu()), (Message::DstUnreachable, 4, mtu), "{tunnel:?}");
+        assert_eq!(&icmp.data()[..28], &original[..28], "quotes the header and 8 bytes of what was sent");
+    }
+    // Without DF: dropped and counted, never fragmented.
     let (sa, _) = vxlan_cluster();
     let (mut buf, len) = udp_frame(MAC_A1, GW, POD_A1, POD_B1, 64, &[0u8; 1450 - 28 + 1]);
+    let mut ip = Ipv4Packet::new_unchecked(&mut buf[14..len]);
+    ip.set_dont_frag(false);
+    ip.fill_checksum();
     assert_eq!(process(&sa, 0, P1, &mut buf, len), Verdict::Drop(DropReason::TooBig));
-    let (mut buf, len) = udp_frame(MAC_A1, GW, POD_A1, POD_B1, 64, &[0u8; 1450 - 28]);
-    assert!(matches!(process(&sa, 0, P1, &mut buf, len), Verdict::Forward { .. }), "exactly the pod MTU fits");
+}
+
+#[test]
+fn ipip_round_trip_between_two_nodes() {
+    let (sa, sb) = cluster(Tunnel::Ipip);
+    let (mut buf, len) = udp_frame(MAC_A1, GW, POD_A1, POD_B1, 64, b"over tunl0");
+    let original_payload = ip_of(&buf[..len]).payload().to_vec();
+    let Verdict::Forward { port, len: out, kind, .. } = process(&sa, 0, P1, &mut buf, len) else { panic!("dropped") };
+    assert_eq!((port, kind, out), (UPLINK, Kind::Encapsulated, len + 20), "IP-in-IP adds 20 bytes");
+    let outer = EthernetFrame::new_checked(&buf[..out]).unwrap();
+    assert_eq!((outer.src_addr(), outer.dst_addr()), (A_MAC, B_MAC));
+    let d = encap::ipip::decap(&buf[..out], B_IP).expect("node B accepts it");
+    assert_eq!(d.outer_src_ip, A_IP);
+    let Verdict::Forward { port, len: delivered, kind, .. } = process(&sb, 0, UPLINK, &mut buf, out) else { panic!("dropped on B") };
+    assert_eq!((port, kind, delivered), (P1, Kind::Decapsulated, len));
+    let eth = EthernetFrame::new_checked(&buf[..delivered]).unwrap();
+    assert_eq!((eth.src_addr(), eth.dst_addr(), eth.ethertype()), (GW, MAC_B1, EtherType::Ipv4));
+    let ip = ip_of(&buf[..delivered]);
+    assert_eq!((ip.src_addr(), ip.dst_addr(), ip.ttl()), (POD_A1, POD_B1, 62));
+    assert!(ip.verify_checksum());
+    assert_eq!(ip.payload(), &original_payload[..]);
+    // From a node the tables do not know: refused.
+    let (mut buf, len) = udp_frame(MAC_A1, GW, POD_A1, POD_B1, 64, b"x");
+    let Verdict::Forward { len: out, .. } = process(&sa, 0, P1, &mut buf, len) else { panic!() };
+    buf[14 + 12..14 + 16].copy_from_slice(&[10, 100, 0, 99]);
+    Ipv4Packet::new_unchecked(&mut buf[14..out]).fill_checksum();
+    assert_eq!(process(&sb, 0, UPLINK, &mut buf, out), Verdict::Drop(DropReason::UnknownVtep));
 }
 
 /// A VXLAN frame from `from` (outer source) carrying a frame for pod B1.
