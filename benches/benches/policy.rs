@@ -1,12 +1,14 @@
-//! Packet classification on ClassBench rule sets: twill's compiled cutting tree
+//! Packet classification on ClassBench rule sets: twill's compiled cutting trees
 //! (`policy_engine::classifier::Classifier`) beside the linear first-match scan it must
 //! agree with. Cases: `policy/{compiled,linear}/<set>` classify a batch of trace headers
-//! (`Throughput::Elements` = lookups), `policy-build/compiled/<set>` compiles the rule set.
+//! (`Throughput::Elements` = lookups; compiled = `classify_batch`), `policy/single/<set>`
+//! the same batch one `classify` call per key, `policy-build/compiled/<set>` compiles the
+//! rule set.
 //! Sets: acl1, fw1, ipc1 at 1k and 10k rules, from `shared/data/classbench` (see its
 //! README). acl1_10k has no trace; its batch is generated from the rules (one corner of
 //! each rule), mixed with random headers.
 //!
-//! Memory and node counts are printed once per set on stderr.
+//! Memory, node and tree counts are printed once per set on stderr.
 
 use std::{hint::black_box, io::Read, path::PathBuf, time::Duration};
 
@@ -97,8 +99,9 @@ fn policy(c: &mut Criterion) {
         let cls = Classifier::build(rules).expect("rule set compiles");
         let keys = keys(set, rules);
         eprintln!(
-            "{set}: {} rules, {} nodes, {} KiB",
+            "{set}: {} rules, {} trees, {} nodes, {} KiB",
             rules.len(),
+            cls.tree_count(),
             cls.node_count(),
             cls.memory_bytes() / 1024
         );
@@ -108,6 +111,13 @@ fn policy(c: &mut Criterion) {
             b.iter(|| {
                 cls.classify_batch(black_box(&keys), &mut out);
                 black_box(&out);
+            })
+        });
+        g.bench_function(format!("single/{set}"), |b| {
+            b.iter(|| {
+                for k in black_box(&keys) {
+                    black_box(cls.classify(k));
+                }
             })
         });
         let linear_keys = &keys[..keys.len().min(256)];
