@@ -239,14 +239,6 @@ pub struct Conntrack {
     timeouts: Timeouts,
 }
 
-/// splitmix64's finaliser: every input bit reaches every output bit.
-#[inline]
-fn mix(mut h: u64) -> u64 {
-    h = (h ^ (h >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-    h = (h ^ (h >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-    h ^ (h >> 31)
-}
-
 impl Conntrack {
     /// A table for at least `flows` flows (rounded up to a power of two of buckets).
     pub fn new(flows: usize, timeouts: Timeouts) -> Conntrack {
@@ -267,7 +259,10 @@ impl Conntrack {
     /// Two buckets from independent hash bits (two-choice hashing), and the tag.
     #[inline]
     fn place(&self, k: &Key) -> Place {
-        let h = mix(k.addrs ^ mix(k.rest));
+        // One multiply (Fibonacci hashing) and a fold: the key's bits reach the high half,
+        // the fold brings them down to the bucket index.
+        let h = (k.addrs ^ k.rest.rotate_left(29)).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+        let h = h ^ (h >> 32);
         let tag = ((h >> 24) as u8) | 1;
         Place { buckets: [h as usize & self.mask, (h >> 32) as usize & self.mask], tag }
     }
@@ -282,29 +277,45 @@ impl Conntrack {
     /// matches are read: usually one line.
     #[inline(always)]
     fn find(&self, k: &Key, place: &Place, now_s: u64) -> Option<(usize, usize, u64)> {
-        for (b, mut ways) in place.buckets.into_iter().zip(self.candidates(place)) {
+        let masks = self.candidates(place);
+        // The common case first, chosen without a branch: the first tag match of the first
+        // bucket that has one (which bucket holds a key is a coin toss to a predictor).
+        let (b, m) = if masks[0] != 0 { (place.buckets[0], masks[0]) } else { (place.buckets[1], masks[1]) };
+        if m != 0 {
+            let w = m.trailing_zeros() as usize;
+            if let Some(hit) = self.check_slot(k, b, w, now_s) {
+                return Some(hit);
+            }
+        }
+        // Then every candidate (a tag shared by another key, or the key in the second bucket).
+        for (b, mut ways) in place.buckets.into_iter().zip(masks) {
             while ways != 0 {
                 let w = ways.trailing_zeros() as usize;
                 ways &= ways - 1;
-                let slot = &self.buckets[b][w];
-                loop {
-                    let m = slot[1].load(Ordering::Acquire);
-                    if m & KEY_BITS != k.rest || !live(m, now_s) {
-                        break;
-                    }
-                    let addrs = slot[0].load(Ordering::Relaxed);
-                    std::sync::atomic::fence(Ordering::Acquire);
-                    if slot[1].load(Ordering::Relaxed) != m {
-                        continue; // rewritten while we read: look again
-                    }
-                    if addrs == k.addrs {
-                        return Some((b, w, m));
-                    }
-                    break;
+                if let Some(hit) = self.check_slot(k, b, w, now_s) {
+                    return Some(hit);
                 }
             }
         }
         None
+    }
+
+    /// Whether slot `w` of bucket `b` holds the live entry of `k` (read under its seqlock).
+    #[inline(always)]
+    fn check_slot(&self, k: &Key, b: usize, w: usize, now_s: u64) -> Option<(usize, usize, u64)> {
+        let slot = &self.buckets[b][w];
+        loop {
+            let m = slot[1].load(Ordering::Acquire);
+            if m & KEY_BITS != k.rest || !live(m, now_s) {
+                return None;
+            }
+            let addrs = slot[0].load(Ordering::Relaxed);
+            std::sync::atomic::fence(Ordering::Acquire);
+            if slot[1].load(Ordering::Relaxed) != m {
+                continue; // rewritten while we read: look again
+            }
+            return (addrs == k.addrs).then_some((b, w, m));
+        }
     }
 
     /// Looks up the packet `flow` at time `now` (ms) and refreshes the entry: a reply moves
@@ -326,11 +337,11 @@ impl Conntrack {
     /// Prefetches the line a lookup of `place` will read: the first bucket whose tag matches.
     #[inline]
     fn prefetch_place(&self, place: &Place) {
-        match self.candidates(place) {
-            [0, 0] => {}
-            [0, _] => self.buckets.prefetch(place.buckets[1]),
-            _ => self.buckets.prefetch(place.buckets[0]),
-        }
+        // Without a branch (where the key sits is a coin toss a branch would mispredict):
+        // the first bucket if its tags match, else the second.
+        let [first, _] = self.candidates(place);
+        let b = if first != 0 { place.buckets[0] } else { place.buckets[1] };
+        self.buckets.prefetch(b);
     }
 
     /// [`Conntrack::track`] for a vector of packets (no FIN/RST among them): `out[i]` for
@@ -342,7 +353,7 @@ impl Conntrack {
         /// Prefetch distance, in packets, between the stages.
         const D: usize = 12;
         /// Ring of the packets in flight (a power of two above 2 D).
-        const RING: usize = 32;
+        const RING: usize = 64;
         let n = flows.len().min(out.len());
         let now_s = secs(now);
         let mut keys = [(Key { addrs: 0, rest: 0 }, false); RING];
