@@ -31,6 +31,7 @@ use std::{
 };
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
+use benches::fixture::rng;
 use forwarder::route::{Ipv4Prefix, Ipv6Prefix, Route6Table, RouteTable};
 
 const LOOKUPS: usize = 1 << 20;
@@ -39,16 +40,6 @@ const NEXT_HOPS: u32 = 1024;
 const UPDATES: usize = 20_000;
 /// The poptrie crate rebuilds its arrays per insert: fewer updates, or an iteration takes minutes.
 const POPTRIE_UPDATES: usize = 200;
-
-fn rng(seed: u64) -> impl FnMut() -> u64 {
-    let mut x = seed;
-    move || {
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        x
-    }
-}
 
 fn shuffle<T>(v: &mut [T], next: &mut impl FnMut() -> u64) {
     for i in (1..v.len()).rev() {

@@ -29,20 +29,14 @@ use std::{
 };
 
 use criterion::{Criterion, Throughput, criterion_group};
-use encap::{
-    EtherType, EthernetAddress, IpProtocol,
-    ethernet::{EthernetFrame, EthernetRepr},
-    ipv4::{Ipv4Packet, Ipv4Repr},
-    udp::{UdpPacket, UdpRepr},
-    vxlan::VxlanProfile,
-};
 use forwarder::{
-    Endpoint, NodeConfig, RemoteNode, RouteTarget, Snapshot, Tunnel, WorkerCounters,
+    RouteTarget, Snapshot, WorkerCounters,
     conntrack::Flow,
     pipeline::{self, Verdict},
     policy::FlowTables,
     route::Ipv4Prefix,
 };
+use benches::fixture::{self, BATCH, PEERS, POD, POD_PORT, peer_ip};
 use policy_engine::{
     classbench,
     classifier::{ClassRule, Key, linear_first_match},
@@ -53,29 +47,8 @@ use policy_engine::{
     world::Endpoint as PolicyEndpoint,
 };
 
-const POD: Ipv4Addr = Ipv4Addr::new(10, 244, 1, 2);
-const POD_MAC: EthernetAddress = EthernetAddress([0x0a, 0x58, 10, 244, 1, 2]);
-const GATEWAY_MAC: EthernetAddress = EthernetAddress([0xee; 6]);
-const POD_PORT: u16 = 64;
-const PEERS: u32 = 8;
-const BATCH: usize = 64;
 /// Frames in the template ring (the trace's first headers).
 const RING: usize = 1 << 15;
-
-fn node_config() -> NodeConfig {
-    NodeConfig {
-        node_ip: Ipv4Addr::new(10, 100, 0, 11),
-        uplink_mac: EthernetAddress([2, 0, 0, 0, 0, 0x11]),
-        vtep_mac: EthernetAddress([0x0e, 0xaa, 0, 0, 0, 1]),
-        gateway_mac: GATEWAY_MAC,
-        vxlan: VxlanProfile::FLANNEL,
-        uplink_mtu: 1500,
-    }
-}
-
-fn peer_ip(k: u32) -> Ipv4Addr {
-    Ipv4Addr::new(10, 100, 0, 20 + k as u8)
-}
 
 /// The BGP table's IPv4 prefixes.
 fn bgp_v4() -> Vec<(u32, u8)> {
@@ -117,41 +90,11 @@ struct Setup {
 
 fn frame_for(dst: Ipv4Addr, proto: u8, sport: u16, dport: u16) -> [u8; 64] {
     let mut f = [0u8; 64];
-    let l4 = 64 - 14 - 20 - 4; // 26 bytes: a 64-byte frame with its FCS
-    let ip = Ipv4Repr {
-        src_addr: POD,
-        dst_addr: dst,
-        protocol: IpProtocol::from(proto),
-        payload_len: l4,
-        ttl: 64,
-        ident: 1,
-        dont_frag: true,
-        dscp: 0,
-        ecn: 0,
-    };
-    EthernetRepr { src_addr: POD_MAC, dst_addr: GATEWAY_MAC, ethertype: EtherType::Ipv4 }.emit(&mut EthernetFrame::new_unchecked(&mut f[..]));
-    ip.emit(&mut Ipv4Packet::new_unchecked(&mut f[14..14 + 20 + l4]));
-    match proto {
-        6 | 17 => {
-            // Ports first in both; a UDP header serves the TCP case too (ports are what the
-            // pipeline reads).
-            UdpRepr { src_port: sport, dst_port: dport, payload: &[0u8; 18] }.emit(&mut UdpPacket::new_unchecked(&mut f[34..60]), POD, dst);
-            if proto == 6 {
-                f[34 + 12] = 0x50; // TCP data offset 5
-            }
-        }
-        _ => {}
-    }
+    fixture::frame(&mut f, dst, proto, sport, dport);
     f
 }
-
 fn setup() -> Setup {
-    let node = node_config();
-    let mut snap = Snapshot::new(1, node.clone());
-    snap.add_endpoint(Endpoint { ip: POD, mac: POD_MAC, port: POD_PORT, worker: 0 });
-    for k in 0..PEERS {
-        snap.add_node(RemoteNode::new(&node, format!("peer{k}"), peer_ip(k), EthernetAddress([0x0e, 0xbb, 0, 0, 0, k as u8]), Some(EthernetAddress([2, 0, 0, 0, 1, k as u8])), Tunnel::Vxlan));
-    }
+    let mut snap = fixture::snapshot(1);
     let bgp = bgp_v4();
     let mut table = ip_network_table::IpNetworkTable::new();
     for &(a, l) in &bgp {
@@ -162,7 +105,6 @@ fn setup() -> Setup {
             table.insert(n, k);
         }
     }
-    snap.routes.insert(Ipv4Prefix::new(Ipv4Addr::new(10, 244, 1, 0), 24).expect("prefix"), RouteTarget::LocalPods);
 
     let rules = classbench::parse_rules(&dataset::read("classbench/fw1_10k.gz").expect("ClassBench fw1_10k")).expect("parses");
     let opened: Vec<ClassRule> = rules.iter().map(|r| ClassRule { src: Vec::new(), ..r.clone() }).collect();
@@ -230,15 +172,15 @@ fn naive_packet(s: &Setup, ct: &mut NaiveConntrack, frame: &[u8], out: &mut Vec<
     };
     let (src, dst, proto) = (u32::from(h.source_addr()), u32::from(h.destination_addr()), h.protocol().0);
     let key = if (src, sport) <= (dst, dport) { (src, dst, proto, sport, dport) } else { (dst, src, proto, dport, sport) };
-    if !ct.contains_key(&key) {
+    if let std::collections::hash_map::Entry::Vacant(e) = ct.entry(key) {
         let k = Key { src, dst, proto, src_port: sport, dst_port: dport };
         if linear_first_match(&s.rules, &k).is_none() {
             return false;
         }
-        ct.insert(key, true);
+        e.insert(true);
     }
     let Some((_, &peer)) = s.table.longest_match(h.destination_addr()) else { return false };
-    let inner = &frame[..];
+    let inner = frame;
     out.clear();
     let builder = etherparse::PacketBuilder::ethernet2([2, 0, 0, 0, 0, 0x11], [2, 0, 0, 0, 1, peer as u8])
         .ipv4([10, 100, 0, 11], peer_ip(peer).octets(), 64)

@@ -25,7 +25,7 @@ const APPS: usize = 10;
 
 fn pod(ns: usize, i: usize) -> Endpoint {
     let app = format!("app-{}", i % APPS);
-    let tier = if i % 3 == 0 { "front" } else { "back" };
+    let tier = if i.is_multiple_of(3) { "front" } else { "back" };
     let ip = Ipv4Addr::new(10, (ns / 250) as u8, (ns % 250) as u8, (i % 250) as u8 + 1);
     Endpoint::new(&format!("ns-{ns}"), &format!("pod-{i}"), &[("app", &app), ("tier", tier)], ip).with_port("http", 6, 8080)
 }

@@ -24,36 +24,25 @@ use std::{
     time::{Duration, Instant},
 };
 
-use encap::{
-    EtherType, EthernetAddress, IpProtocol,
-    ethernet::{EthernetFrame, EthernetRepr},
-    ipv4::{Ipv4Packet, Ipv4Repr},
-    udp::{UdpPacket, UdpRepr},
-    vxlan::{self, VxlanProfile},
-};
+use encap::{ipv4::Ipv4Packet, vxlan};
 use forwarder::{
-    DropReason, Endpoint, NodeConfig, RemoteNode, RouteTarget, Snapshot, Tables, Tunnel, WorkerCounters,
+    DropReason, RouteTarget, Snapshot, Tables, WorkerCounters,
     conntrack::Flow,
     pipeline::{self, Verdict},
     policy::FlowTables,
     route::Ipv4Prefix,
 };
+use crate::fixture::{self, BATCH, PEERS, POD, POD_PORT, peer_ip};
 use policy_engine::{
     compiler::PolicyCompiler,
     model::parse_manifests,
     world::Endpoint as PolicyEndpoint,
 };
 
-const POD: Ipv4Addr = Ipv4Addr::new(10, 244, 1, 2);
-const POD_MAC: EthernetAddress = EthernetAddress([0x0a, 0x58, 10, 244, 1, 2]);
-const GATEWAY_MAC: EthernetAddress = EthernetAddress([0xee; 6]);
-const POD_PORT: u16 = 64;
-const PEERS: u32 = 8;
 const ROUTES: u32 = 256;
 /// Destination ports the workers use; the policy denies one of them at a time.
 const PORTS: u16 = 16;
 const PORT_BASE: u16 = 2000;
-const BATCH: usize = 64;
 
 /// What a run found.
 #[derive(Debug, Clone)]
@@ -72,10 +61,6 @@ pub struct HitlessReport {
     pub takeover_max_us: f64,
     /// The first wrong decisions, described.
     pub examples: Vec<String>,
-}
-
-fn peer_ip(k: u32) -> Ipv4Addr {
-    Ipv4Addr::new(10, 100, 0, 20 + k as u8)
 }
 
 /// The peer route `i` leads to in version `v`: route `v % ROUTES` moved at each version.
@@ -98,27 +83,9 @@ fn policy_yaml(port: u16) -> String {
     )
 }
 
-fn node_config() -> NodeConfig {
-    NodeConfig {
-        node_ip: Ipv4Addr::new(10, 100, 0, 11),
-        uplink_mac: EthernetAddress([2, 0, 0, 0, 0, 0x11]),
-        vtep_mac: EthernetAddress([0x0e, 0xaa, 0, 0, 0, 1]),
-        gateway_mac: GATEWAY_MAC,
-        vxlan: VxlanProfile::FLANNEL,
-        uplink_mtu: 1500,
-    }
-}
-
 /// Version `v` of the tables.
 fn snapshot(v: u64, compiler: &mut PolicyCompiler) -> Snapshot {
-    let node = node_config();
-    let mut s = Snapshot::new(v, node.clone());
-    s.add_endpoint(Endpoint { ip: POD, mac: POD_MAC, port: POD_PORT, worker: 0 });
-    for k in 0..PEERS {
-        let mac = EthernetAddress([2, 0, 0, 0, 1, k as u8]);
-        s.add_node(RemoteNode::new(&node, format!("peer{k}"), peer_ip(k), EthernetAddress([0x0e, 0xbb, 0, 0, 0, k as u8]), Some(mac), Tunnel::Vxlan));
-    }
-    s.routes.insert(Ipv4Prefix::new(Ipv4Addr::new(10, 244, 1, 0), 24).expect("prefix"), RouteTarget::LocalPods);
+    let mut s = fixture::snapshot(v);
     for i in 0..ROUTES {
         let prefix = Ipv4Prefix::new(Ipv4Addr::new(10, 200, i as u8, 0), 24).expect("prefix");
         s.routes.insert(prefix, RouteTarget::Node(peer_of(i, v)));
@@ -129,26 +96,9 @@ fn snapshot(v: u64, compiler: &mut PolicyCompiler) -> Snapshot {
     s
 }
 
-/// A UDP frame from the pod to route `i`, port `port`, source port `sport`.
-fn frame(buf: &mut [u8], i: u32, port: u16, sport: u16) -> usize {
-    let dst = Ipv4Addr::new(10, 200, i as u8, 9);
-    let udp = UdpRepr { src_port: sport, dst_port: port, payload: &[0u8; 18] };
-    let ip = Ipv4Repr {
-        src_addr: POD,
-        dst_addr: dst,
-        protocol: IpProtocol::Udp,
-        payload_len: udp.buffer_len(),
-        ttl: 64,
-        ident: 1,
-        dont_frag: true,
-        dscp: 0,
-        ecn: 0,
-    };
-    let len = 14 + ip.buffer_len() + ip.payload_len;
-    EthernetRepr { src_addr: POD_MAC, dst_addr: GATEWAY_MAC, ethertype: EtherType::Ipv4 }.emit(&mut EthernetFrame::new_unchecked(&mut buf[..len]));
-    ip.emit(&mut Ipv4Packet::new_unchecked(&mut buf[14..len]));
-    udp.emit(&mut UdpPacket::new_unchecked(&mut buf[34..len]), POD, dst);
-    len
+/// Route `i`'s destination address.
+fn destination(i: u32) -> Ipv4Addr {
+    Ipv4Addr::new(10, 200, i as u8, 9)
 }
 
 struct WorkerResult {
@@ -164,7 +114,7 @@ fn run_worker(index: usize, tables: &Tables, flows: &FlowTables, stop: &AtomicBo
     let counters = WorkerCounters::default();
     let mut buf = vec![0u8; 4096];
     let mut r = WorkerResult { packets: 0, wrong: 0, denied: 0, seen: Vec::with_capacity(1 << 16), examples: Vec::new() };
-    let mut x = 0x9e37_79b9_7f4a_7c15u64 ^ index as u64;
+    let mut next = fixture::rng(0x9e37_79b9_7f4a_7c15u64 ^ index as u64);
     let mut sport = 1024u16;
     while !stop.load(Ordering::Relaxed) {
         let snap = tables.load();
@@ -174,15 +124,13 @@ fn run_worker(index: usize, tables: &Tables, flows: &FlowTables, stop: &AtomicBo
         }
         let fs = flows.state(index, &counters, flows.now_ms());
         for _ in 0..BATCH {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
+            let x = next();
             let i = (x % u64::from(ROUTES)) as u32;
             let port = PORT_BASE + ((x >> 32) % u64::from(PORTS)) as u16;
             sport = sport.wrapping_add(1).max(1024);
-            let len = frame(&mut buf, i, port, sport);
+            let len = fixture::frame(&mut buf, destination(i), 17, sport, port);
             let verdict = pipeline::process(&snap, &fs, index as u16, POD_PORT, &mut buf, len);
-            flows.conntrack.remove(&Flow { src: u32::from(POD), dst: u32::from(Ipv4Addr::new(10, 200, i as u8, 9)), proto: 17, src_port: sport, dst_port: port }, flows.now_ms());
+            flows.conntrack.remove(&Flow { src: u32::from(POD), dst: u32::from(destination(i)), proto: 17, src_port: sport, dst_port: port }, flows.now_ms());
             r.packets += 1;
             let ok = match verdict {
                 Verdict::Drop(DropReason::PolicyDeniedEgress) => {

@@ -40,23 +40,33 @@ pub fn next_hop(dev: &str, dst: Ipv4Addr) -> Ipv4Addr {
 }
 
 fn next_hop_in(text: &str, dev: &str, dst: Ipv4Addr) -> Ipv4Addr {
+    let d = u32::from(dst);
+    routes_of(text, dev)
+        .filter(|r| d & r.mask == r.net)
+        .max_by_key(|r| r.mask.count_ones())
+        .map(|r| if r.gateway == 0 { dst } else { Ipv4Addr::from(r.gateway) })
+        .unwrap_or(dst)
+}
+
+/// One IPv4 route of /proc/net/route, addresses as host-order words.
+struct Route {
+    net: u32,
+    gateway: u32,
+    mask: u32,
+}
+
+/// The routes of `dev` in the text of /proc/net/route.
+fn routes_of<'a>(text: &'a str, dev: &'a str) -> impl Iterator<Item = Route> + 'a {
     // /proc/net/route prints each address as the hex of its network-order bytes read as a
     // native-endian word.
     let hex = |s: &str| u32::from_str_radix(s, 16).ok().map(|v| u32::from_be_bytes(v.to_ne_bytes()));
-    let d = u32::from(dst);
-    text.lines()
-        .skip(1)
-        .filter_map(|line| {
-            let f: Vec<&str> = line.split_whitespace().collect();
-            if f.len() < 8 || f[0] != dev {
-                return None;
-            }
-            let (net, gw, mask) = (hex(f[1])?, hex(f[2])?, hex(f[7])?);
-            (d & mask == net).then_some((mask.count_ones(), gw))
-        })
-        .max_by_key(|(len, _)| *len)
-        .map(|(_, gw)| if gw == 0 { dst } else { Ipv4Addr::from(gw) })
-        .unwrap_or(dst)
+    text.lines().skip(1).filter_map(move |line| {
+        let f: Vec<&str> = line.split_whitespace().collect();
+        if f.len() < 8 || f[0] != dev {
+            return None;
+        }
+        Some(Route { net: hex(f[1])?, gateway: hex(f[2])?, mask: hex(f[7])? })
+    })
 }
 
 /// The connected subnet of `dev` that holds `addr` (a route without a gateway): this
@@ -67,19 +77,11 @@ pub fn connected_subnet(dev: &str, addr: Ipv4Addr) -> Option<(Ipv4Addr, u8)> {
 }
 
 fn connected_subnet_in(text: &str, dev: &str, addr: Ipv4Addr) -> Option<(Ipv4Addr, u8)> {
-    let hex = |s: &str| u32::from_str_radix(s, 16).ok().map(|v| u32::from_be_bytes(v.to_ne_bytes()));
     let a = u32::from(addr);
-    text.lines()
-        .skip(1)
-        .filter_map(|line| {
-            let f: Vec<&str> = line.split_whitespace().collect();
-            if f.len() < 8 || f[0] != dev {
-                return None;
-            }
-            let (net, gw, mask) = (hex(f[1])?, hex(f[2])?, hex(f[7])?);
-            (gw == 0 && mask != 0 && a & mask == net).then_some((Ipv4Addr::from(net), mask.count_ones() as u8))
-        })
-        .max_by_key(|(_, len)| *len)
+    routes_of(text, dev)
+        .filter(|r| r.gateway == 0 && r.mask != 0 && a & r.mask == r.net)
+        .max_by_key(|r| r.mask.count_ones())
+        .map(|r| (Ipv4Addr::from(r.net), r.mask.count_ones() as u8))
 }
 
 /// Makes the kernel resolve `peer`'s next hop (it ARPs before sending the datagram).

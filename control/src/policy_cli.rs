@@ -243,7 +243,7 @@ pub fn from_classbench(rules_file: &Path, name: &str) -> Result<String> {
         if has_ports && !protocol.is_some_and(proto::has_ports) {
             bail!("{} line {}: ports without TCP, UDP, SCTP or UDP-Lite have no Calico form", rules_file.display(), i + 1);
         }
-        let _ = write!(out, "  - action: Allow  # rule {line_no}\n");
+        let _ = writeln!(out, "  - action: Allow  # rule {line_no}");
         if let Some(p) = protocol {
             let _ = writeln!(out, "    protocol: {p}");
         }

@@ -25,6 +25,9 @@ use crate::checksum;
 use crate::ethernet::{self, EtherType, EthernetAddress, EthernetFrame, EthernetRepr};
 use crate::ipv4::{self, IpProtocol, Ipv4Packet, Ipv4Repr};
 
+pub use crate::tunnel::DecapError;
+use crate::tunnel::outer_ipv4;
+
 /// Bytes of outer header written in front of the inner IPv4 packet: Ethernet 14 + IPv4 20.
 pub const HEADER_LEN: usize = ethernet::HEADER_LEN + ipv4::HEADER_LEN;
 
@@ -114,37 +117,6 @@ pub struct Decapsulated {
     pub inner: Range<usize>,
 }
 
-/// Why [`decap`] refused a frame: one variant per drop counter.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, thiserror::Error)]
-pub enum DecapError {
-    /// The frame ends before a header or a length the headers declare.
-    #[error("frame truncated before the end of a header or of a declared length")]
-    Truncated,
-    /// The outer EtherType is not IPv4.
-    #[error("outer EtherType is not IPv4")]
-    NotIpv4,
-    /// The outer IPv4 version is not 4 or its IHL is below 5.
-    #[error("outer IPv4 header invalid: version is not 4 or IHL is below 5")]
-    BadIpHeader,
-    /// The outer IPv4 header checksum is wrong.
-    #[error("outer IPv4 header checksum is wrong")]
-    BadIpChecksum,
-    /// The outer total length is below its header length.
-    #[error("outer IPv4 length field inconsistent")]
-    BadLength,
-    /// The outer datagram is a fragment; twill does not reassemble.
-    #[error("outer IPv4 datagram is a fragment")]
-    Fragment,
-    /// The outer destination is not this node.
-    #[error("outer IPv4 destination is not this node")]
-    NotForUs,
-    /// The outer protocol is not 4 (IP-in-IP).
-    #[error("outer IPv4 protocol is not IP-in-IP (4)")]
-    NotIpip,
-    /// The inner packet is not a whole IPv4 header (version, IHL, total length).
-    #[error("inner packet is not a valid IPv4 header")]
-    BadInner,
-}
 
 /// Validates `frame` as an IP-in-IP frame for this node (`local_ip`) and returns where the
 /// inner IPv4 packet is.
@@ -155,47 +127,16 @@ pub enum DecapError {
 /// length within the outer payload (bytes past it are ignored). Never panics, never
 /// allocates.
 pub fn decap(frame: &[u8], local_ip: Ipv4Addr) -> Result<Decapsulated, DecapError> {
-    let eth = EthernetFrame::new_checked(frame).map_err(|_| DecapError::Truncated)?;
-    if eth.ethertype() != EtherType::Ipv4 {
-        return Err(DecapError::NotIpv4);
-    }
-    let ip_bytes = eth.payload();
-    if ip_bytes.len() < ipv4::HEADER_LEN {
-        return Err(DecapError::Truncated);
-    }
-    let ip = Ipv4Packet::new_unchecked(ip_bytes);
-    if ip.version() != 4 || ip.ihl() < 5 {
-        return Err(DecapError::BadIpHeader);
-    }
-    let header_len = ip.header_len();
-    let total_len = usize::from(ip.total_len());
-    if header_len > ip_bytes.len() || total_len > ip_bytes.len() {
-        return Err(DecapError::Truncated);
-    }
-    if total_len < header_len {
-        return Err(DecapError::BadLength);
-    }
-    if !ip.verify_checksum() {
-        return Err(DecapError::BadIpChecksum);
-    }
-    if ip.is_fragment() {
-        return Err(DecapError::Fragment);
-    }
-    if ip.dst_addr() != local_ip {
-        return Err(DecapError::NotForUs);
-    }
-    if ip.protocol() != IpProtocol::IpIp {
-        return Err(DecapError::NotIpip);
-    }
-    let inner_bytes = &ip_bytes[header_len..total_len];
+    let outer = outer_ipv4(frame, local_ip, IpProtocol::IpIp)?;
+    let inner_bytes = outer.payload;
     let inner = Ipv4Packet::new_checked(inner_bytes).map_err(|_| DecapError::BadInner)?;
     if inner.version() != 4 {
         return Err(DecapError::BadInner);
     }
-    let start = ethernet::HEADER_LEN + header_len;
+    let start = ethernet::HEADER_LEN + outer.header_len;
     Ok(Decapsulated {
-        outer_src_ip: ip.src_addr(),
-        outer_src_mac: eth.src_addr(),
+        outer_src_ip: outer.src_ip,
+        outer_src_mac: outer.src_mac,
         inner: start..start + usize::from(inner.total_len()),
     })
 }
@@ -265,7 +206,7 @@ mod tests {
         f[14 + 9] = 17;
         assert_eq!(decap(&f, NODE_B), Err(DecapError::BadIpChecksum), "checksum first");
         Ipv4Packet::new_unchecked(&mut f[14..]).fill_checksum();
-        assert_eq!(decap(&f, NODE_B), Err(DecapError::NotIpip));
+        assert_eq!(decap(&f, NODE_B), Err(DecapError::WrongProtocol));
         let mut f = frame.clone();
         Ipv4Packet::new_unchecked(&mut f[14..]).set_more_frags(true);
         Ipv4Packet::new_unchecked(&mut f[14..]).fill_checksum();

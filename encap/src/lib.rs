@@ -17,7 +17,7 @@
 //!
 //! Modules: [`ethernet`], [`arp`] (RFC 826), [`ipv4`] (RFC 791), [`udp`] (RFC 768),
 //! [`tcp`] (RFC 793), [`icmpv4`] (RFC 792, RFC 1191, RFC 1812), [`checksum`] (RFC 1071,
-//! RFC 1624), [`vxlan`] (RFC 7348), [`ipip`] (RFC 2003), [`direct`] (MAC rewrite for host-gw / BGP routing) and
+//! RFC 1624), [`vxlan`] (RFC 7348), [`ipip`] (RFC 2003), [`tunnel`] (the outer-header checks both share), [`direct`] (MAC rewrite for host-gw / BGP routing) and
 //! [`flow`] (the 5-tuple the pipeline classifies).
 //!
 //! Hot path: view accessors never allocate and never panic once `check_len` has succeeded;
@@ -39,6 +39,7 @@ pub mod icmpv4;
 pub mod ipip;
 pub mod ipv4;
 pub mod tcp;
+pub mod tunnel;
 pub mod udp;
 pub mod vxlan;
 

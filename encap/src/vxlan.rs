@@ -35,6 +35,9 @@ use crate::ipv4::{self, IpProtocol, Ipv4Packet, Ipv4Repr};
 use crate::net_endian::{read_u16, read_u32, write_u32};
 use crate::udp::{self, UdpPacket};
 
+pub use crate::tunnel::DecapError;
+use crate::tunnel::outer_ipv4;
+
 /// Length of the VXLAN header.
 pub const HEADER_LEN: usize = 8;
 
@@ -388,47 +391,6 @@ pub struct Decapsulated {
     pub inner: Range<usize>,
 }
 
-/// Why [`decap`] refused a frame: one variant per drop counter.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, thiserror::Error)]
-pub enum DecapError {
-    /// The frame ends before a header or a length the headers declare.
-    #[error("frame truncated before the end of a header or of a declared length")]
-    Truncated,
-    /// The outer EtherType is not IPv4 (VLAN-tagged frames included).
-    #[error("outer EtherType is not IPv4")]
-    NotIpv4,
-    /// The outer IPv4 version is not 4 or its IHL is below 5.
-    #[error("outer IPv4 header invalid: version is not 4 or IHL is below 5")]
-    BadIpHeader,
-    /// The outer IPv4 header checksum is wrong.
-    #[error("outer IPv4 header checksum is wrong")]
-    BadIpChecksum,
-    /// A length field contradicts another (IPv4 total length below the header length, UDP
-    /// length below 8 or beyond the IPv4 payload).
-    #[error("outer IPv4 or UDP length field inconsistent")]
-    BadLength,
-    /// The outer datagram is a fragment; twill does not reassemble.
-    #[error("outer IPv4 datagram is a fragment")]
-    Fragment,
-    /// The outer IPv4 destination is not this node's underlay address.
-    #[error("outer IPv4 destination is not this node")]
-    NotForUs,
-    /// The outer IPv4 protocol is not UDP.
-    #[error("outer IPv4 protocol is not UDP")]
-    NotUdp,
-    /// The outer UDP destination port is not the profile's VXLAN port.
-    #[error("outer UDP destination port is not the VXLAN port")]
-    WrongPort,
-    /// The VXLAN flags are not exactly 0x08 or a reserved bit is set.
-    #[error("VXLAN flags are not exactly 0x08 or a reserved bit is set")]
-    BadVxlanFlags,
-    /// The VNI is not the profile's.
-    #[error("VXLAN VNI is not the profile's")]
-    WrongVni,
-    /// The inner frame is shorter than an Ethernet header.
-    #[error("inner frame shorter than an Ethernet header")]
-    InnerTooShort,
-}
 
 /// Validates `frame` as a VXLAN frame for this node (`local_ip`) and `profile` and returns
 /// where the inner Ethernet frame is.
@@ -445,41 +407,9 @@ pub fn decap(
     local_ip: Ipv4Addr,
     profile: VxlanProfile,
 ) -> Result<Decapsulated, DecapError> {
-    let eth = EthernetFrame::new_checked(frame).map_err(|_| DecapError::Truncated)?;
-    if eth.ethertype() != EtherType::Ipv4 {
-        return Err(DecapError::NotIpv4);
-    }
-    let ip_bytes = eth.payload();
-    if ip_bytes.len() < ipv4::HEADER_LEN {
-        return Err(DecapError::Truncated);
-    }
-    let ip = Ipv4Packet::new_unchecked(ip_bytes);
-    let ip_header_len = ip.header_len();
-    if ip.version() != 4 || ip_header_len < ipv4::HEADER_LEN {
-        return Err(DecapError::BadIpHeader);
-    }
-    let total_len = usize::from(ip.total_len());
-    if ip_header_len > ip_bytes.len() || total_len > ip_bytes.len() {
-        return Err(DecapError::Truncated);
-    }
-    if total_len < ip_header_len {
-        return Err(DecapError::BadLength);
-    }
-    // Ipv4Packet::check_len holds from here on.
-    if !ip.verify_checksum() {
-        return Err(DecapError::BadIpChecksum);
-    }
-    if ip.is_fragment() {
-        return Err(DecapError::Fragment);
-    }
-    if ip.dst_addr() != local_ip {
-        return Err(DecapError::NotForUs);
-    }
-    if ip.protocol() != IpProtocol::Udp {
-        return Err(DecapError::NotUdp);
-    }
-
-    let udp_bytes = ip.payload();
+    let outer = outer_ipv4(frame, local_ip, IpProtocol::Udp)?;
+    let ip_header_len = outer.header_len;
+    let udp_bytes = outer.payload;
     if udp_bytes.len() < udp::HEADER_LEN {
         return Err(DecapError::Truncated);
     }
@@ -506,8 +436,8 @@ pub fn decap(
     let start = ethernet::HEADER_LEN + ip_header_len + udp::HEADER_LEN + HEADER_LEN;
     let end = ethernet::HEADER_LEN + ip_header_len + udp_len;
     Ok(Decapsulated {
-        outer_src_ip: ip.src_addr(),
-        outer_src_mac: eth.src_addr(),
+        outer_src_ip: outer.src_ip,
+        outer_src_mac: outer.src_mac,
         vni,
         inner: start..end,
     })
@@ -746,7 +676,7 @@ mod tests {
         );
         check(
             &|f| ip_edit(f, |ip| ip.set_protocol(IpProtocol::Tcp)),
-            DecapError::NotUdp,
+            DecapError::WrongProtocol,
         );
         check(
             &|f| ip_edit(f, |ip| ip.set_total_len(20 + 7)),

@@ -69,7 +69,7 @@ impl<T: Zeroable> HugeTable<T> {
         // SAFETY: as above. Faults the pages in now (Linux ≥ 5.14), so a worker never stalls
         // on a first touch; where unsupported, pages fault in on first use.
         unsafe { libc::madvise(p, bytes, libc::MADV_POPULATE_WRITE) };
-        assert!(p as usize % std::mem::align_of::<T>() == 0, "mmap returns page-aligned memory");
+        assert!((p as usize).is_multiple_of(std::mem::align_of::<T>()), "mmap returns page-aligned memory");
         HugeTable { ptr: NonNull::new(p.cast()).expect("mmap never returns null on success"), len, bytes, _owns: PhantomData }
     }
 
@@ -137,7 +137,7 @@ mod tests {
     fn zeroed_writable_and_sized() {
         let t: HugeTable<[AtomicU64; 8]> = HugeTable::zeroed(100_000);
         assert_eq!(t.len(), 100_000);
-        assert!(t.bytes() >= 100_000 * 64 && t.bytes() % HUGE_PAGE == 0);
+        assert!(t.bytes() >= 100_000 * 64 && t.bytes().is_multiple_of(HUGE_PAGE));
         assert!(t.iter().all(|b| b.iter().all(|w| w.load(Ordering::Relaxed) == 0)));
         t[99_999][7].store(7, Ordering::Relaxed);
         assert_eq!(t[99_999][7].load(Ordering::Relaxed), 7);

@@ -187,13 +187,7 @@ fn vxlan_decap(snap: &Snapshot, buf: &mut [u8], len: usize) -> Result<usize, Dro
 /// Ethernet header at the front of the buffer (the routing step writes its MACs); returns
 /// the frame's length.
 fn ipip_decap(snap: &Snapshot, buf: &mut [u8], len: usize) -> Result<usize, DropReason> {
-    let d = ipip::decap(&buf[..len], snap.node.node_ip).map_err(|e| match e {
-        ipip::DecapError::Truncated => DropReason::Truncated,
-        ipip::DecapError::Fragment => DropReason::OuterFragment,
-        ipip::DecapError::NotForUs => DropReason::NotForUs,
-        ipip::DecapError::BadInner => DropReason::BadIpHeader,
-        _ => DropReason::BadOuterHeader,
-    })?;
+    let d = ipip::decap(&buf[..len], snap.node.node_ip).map_err(decap_reason)?;
     if !snap.nodes_by_ip.contains_key(&d.outer_src_ip) {
         return Err(DropReason::UnknownVtep);
     }
@@ -210,7 +204,12 @@ fn decap_reason(e: DecapError) -> DropReason {
         DecapError::NotForUs | DecapError::WrongPort => DropReason::NotForUs,
         DecapError::BadVxlanFlags => DropReason::BadVxlanFlags,
         DecapError::WrongVni => DropReason::WrongVni,
-        _ => DropReason::BadOuterHeader,
+        DecapError::BadInner => DropReason::BadIpHeader,
+        DecapError::NotIpv4
+        | DecapError::BadIpHeader
+        | DecapError::BadIpChecksum
+        | DecapError::BadLength
+        | DecapError::WrongProtocol => DropReason::BadOuterHeader,
     }
 }
 

@@ -855,6 +855,9 @@ impl fmt::Display for UpdateStats {
     }
 }
 
+/// A rule set an endpoint direction holds, with the key of the policy list it came from.
+type Held = (ListKey, Arc<RuleSet>);
+
 /// The compiler's state: policies, namespaces, endpoints, address sets, the rule-set cache
 /// and the current tables. Every change is applied incrementally; [`PolicyCompiler::tables`]
 /// hands out the current version.
@@ -871,7 +874,7 @@ pub struct PolicyCompiler {
     cache: HashMap<ListKey, (Arc<RuleSet>, usize)>,
     peers: HashMap<u32, Arc<Peer>, FxBuildHasher>,
     /// The rule sets each endpoint's current record holds (ingress, egress).
-    held: HashMap<EndpointKey, [Option<(ListKey, Arc<RuleSet>)>; 2]>,
+    held: HashMap<EndpointKey, [Option<Held>; 2]>,
     /// Endpoints whose records must be rebuilt before the next publication.
     dirty: BTreeSet<EndpointKey>,
     published: Option<Arc<PolicyTables>>,
