@@ -407,21 +407,23 @@ impl Ipv4Repr {
 /// checksum incrementally (RFC 1624 eqn. 3 on the TTL/protocol word). Returns the new TTL.
 ///
 /// `Err(TtlExpired)` if the TTL is 0 or 1 (RFC 1812 §5.3.1: answer with ICMP time
-/// exceeded), the length errors of [`Ipv4Packet::check_len`] otherwise; on error nothing is
-/// written. The header checksum is not verified: an incremental update keeps a wrong
-/// checksum wrong, so corruption is still caught downstream (RFC 1624 §5).
+/// exceeded), `Err(Truncated)` if `packet` is shorter than the fixed 20-byte header; on
+/// error nothing is written. Only the TTL, protocol and checksum bytes are read: the caller
+/// has validated the header (the forwarder has, once per packet). The header checksum is
+/// not verified: an incremental update keeps a wrong checksum wrong, so corruption is
+/// still caught downstream (RFC 1624 §5).
+#[inline]
 pub fn decrement_ttl(packet: &mut [u8]) -> Result<u8, Error> {
-    let mut packet = Ipv4Packet::new_checked(packet)?;
-    let ttl = packet.ttl();
+    let Some(header) = packet.get_mut(..HEADER_LEN) else {
+        return Err(Error::Truncated);
+    };
+    let (ttl, protocol) = (header[8], header[9]);
     if ttl <= 1 {
         return Err(Error::TtlExpired);
     }
-    let protocol = u8::from(packet.protocol());
-    let old = u16::from_be_bytes([ttl, protocol]);
-    let new = u16::from_be_bytes([ttl - 1, protocol]);
-    packet.set_ttl(ttl - 1);
-    let csum = checksum::update_u16(packet.checksum(), old, new);
-    packet.set_checksum(csum);
+    let csum = checksum::update_u16(u16::from_be_bytes([header[10], header[11]]), u16::from_be_bytes([ttl, protocol]), u16::from_be_bytes([ttl - 1, protocol]));
+    header[8] = ttl - 1;
+    header[10..12].copy_from_slice(&csum.to_be_bytes());
     Ok(ttl - 1)
 }
 

@@ -313,7 +313,12 @@ impl VxlanEncap {
 /// and type, as Linux falls back to when it has no flow hash. The hash function itself is
 /// not Linux's (that one is keyed by a random per-boot secret). Never panics.
 pub fn flow_src_port(inner_frame: &[u8]) -> u16 {
-    let hash = flow_hash(inner_frame);
+    scale_src_port(flow_hash(inner_frame))
+}
+
+/// A flow hash scaled into the source-port range.
+#[inline]
+fn scale_src_port(hash: u32) -> u16 {
     // Linux: "obfuscate hash a bit"; only the upper 16 bits matter for the scaling below.
     let hash = hash ^ (hash << 16);
     let span = u64::from(SRC_PORT_MAX - SRC_PORT_MIN);
@@ -350,7 +355,29 @@ fn ipv4_flow_hash(frame: &[u8]) -> Option<u32> {
         }
         _ => (0, 0),
     };
-    let (src, dst) = (u32::from(ip.src_addr()), u32::from(ip.dst_addr()));
+    Some(tuple_hash(u32::from(ip.src_addr()), u32::from(ip.dst_addr()), u8::from(protocol), src_port, dst_port))
+}
+
+/// The flow hash [`flow_src_port`] uses, of a flow the caller has parsed already: the
+/// stages before encapsulation parse the packet once and hand this on.
+#[inline]
+pub fn flow_hash_of(info: &crate::flow::FlowInfo) -> u32 {
+    let t = &info.tuple;
+    let ported = matches!(IpProtocol::from(t.proto), IpProtocol::Tcp | IpProtocol::Udp) && info.fragment == crate::flow::Fragment::Whole;
+    let (sp, dp) = if ported { (t.src_port, t.dst_port) } else { (0, 0) };
+    tuple_hash(u32::from(t.src), u32::from(t.dst), t.proto, sp, dp)
+}
+
+/// [`flow_src_port`] from a [`flow_hash_of`]: the same port, without reading the frame
+/// again.
+#[inline]
+pub fn src_port_of_hash(hash: u32) -> u16 {
+    scale_src_port(hash)
+}
+
+/// The symmetric hash of a flow's endpoints.
+#[inline]
+fn tuple_hash(src: u32, dst: u32, protocol: u8, src_port: u16, dst_port: u16) -> u32 {
     // Order the endpoints so both directions hash alike (Linux's __flow_hash_consistentify).
     let ((a, a_port), (b, b_port)) = if (src, src_port) <= (dst, dst_port) {
         ((src, src_port), (dst, dst_port))
@@ -358,9 +385,8 @@ fn ipv4_flow_hash(frame: &[u8]) -> Option<u32> {
         ((dst, dst_port), (src, src_port))
     };
     let addrs = (u64::from(a) << 32) | u64::from(b);
-    let rest =
-        (u64::from(u8::from(protocol)) << 32) | (u64::from(a_port) << 16) | u64::from(b_port);
-    Some(fold_hash(addrs, rest))
+    let rest = (u64::from(protocol) << 32) | (u64::from(a_port) << 16) | u64::from(b_port);
+    fold_hash(addrs, rest)
 }
 
 /// Mixes two 64-bit words into 32 well-spread bits (MurmurHash3's 64-bit finalizer).
@@ -761,6 +787,24 @@ mod tests {
         changed[14 + 8] = 3;
         *changed.last_mut().unwrap() ^= 0xff;
         assert_eq!(flow_src_port(&changed), port(&fixtures::VXLAN_TCP_SYN));
+    }
+
+    #[test]
+    fn src_port_of_a_parsed_flow_is_the_frames_own() {
+        let mut frames: Vec<Vec<u8>> = captured().into_iter().map(|(f, ..)| f[50..].to_vec()).collect();
+        // A first fragment carries ports, but fragments hash without them.
+        let mut first = fixtures::VXLAN_UDP[50..].to_vec();
+        crate::ipv4::Ipv4Packet::new_unchecked(&mut first[14..]).set_more_frags(true);
+        frames.push(first);
+        for sport in [0u16, 1, 80, 40000, 65535] {
+            let mut f = fixtures::VXLAN_TCP_SYN[50..].to_vec();
+            f[34..36].copy_from_slice(&sport.to_be_bytes());
+            frames.push(f);
+        }
+        for f in &frames {
+            let info = crate::flow::parse_flow_info(&f[14..]).expect("a flow");
+            assert_eq!(src_port_of_hash(flow_hash_of(&info)), flow_src_port(f), "{info:?}");
+        }
     }
 
     #[test]

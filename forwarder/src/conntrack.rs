@@ -33,7 +33,7 @@
 
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 
-use crate::huge::HugeTable;
+use crate::{huge::HugeTable, route::Stage};
 
 /// Slots per bucket: four 16-byte slots fill one cache line.
 const WAYS: usize = 4;
@@ -327,11 +327,20 @@ impl Conntrack {
         self.track_key(&k, &place, from_lo, flow.proto, secs(now), tcp_fin_rst)
     }
 
-    /// Prefetches the line a lookup of `flow` will read, so that a lookup soon after finds
-    /// it in the cache (the pipeline's prefetch stage).
+    /// Prefetches what a lookup of `flow` will read, so that a lookup soon after finds it in
+    /// the cache (the pipeline's prefetch stages): [`Stage::First`] the tag words of both
+    /// buckets (no load of its own), [`Stage::Second`] the bucket line the tags point at.
     #[inline]
-    pub fn prefetch(&self, flow: &Flow) {
-        self.prefetch_place(&self.place(&flow.key().0));
+    pub fn prefetch(&self, flow: &Flow, stage: Stage) {
+        let place = self.place(&flow.key().0);
+        match stage {
+            Stage::First => {
+                for b in place.buckets {
+                    self.tags.prefetch(b);
+                }
+            }
+            Stage::Second => self.prefetch_place(&place),
+        }
     }
 
     /// Prefetches the line a lookup of `place` will read: the first bucket whose tag matches.

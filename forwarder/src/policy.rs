@@ -170,16 +170,18 @@ fn judge(
 }
 
 /// Admits or refuses the IPv4 packet `ip` (its header validated) between a local pod and
-/// a peer; `src_local` / `dst_local` say which ends are pods of this node.
+/// a peer; `src_local` / `dst_local` say which ends are pods of this node. An admitted
+/// packet's flow hash ([`encap::vxlan::flow_hash_of`]) comes back for the stages after
+/// (the VXLAN source port), so none parses the packet again.
 #[inline]
-pub fn admit(fs: &FlowState, policy: &PolicyTables, ip: &[u8], src_local: bool, dst_local: bool) -> Result<(), DropReason> {
+pub fn admit(fs: &FlowState, policy: &PolicyTables, ip: &[u8], src_local: bool, dst_local: bool) -> Result<u32, DropReason> {
     let info = flow::parse_flow_info(ip).map_err(|e| match e {
         encap::Error::Truncated => DropReason::Truncated,
         _ => DropReason::BadIpHeader,
     })?;
     if info.fragment == Fragment::Later {
         return if fs.fragments.is_tracked(&fragment_key(&info), fs.now_ms) {
-            Ok(())
+            Ok(encap::vxlan::flow_hash_of(&info))
         } else {
             Err(DropReason::FragmentUnmatched)
         };
@@ -188,7 +190,7 @@ pub fn admit(fs: &FlowState, policy: &PolicyTables, ip: &[u8], src_local: bool, 
         && fs.conntrack.is_tracked(&Flow::from(quoted), fs.now_ms)
     {
         bump(&fs.counters.ct_related, 1);
-        return Ok(());
+        return Ok(encap::vxlan::flow_hash_of(&info));
     }
     let flow = Flow::from(info.tuple);
     let tracked = info.related.is_none()
@@ -222,7 +224,7 @@ pub fn admit(fs: &FlowState, policy: &PolicyTables, ip: &[u8], src_local: bool, 
         // A full fragment table only costs the later fragments, which count as unmatched.
         let _ = fs.fragments.insert(&fragment_key(&info), fs.now_ms);
     }
-    Ok(())
+    Ok(encap::vxlan::flow_hash_of(&info))
 }
 
 /// Forgets the tracked connections that `policy` denies now; `is_local` says which

@@ -131,6 +131,16 @@ impl std::str::FromStr for Ipv4Prefix {
     }
 }
 
+
+/// The stages of a two-stage prefetch (VPP's): the first asks for lines whose addresses
+/// need no memory read; the second, a few packets later, reads those (now cached) lines
+/// to find and ask for the next ones.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stage {
+    First,
+    Second,
+}
+
 const fn mask4(len: u8) -> u32 {
     if len == 0 { 0 } else { u32::MAX << (32 - len as u32) }
 }
@@ -718,6 +728,16 @@ impl<E: Entry> Trie<E> {
         r
     }
 
+    /// Asks for the top-level lines `k` will read (its slot's entry and child pointer):
+    /// the first stage of a two-stage prefetch, which loads nothing itself.
+    #[inline(always)]
+    fn prefetch_top<K: LookupKey>(&self, k: K) {
+        let t = &self.tops[k.slot(0)];
+        let m = k.slot(8);
+        prefetch(&t.kids[m]);
+        prefetch(&t.e[m]);
+    }
+
     /// Asks for the chunk line `k` will read (the empty chunk's, always cached, for a leaf
     /// slot); reading the top-level slot on the way is an L2 hit, usually.
     #[inline(always)]
@@ -1005,6 +1025,21 @@ impl<V, P: Prefix> RouteTable<V, P> {
         V: Copy,
     {
         self.values.copied(self.find(addr))
+    }
+
+    /// Asks the CPU for the lines a lookup of `addr` will read, so that a lookup a few
+    /// packets later finds them in the cache (the pipeline's prefetch stages):
+    /// [`Stage::First`] the top-level slot (no load of its own), [`Stage::Second`], a few
+    /// packets later, the chunk line that slot points to (read from the cached slot).
+    #[inline]
+    pub fn prefetch(&self, addr: P::Addr, stage: Stage) {
+        let k = P::lookup_key(addr);
+        match (&self.trie, stage) {
+            (Tries::Narrow(t), Stage::First) => t.prefetch_top(k),
+            (Tries::Narrow(t), Stage::Second) => t.prefetch_chunk(k),
+            (Tries::Wide(t), Stage::First) => t.prefetch_top(k),
+            (Tries::Wide(t), Stage::Second) => t.prefetch_chunk(k),
+        }
     }
 
     /// [`RouteTable::lookup`] of every address of a batch (an RX batch of destinations),

@@ -2,7 +2,8 @@
 //!
 //! Each turn: take the current snapshot → frames handed over by other workers go to their
 //! TX queues → per port: completions back to the free list, fill ring topped up, a batch
-//! of RX frames through [`pipeline::process`] → TX queues flushed, one wakeup per port.
+//! of RX frames through [`pipeline::process`] (its prefetch stages running a few frames
+//! ahead) → TX queues flushed, one wakeup per port.
 //! A frame whose egress port belongs to another worker is handed over by descriptor (all
 //! workers of a node share one UMEM). No locks, no allocation, no system calls on this path
 //! except the TX wakeups copy-mode AF_XDP needs and, when idle, poll(2).
@@ -27,6 +28,7 @@ use crate::{
     pipeline::{self, Kind, Verdict},
     policy::FlowTables,
     port::Port,
+    route::Stage,
     snapshot::{MAX_PORTS, PortId, Tables, UPLINK, is_uplink},
 };
 
@@ -338,7 +340,24 @@ impl Worker {
         bump(&self.counters.rx_batches, 1);
         bump(&self.counters.rx_packets, n as u64);
         let mut rx_bytes = 0u64;
+        // The pipeline's two prefetch stages run ahead of it over the batch.
+        let (first, second) = (pipeline::PREFETCH_FIRST, pipeline::PREFETCH_SECOND);
+        let prefetch = |batch: &[FrameDesc], j: usize, stage: Stage| {
+            if let Some(desc) = batch.get(j) {
+                // SAFETY: the frame is on no ring (just consumed) and only read here.
+                let data = unsafe { self.shared.umem.data(desc) };
+                pipeline::prefetch(snap, &fs, data.contents(), stage);
+            }
+        };
+        for j in 0..first {
+            prefetch(&self.batch[..n], j, Stage::First);
+        }
+        for j in 0..second {
+            prefetch(&self.batch[..n], j, Stage::Second);
+        }
         for i in 0..n {
+            prefetch(&self.batch[..n], i + first, Stage::First);
+            prefetch(&self.batch[..n], i + second, Stage::Second);
             let mut desc = self.batch[i];
             self.owner[frame_index(&self.shared, &desc)] = NO_OWNER;
             let len = desc.lengths().data();
