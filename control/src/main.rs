@@ -162,7 +162,7 @@ struct AgentArgs {
     /// UMEM frames (4 KB each) for the node.
     #[arg(long, default_value_t = 16384)]
     frames: u32,
-    /// Connections the node's tracker holds at most (32 bytes each); new connections
+    /// Connections the node's tracker holds at most (17 bytes each); new connections
     /// beyond it are dropped and counted (drop_conntrack_full).
     #[arg(long, default_value_t = 262_144)]
     conntrack_flows: usize,
