@@ -142,7 +142,7 @@ impl Agent {
             idle: cfg.idle,
             attach: cfg.attach,
             copy_mode: cfg.copy_mode,
-            uplink_hook: HookMode::Uplink { node_ip: me.address, vxlan_port, ipip: true, pod_cidr },
+            uplink_hook: HookMode::Uplink { node_ip: me.address, vxlan_port, ipip: true, pod_cidr, nat: true },
             frames: cfg.frames,
             fill_target: forwarder::port::RING_SIZE as usize,
             conntrack_flows: cfg.conntrack_flows,
@@ -152,6 +152,7 @@ impl Agent {
             pool::tunnel_to(&cluster.pools, &cfg.encap, subnet, n.address, n.pod_cidr)
         });
         let dataplane = Dataplane::start(dp_cfg, first).context("starting the data plane")?;
+        reserve_nat_ports();
         let ipam = Ipam::open(&cfg.state_dir, me.pod_cidr)?;
         let mut agent = Agent {
             cfg,
@@ -308,6 +309,17 @@ impl Agent {
                 None => neighbour::nudge(n.address),
             }
         }
+        // The way out of the cluster, when a pool sends pods there.
+        if self.cluster.pools.values().any(|p| p.nat_outgoing)
+            && let Some(gw) = neighbour::default_gateway(&self.cfg.uplink)
+        {
+            match arp.get(&gw) {
+                Some(mac) => {
+                    next.insert(calc::DEFAULT_GATEWAY, *mac);
+                }
+                None => neighbour::nudge(gw),
+            }
+        }
         if next != self.neighbours {
             tracing::info!(resolved = next.len(), "underlay neighbours changed");
             self.neighbours = next;
@@ -317,8 +329,13 @@ impl Agent {
         }
     }
 
+    /// Whether a peer node's next hop, or the default gateway when a pool NATs, has no
+    /// MAC yet (the agent then looks again soon).
     fn unresolved_peers(&self) -> bool {
-        self.cluster.nodes.len().saturating_sub(1) > self.neighbours.len()
+        let gateway = self.neighbours.contains_key(&calc::DEFAULT_GATEWAY);
+        let peers = self.neighbours.len() - usize::from(gateway);
+        let wants_gateway = self.cluster.pools.values().any(|p| p.nat_outgoing);
+        self.cluster.nodes.len().saturating_sub(1) > peers || (wants_gateway && !gateway)
     }
 
     /// Allocates (or returns) the address of a container.
@@ -495,5 +512,23 @@ pub fn control_loop(agent: &Arc<Mutex<Agent>>, stop: &std::sync::atomic::AtomicB
             last_neigh = Instant::now();
             a.refresh_neighbours(false);
         }
+    }
+}
+
+/// Keeps the node's kernel from choosing its own ephemeral ports in the range the NAT of
+/// pod traffic hands out (the uplink hook sends replies to those ports to the forwarder):
+/// adds it to `net.ipv4.ip_local_reserved_ports`. Linux's default ephemeral range
+/// (32768–60999) stays clear of it anyway; a widened one would not.
+fn reserve_nat_ports() {
+    const PATH: &str = "/proc/sys/net/ipv4/ip_local_reserved_ports";
+    let range = format!("{}-{}", forwarder::nat::PORTS.start(), forwarder::nat::PORTS.end());
+    let current = std::fs::read_to_string(PATH).unwrap_or_default();
+    if current.split(',').any(|r| r.trim() == range) {
+        return;
+    }
+    let next = if current.trim().is_empty() { range.clone() } else { format!("{},{range}", current.trim()) };
+    match std::fs::write(PATH, &next) {
+        Ok(()) => tracing::info!(ports = %range, "reserved the NAT ports from the kernel's ephemeral ports"),
+        Err(e) => tracing::warn!(error = %e, ports = %range, "cannot reserve the NAT ports; the kernel may pick them for its own connections"),
     }
 }

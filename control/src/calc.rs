@@ -1,11 +1,12 @@
 //! The calculation from cluster state to data-plane tables: this node's pod subnet to
 //! its local pods, every other node's subnet to that node (VTEP MAC, underlay address, the
-//! resolved next-hop MAC and the tunnel its IP pool and subnet call for).
+//! resolved next-hop MAC and the tunnel its IP pool and subnet call for), and the way out
+//! of the cluster (the pools with natOutgoing, the default gateway's MAC).
 
 use std::{collections::HashMap, net::Ipv4Addr};
 
 use encap::ethernet::EthernetAddress;
-use forwarder::{Endpoint, NodeConfig, RemoteNode, RouteTarget, Snapshot, Tunnel};
+use forwarder::{Endpoint, NodeConfig, Outside, RemoteNode, RouteTarget, Snapshot, Tunnel};
 
 use crate::cluster::{ClusterState, NodeInfo};
 
@@ -35,8 +36,16 @@ pub fn snapshot(
         let idx = snap.add_node(RemoteNode::new(node, name.clone(), info.address, info.vtep_mac, next_hop, tunnel_to(info)));
         snap.routes.insert(info.pod_cidr, RouteTarget::Node(idx));
     }
+    snap.outside = Outside {
+        nat_sources: cluster.pools.values().filter(|p| p.nat_outgoing).map(|p| p.cidr).collect(),
+        pools: cluster.pools.values().map(|p| p.cidr).collect(),
+        next_hop_mac: neighbours.get(&DEFAULT_GATEWAY).copied(),
+    };
     snap
 }
+
+/// The key of the uplink's default gateway in the neighbour map (it has no node address).
+pub const DEFAULT_GATEWAY: Ipv4Addr = Ipv4Addr::UNSPECIFIED;
 
 #[cfg(test)]
 mod tests {

@@ -69,6 +69,16 @@ fn routes_of<'a>(text: &'a str, dev: &'a str) -> impl Iterator<Item = Route> + '
     })
 }
 
+/// The gateway of `dev`'s default route: where traffic leaving the cluster goes.
+pub fn default_gateway(dev: &str) -> Option<Ipv4Addr> {
+    let text = std::fs::read_to_string("/proc/net/route").unwrap_or_default();
+    default_gateway_in(&text, dev)
+}
+
+fn default_gateway_in(text: &str, dev: &str) -> Option<Ipv4Addr> {
+    routes_of(text, dev).find(|r| r.mask == 0 && r.gateway != 0).map(|r| Ipv4Addr::from(r.gateway))
+}
+
 /// The connected subnet of `dev` that holds `addr` (a route without a gateway): this
 /// node's underlay subnet, which CrossSubnet compares peers against.
 pub fn connected_subnet(dev: &str, addr: Ipv4Addr) -> Option<(Ipv4Addr, u8)> {
@@ -115,5 +125,7 @@ mod tests {
         assert_eq!(next_hop_in(text, "eth0", Ipv4Addr::new(10, 200, 0, 1)), Ipv4Addr::new(10, 100, 0, 1));
         assert_eq!(connected_subnet_in(text, "eth0", Ipv4Addr::new(10, 100, 0, 11)), Some((Ipv4Addr::new(10, 100, 0, 0), 24)));
         assert_eq!(connected_subnet_in(text, "eth0", Ipv4Addr::new(10, 101, 0, 11)), None, "the default route is no subnet");
+        assert_eq!(default_gateway_in(text, "eth0"), Some(Ipv4Addr::new(10, 100, 0, 1)));
+        assert_eq!(default_gateway_in(text, "eth1"), None);
     }
 }

@@ -17,14 +17,14 @@
 //!
 //! Modules: [`ethernet`], [`arp`] (RFC 826), [`ipv4`] (RFC 791), [`udp`] (RFC 768),
 //! [`tcp`] (RFC 793), [`icmpv4`] (RFC 792, RFC 1191, RFC 1812), [`checksum`] (RFC 1071,
-//! RFC 1624), [`vxlan`] (RFC 7348), [`ipip`] (RFC 2003), [`tunnel`] (the outer-header checks both share), [`direct`] (MAC rewrite for host-gw / BGP routing) and
+//! RFC 1624), [`vxlan`] (RFC 7348), [`ipip`] (RFC 2003), [`tunnel`] (the outer-header checks both share), [`nat`] (address and port rewriting for source NAT), [`direct`] (MAC rewrite for host-gw / BGP routing) and
 //! [`flow`] (the 5-tuple the pipeline classifies).
 //!
 //! Hot path: view accessors never allocate and never panic once `check_len` has succeeded;
 //! [`vxlan::decap`], [`vxlan::VxlanEncap::write`], [`vxlan::flow_src_port`],
 //! [`ipip::decap`], [`ipip::IpipEncap::write`],
 //! [`ipv4::decrement_ttl`], [`arp::reply_in_place`], [`direct::rewrite_macs`],
-//! [`flow::parse_ipv4_flow`] and [`icmpv4::emit_error`] never allocate and never panic,
+//! [`flow::parse_ipv4_flow`], [`nat::rewrite`] and [`icmpv4::emit_error`] never allocate and never panic,
 //! whatever bytes they are given (`tests/robustness.rs` throws random and mutated frames
 //! at all of them).
 
@@ -38,6 +38,7 @@ pub mod flow;
 pub mod icmpv4;
 pub mod ipip;
 pub mod ipv4;
+pub mod nat;
 pub mod tcp;
 pub mod tunnel;
 pub mod udp;

@@ -6,9 +6,11 @@
  *
  *   MODE_POD     a pod's host-side veth: every frame goes to the AF_XDP socket.
  *   MODE_UPLINK  the node's underlay NIC: only overlay traffic addressed to this node
- *                (IPv4 to node_ip, UDP to vxlan_port; IPv4 to the pod CIDR in direct
- *                mode) goes to the socket. Everything else - ARP, SSH, etcd, BGP, the
- *                kubelet - is passed to the kernel untouched.
+ *                (IPv4 to node_ip, UDP to vxlan_port or IP-in-IP; IPv4 to the pod CIDR in
+ *                direct mode) and replies to pods' NAT'd connections (TCP / UDP to
+ *                node_ip at a port in nat_lo..nat_hi, ICMP echo replies with such an
+ *                identifier) go to the socket. Everything else - ARP, SSH, etcd, BGP,
+ *                the kubelet - is passed to the kernel untouched.
  *
  * Frames go to the socket bound to the receiving queue (`xsks[rx_queue_index]`); when no
  * socket is bound there the frame goes to the kernel (XDP_PASS fallback of
@@ -24,6 +26,7 @@
 
 #define MODE_POD 0
 #define MODE_UPLINK 1
+#define ICMP_ECHOREPLY 0 /* linux/icmp.h would pull in libc headers */
 
 struct twill_cfg {
 	__u32 mode;
@@ -32,6 +35,8 @@ struct twill_cfg {
 	__u32 pod_mask;      /* network byte order */
 	__u16 vxlan_port;    /* network byte order; 0 = no VXLAN */
 	__u16 redirect_ipip; /* non-zero: IPv4 protocol 4 to node_ip goes to the socket */
+	__u16 nat_lo;        /* host byte order; 0 = no NAT */
+	__u16 nat_hi;
 };
 
 struct {
@@ -51,6 +56,25 @@ struct {
 static __always_inline int to_socket(struct xdp_md *ctx)
 {
 	return bpf_redirect_map(&xsks, ctx->rx_queue_index, XDP_PASS);
+}
+
+/* Whether the IPv4 packet `ip` (to node_ip) is a reply to a NAT'd connection: TCP or UDP
+ * to a NAT port, or an ICMP echo reply with a NAT identifier; not a later fragment. */
+static __always_inline int nat_reply(struct iphdr *ip, void *data_end, struct twill_cfg *cfg)
+{
+	if (ip->frag_off & bpf_htons(0x1fff))
+		return 0;
+	__u8 *l4 = (void *)ip + ip->ihl * 4;
+	if ((void *)(l4 + 8) > data_end)
+		return 0;
+	__u16 port;
+	if (ip->protocol == IPPROTO_TCP || ip->protocol == IPPROTO_UDP)
+		port = ((__u16)l4[2] << 8) | l4[3];
+	else if (ip->protocol == IPPROTO_ICMP && l4[0] == ICMP_ECHOREPLY)
+		port = ((__u16)l4[4] << 8) | l4[5];
+	else
+		return 0;
+	return port >= cfg->nat_lo && port <= cfg->nat_hi;
 }
 
 SEC("xdp")
@@ -78,6 +102,8 @@ int twill_xdp(struct xdp_md *ctx)
 	if (ip->daddr != cfg->node_ip)
 		return XDP_PASS;
 	if (cfg->redirect_ipip && ip->protocol == IPPROTO_IPIP)
+		return to_socket(ctx);
+	if (cfg->nat_lo && nat_reply(ip, data_end, cfg))
 		return to_socket(ctx);
 	if (ip->protocol != IPPROTO_UDP || !cfg->vxlan_port)
 		return XDP_PASS;

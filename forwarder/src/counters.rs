@@ -79,6 +79,15 @@ drop_reasons! {
     ConntrackFull => "conntrack_full",
     /// A later fragment whose first fragment was not admitted (or came after it).
     FragmentUnmatched => "fragment_unmatched",
+    /// A connection leaving the cluster found no free NAT port (every one it probed is
+    /// held by a live connection).
+    NatPortsExhausted => "nat_ports_exhausted",
+    /// A packet to this node's address in the NAT port range that no translated
+    /// connection owns (or from another remote end than the one it talked to).
+    NatNoMapping => "nat_no_mapping",
+    /// A packet leaving the cluster that NAT cannot translate: not TCP, UDP or ICMP echo,
+    /// or a later fragment.
+    NatUnsupported => "nat_unsupported",
 }
 
 /// Counter block of one worker. Written by that worker only.
@@ -95,6 +104,10 @@ pub struct WorkerCounters {
     pub decapsulated: AtomicU64,
     /// ICMP errors the forwarder sent back to pods (fragmentation needed).
     pub icmp_errors_sent: AtomicU64,
+    /// Pod packets that left the cluster with the node's address (source NAT).
+    pub nat_out: AtomicU64,
+    /// Replies to them, turned back to the pod.
+    pub nat_in: AtomicU64,
     pub snapshot_version: AtomicU64,
     pub idle_sleeps: AtomicU64,
     /// Packets of tracked connections (passed without a policy lookup).
@@ -142,6 +155,8 @@ impl WorkerCounters {
             ("encapsulated".to_string(), self.encapsulated.load(Relaxed)),
             ("decapsulated".to_string(), self.decapsulated.load(Relaxed)),
             ("icmp_errors_sent".to_string(), self.icmp_errors_sent.load(Relaxed)),
+            ("nat_out".to_string(), self.nat_out.load(Relaxed)),
+            ("nat_in".to_string(), self.nat_in.load(Relaxed)),
             ("snapshot_version".to_string(), self.snapshot_version.load(Relaxed)),
             ("idle_sleeps".to_string(), self.idle_sleeps.load(Relaxed)),
             ("ct_established".to_string(), self.ct_established.load(Relaxed)),

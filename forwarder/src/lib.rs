@@ -5,13 +5,14 @@
 //! Where a packet goes, by file: `xdp_hook` (the XDP program that sends frames to the
 //! sockets) → `port` (AF_XDP socket) → `worker` (the poll loop) → `pipeline` (per packet:
 //! parse, anti-spoof, decap, route, encap) with `policy` (conntrack, then policy for new
-//! connections) reading `snapshot` (`route` LPM, endpoints, nodes, compiled policy) → `port`
+//! connections) and `nat` (source NAT for traffic leaving the cluster) reading `snapshot` (`route` LPM, endpoints, nodes, compiled policy) → `port`
 //! TX. `counters` has a reason for every drop; `dataplane` is the control thread's handle.
 
 pub mod conntrack;
 pub mod counters;
 pub mod dataplane;
 pub mod huge;
+pub mod nat;
 pub mod pipeline;
 pub mod policy;
 pub mod port;
@@ -22,7 +23,7 @@ pub mod xdp_hook;
 
 pub use counters::{DropReason, WorkerCounters};
 pub use dataplane::{Dataplane, DataplaneConfig};
-pub use snapshot::{Endpoint, NodeConfig, PortId, RemoteNode, RouteTarget, Snapshot, Tables, Tunnel};
+pub use snapshot::{Endpoint, NodeConfig, Outside, PortId, RemoteNode, RouteTarget, Snapshot, Tables, Tunnel};
 
 /// Errors of the data plane. Each names the interface, queue or setting it is about.
 #[derive(Debug, thiserror::Error)]

@@ -13,7 +13,9 @@
 //!               plain IPv4 packet routed directly → [`route`] (local pods only).
 //! [`route`]:    LPM on the destination → local pod (MAC rewrite) or remote node through
 //!               its tunnel (VXLAN with the node's VTEP MAC as inner destination, IP-in-IP,
-//!               or MAC rewrite to the next hop); a DF packet too big for the tunnel gets
+//!               or MAC rewrite to the next hop), or — no route, from a pod of a NAT pool to
+//!               an address in no pool — out of the uplink through source NAT (`nat.rs`);
+//!               a reply to this node's address is turned back to its pod first; a DF packet too big for the tunnel gets
 //!               ICMP fragmentation-needed back (RFC 1191); before the frame is rewritten,
 //!               the stateful policy stage ([`policy::admit`]: conntrack, then egress /
 //!               ingress policy of the local pods for a new connection); TTL decremented
@@ -26,11 +28,13 @@ use encap::{
     icmpv4::{self, IcmpError},
     ipip,
     ipv4::{self, Ipv4Packet},
+    nat::{self, End},
     vxlan::{self, DecapError},
 };
 
 use crate::{
-    counters::DropReason,
+    counters::{DropReason, bump},
+    nat::PodEnd,
     route::Stage,
     policy::{self, FlowState},
     snapshot::{GATEWAY_IP, PortId, RemoteNode, RouteTarget, Snapshot, Tunnel, UPLINK, is_uplink},
@@ -168,8 +172,12 @@ fn from_uplink(snap: &Snapshot, fs: &FlowState, buf: &mut [u8], len: usize) -> V
     let inner_len = match outer_kind(snap, &buf[..len]) {
         Err(reason) => return Verdict::Drop(reason),
         Ok(Outer::Plain) => {
-            if !Ipv4Packet::new_unchecked(&buf[ETH_LEN..len]).verify_checksum() {
+            let ip = Ipv4Packet::new_unchecked(&buf[ETH_LEN..len]);
+            if !ip.verify_checksum() {
                 return Verdict::Drop(DropReason::BadIpHeader);
+            }
+            if ip.dst_addr() == snap.node.node_ip {
+                return from_outside(snap, fs, buf, len);
             }
             return route(snap, fs, buf, len, Origin::Uplink);
         }
@@ -257,7 +265,7 @@ fn route(snap: &Snapshot, fs: &FlowState, buf: &mut [u8], len: usize, from: Orig
     let target = match snap.routes.lookup(dst) {
         Some(t) => t,
         None if from_uplink => return Verdict::Drop(DropReason::NotLocal),
-        None => return Verdict::Drop(DropReason::NoRoute),
+        None => return to_outside(snap, fs, buf, len, from),
     };
     match target {
         RouteTarget::LocalPods => {
@@ -330,6 +338,73 @@ fn to_node(snap: &Snapshot, fs: &FlowState, node: &RemoteNode, buf: &mut [u8], l
             set_macs(buf, snap.node.uplink_mac, next_hop);
             Verdict::Forward { port: UPLINK, worker: u16::MAX, len, kind: Kind::Routed }
         }
+    }
+}
+
+/// Sends a pod's packet to an address outside the cluster, with the node's address and a
+/// port of the NAT table as its source, to the uplink's default gateway — when the pod's
+/// pool has natOutgoing and the destination is in no pool; otherwise there is no route.
+fn to_outside(snap: &Snapshot, fs: &FlowState, buf: &mut [u8], len: usize, from: Origin) -> Verdict {
+    let ip = Ipv4Packet::new_unchecked(&buf[ETH_LEN..len]);
+    let (src, dst, proto) = (ip.src_addr(), ip.dst_addr(), ip.protocol());
+    if !snap.outside.translates(src, dst) {
+        return Verdict::Drop(DropReason::NoRoute);
+    }
+    let Some(next_hop) = snap.outside.next_hop_mac else {
+        return Verdict::Drop(DropReason::NeighbourUnresolved);
+    };
+    let fits = usize::from(snap.node.uplink_mtu).min(buf.len() - ETH_LEN);
+    if len - ETH_LEN > fits {
+        return too_big(snap, buf, len, fits, from);
+    }
+    let packet = &buf[ETH_LEN..len];
+    let (Some(pod_port), Some(remote_port)) = (nat::port_of(packet, End::Source), nat_remote_port(packet, proto, End::Destination)) else {
+        return Verdict::Drop(DropReason::NatUnsupported);
+    };
+    if let Err(reason) = policy::admit(fs, &snap.policy, packet, true, false) {
+        return Verdict::Drop(reason);
+    }
+    let Ok(port) = fs.nat.outbound(proto, PodEnd { addr: src, port: pod_port }, dst, remote_port, fs.now_ms, nat::tcp_closes(packet)) else {
+        return Verdict::Drop(DropReason::NatPortsExhausted);
+    };
+    if ipv4::decrement_ttl(&mut buf[ETH_LEN..len]).is_err() {
+        return Verdict::Drop(DropReason::TtlExpired);
+    }
+    if nat::rewrite(&mut buf[ETH_LEN..len], End::Source, snap.node.node_ip, port).is_err() {
+        return Verdict::Drop(DropReason::NatUnsupported);
+    }
+    set_macs(buf, snap.node.uplink_mac, next_hop);
+    bump(&fs.counters.nat_out, 1);
+    Verdict::Forward { port: UPLINK, worker: u16::MAX, len, kind: Kind::Routed }
+}
+
+/// A reply from outside the cluster to this node's address: the NAT table says which pod
+/// it is for; turned back to that pod's address and port, it is routed as any packet from
+/// the uplink (conntrack then sees the reply of the pod's connection).
+fn from_outside(snap: &Snapshot, fs: &FlowState, buf: &mut [u8], len: usize) -> Verdict {
+    let packet = &buf[ETH_LEN..len];
+    let ip = Ipv4Packet::new_unchecked(packet);
+    let (remote, proto) = (ip.src_addr(), ip.protocol());
+    let pod = match (nat::port_of(packet, End::Destination), nat_remote_port(packet, proto, End::Source)) {
+        (Some(port), Some(remote_port)) => fs.nat.inbound(proto, port, remote, remote_port, fs.now_ms, nat::tcp_closes(packet)),
+        _ => None,
+    };
+    let Some(pod) = pod else {
+        return Verdict::Drop(DropReason::NatNoMapping);
+    };
+    if nat::rewrite(&mut buf[ETH_LEN..len], End::Destination, pod.addr, pod.port).is_err() {
+        return Verdict::Drop(DropReason::NatNoMapping);
+    }
+    bump(&fs.counters.nat_in, 1);
+    route(snap, fs, buf, len, Origin::Uplink)
+}
+
+/// The remote end's port of a packet NAT translates (`end` of the packet): its TCP or UDP
+/// port; 0 for ICMP echo, whose identifier names both ends.
+fn nat_remote_port(packet: &[u8], proto: IpProtocol, end: End) -> Option<u16> {
+    match proto {
+        IpProtocol::Icmp => nat::port_of(packet, end).map(|_| 0),
+        _ => nat::port_of(packet, end),
     }
 }
 

@@ -38,6 +38,7 @@ use policy_engine::{
 use crate::{
     conntrack::{Conntrack, Flow, Insert, Timeouts},
     counters::{DropReason, WorkerCounters, bump},
+    nat::Nat,
 };
 
 /// ICMP echo request: the ICMP message that opens a tracked connection.
@@ -69,6 +70,8 @@ const FRAGMENT_TIMEOUT_MS: u64 = 30_000;
 pub struct FlowTables {
     pub conntrack: Conntrack,
     pub fragments: Conntrack,
+    /// Source NAT for connections leaving the cluster.
+    pub nat: Nat,
     pub logs: Vec<ArrayQueue<PolicyLog>>,
     epoch: Instant,
 }
@@ -79,6 +82,7 @@ impl FlowTables {
         FlowTables {
             conntrack: Conntrack::new(flows, Timeouts::default()),
             fragments: Conntrack::new(FRAGMENTS, Timeouts::uniform(FRAGMENT_TIMEOUT_MS)),
+            nat: Nat::new(),
             logs: (0..workers.max(1)).map(|_| ArrayQueue::new(LOG_RING)).collect(),
             epoch: Instant::now(),
         }
@@ -94,6 +98,7 @@ impl FlowTables {
         FlowState {
             conntrack: &self.conntrack,
             fragments: &self.fragments,
+            nat: &self.nat,
             now_ms,
             counters,
             log: &self.logs[worker.min(self.logs.len() - 1)],
@@ -108,6 +113,8 @@ pub struct FlowState<'a> {
     pub conntrack: &'a Conntrack,
     /// First fragments admitted, by (addresses, protocol, IP id).
     pub fragments: &'a Conntrack,
+    /// The node's NAT table (shared by its workers).
+    pub nat: &'a Nat,
     /// Milliseconds on the node's clock (never 0).
     pub now_ms: u64,
     /// This worker's counters.

@@ -16,7 +16,7 @@ use encap::{
 
 use policy_engine::{compiler::PolicyTables, fxhash::FxBuildHasher};
 
-use crate::route::RouteTable;
+use crate::route::{Ipv4Prefix, RouteTable};
 
 /// An interface socket the forwarder serves, as the tables name it. Ids below
 /// [`MAX_UPLINK_QUEUES`] are the uplink's sockets (id = queue); pod ports follow. In a
@@ -152,6 +152,29 @@ pub struct Snapshot {
     /// Compiled network policy: every endpoint of the cluster with its address sets and,
     /// for the pipeline's new connections, its rule sets.
     pub policy: Arc<PolicyTables>,
+    /// Where pod traffic to addresses outside the cluster goes.
+    pub outside: Outside,
+}
+
+/// Pod traffic to addresses outside every IP pool (Calico's `natOutgoing`): which pods'
+/// traffic leaves with the node's address, and through which next hop.
+#[derive(Debug, Clone, Default)]
+pub struct Outside {
+    /// Pods whose connections to the outside are translated: the pools with natOutgoing.
+    pub nat_sources: Vec<Ipv4Prefix>,
+    /// Every pool: a destination inside one is never translated.
+    pub pools: Vec<Ipv4Prefix>,
+    /// The MAC of the uplink's default gateway, through which translated traffic leaves;
+    /// `None` while it is unresolved (or there is no default route).
+    pub next_hop_mac: Option<EthernetAddress>,
+}
+
+impl Outside {
+    /// Whether a packet from `src` to `dst` leaves the cluster through NAT.
+    #[inline]
+    pub fn translates(&self, src: Ipv4Addr, dst: Ipv4Addr) -> bool {
+        self.nat_sources.iter().any(|p| p.contains(src)) && !self.pools.iter().any(|p| p.contains(dst))
+    }
 }
 
 impl Snapshot {
@@ -166,6 +189,7 @@ impl Snapshot {
             nodes: Vec::new(),
             nodes_by_ip: HashMap::default(),
             policy: Arc::default(),
+            outside: Outside::default(),
         }
     }
 

@@ -24,12 +24,15 @@ pub enum HookMode {
     /// A pod's host-side veth: every frame.
     Pod,
     /// The node's uplink: IPv4 to `node_ip` that is VXLAN (UDP to `vxlan_port`) or IP-in-IP,
-    /// and IPv4 to `pod_cidr` (direct routing). Everything else goes to the kernel.
+    /// IPv4 to `pod_cidr` (direct routing), and with `nat` the replies to NAT'd connections
+    /// (TCP / UDP to `node_ip` at a port of [`crate::nat::PORTS`], ICMP echo replies with
+    /// such an identifier). Everything else goes to the kernel.
     Uplink {
         node_ip: Ipv4Addr,
         vxlan_port: Option<u16>,
         ipip: bool,
         pod_cidr: Option<(Ipv4Addr, u8)>,
+        nat: bool,
     },
 }
 
@@ -61,13 +64,15 @@ struct HookConfig {
     pod_mask: u32,
     vxlan_port: u16,
     redirect_ipip: u16,
+    nat_lo: u16,
+    nat_hi: u16,
 }
 
 impl HookConfig {
     fn new(mode: HookMode) -> Self {
         match mode {
             HookMode::Pod => HookConfig::default(),
-            HookMode::Uplink { node_ip, vxlan_port, ipip, pod_cidr } => {
+            HookMode::Uplink { node_ip, vxlan_port, ipip, pod_cidr, nat } => {
                 let (pod_net, pod_mask) = match pod_cidr {
                     Some((net, len)) => {
                         let mask = if len == 0 { 0 } else { u32::MAX << (32 - u32::from(len.min(32))) };
@@ -82,6 +87,8 @@ impl HookConfig {
                     pod_mask,
                     vxlan_port: vxlan_port.unwrap_or(0).to_be(),
                     redirect_ipip: u16::from(ipip),
+                    nat_lo: if nat { *crate::nat::PORTS.start() } else { 0 },
+                    nat_hi: if nat { *crate::nat::PORTS.end() } else { 0 },
                 }
             }
         }
@@ -222,6 +229,7 @@ mod tests {
             vxlan_port: Some(8472),
             ipip: false,
             pod_cidr: Some((Ipv4Addr::new(10, 244, 1, 7), 24)),
+            nat: true,
         });
         assert_eq!(cfg.mode, 1);
         assert_eq!(cfg.node_ip.to_ne_bytes(), [10, 100, 0, 11]);
@@ -229,6 +237,7 @@ mod tests {
         assert_eq!(cfg.pod_mask.to_ne_bytes(), [255, 255, 255, 0]);
         assert_eq!(cfg.vxlan_port.to_ne_bytes(), 8472u16.to_be_bytes());
         assert_eq!(cfg.redirect_ipip, 0);
+        assert_eq!((cfg.nat_lo, cfg.nat_hi), (61000, 65535), "host order, as the program compares");
     }
 
     #[test]

@@ -147,7 +147,8 @@ pub fn add_pod(
 /// NIC's checksum offload does. On veth the kernel otherwise hands CHECKSUM_PARTIAL frames
 /// (inner TCP/UDP checksum = pseudo-header sum only) to the peer, which only another kernel
 /// can accept; an AF_XDP receiver, like a real wire, sees the unfinished bytes. Used when a
-/// Flannel node talks to twill nodes; kernel-only clusters keep their offloads.
+/// Flannel node talks to twill nodes (kernel-only clusters keep their offloads) and on the
+/// lab's router, the outside world of NAT'd pod traffic.
 pub fn finish_checksums_on_uplink(ns: &str) -> Result<()> {
     netns::exec(ns, "ethtool", &["-K", "eth0", "tx", "off"])
         .with_context(|| format!("turning off TX checksum offload on eth0 in {ns} (needs ethtool)"))?;

@@ -97,6 +97,28 @@ pub fn labelled_namespace(name: &str, labels: &BTreeMap<String, String>) -> Resu
     }))
 }
 
+/// The lab's Calico IPPool: all pod CIDRs (10.244.0.0/16), encapsulated as the agents'
+/// `--encap` (`encap`, default vxlan-flannel) says, with NAT outgoing on — the lab's pods
+/// reach the outside world (the router's 198.51.100.1) with their node's address.
+pub fn ip_pool(encap: Option<&str>) -> Result<String> {
+    let (ipip, vxlan) = match encap.unwrap_or("vxlan-flannel") {
+        "ipip" => ("Always", "Never"),
+        "ipip-cross-subnet" => ("CrossSubnet", "Never"),
+        "cross-subnet" => ("Never", "CrossSubnet"),
+        "direct" => ("Never", "Never"),
+        _ => ("Never", "Always"),
+    };
+    to_yaml(&json!({
+        "apiVersion": "projectcalico.org/v3",
+        "kind": "IPPool",
+        "metadata": { "name": "lab" },
+        "spec": { "cidr": "10.244.0.0/16", "blockSize": 24, "ipipMode": ipip, "vxlanMode": vxlan, "natOutgoing": true },
+    }))
+}
+
+/// The file the lab's IPPool lives in.
+pub const POOL_FILE: &str = "ippool-lab.yaml";
+
 /// What a lab pod is besides its name and node: labels beyond the lab's own, and named
 /// container ports (name, `TCP`/`UDP`/`SCTP`, port).
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]

@@ -238,7 +238,12 @@ pub const ROUTER_NS: &str = "tw-rt";
 /// Underlay subnets 10.100.0.0/24 .. 10.100.{ROUTER_SUBNETS-1}.0/24, routed by `tw-rt`.
 pub const ROUTER_SUBNETS: u8 = 4;
 
-/// The router: one leg on the underlay bridge with the .1 address of every subnet.
+/// An address of the world outside the cluster: the router answers on it (a /32 on its
+/// loopback) and routes nothing back to the pods, so a pod reaches it only through NAT.
+pub const WORLD_IP: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 1);
+
+/// The router: one leg on the underlay bridge with the .1 address of every subnet, and
+/// [`WORLD_IP`] standing for the outside world; every node's default gateway.
 fn create_router(mtu: u32) -> Result<()> {
     netns::add(ROUTER_NS)?;
     let mtu = mtu.to_string();
@@ -248,6 +253,10 @@ fn create_router(mtu: u32) -> Result<()> {
         ip(ROUTER_NS, &["addr", "add", &format!("10.100.{s}.1/24"), "dev", "eth0"])?;
     }
     ip(ROUTER_NS, &["link", "set", "eth0", "up"])?;
+    ip(ROUTER_NS, &["addr", "add", &format!("{WORLD_IP}/32"), "dev", "lo"])?;
+    // The world's TCP and UDP leave with whole checksums, as from a host behind a real
+    // NIC (NAT's incremental update cannot complete the kernel's partial offload sum).
+    kernel_flannel::finish_checksums_on_uplink(ROUTER_NS)?;
     netns::sysctl(ROUTER_NS, "net.ipv4.ip_forward", "1")?;
     // Routing back out of the interface a packet came in on is the router's job here.
     netns::sysctl(ROUTER_NS, "net.ipv4.conf.all.send_redirects", "0")?;
@@ -332,6 +341,7 @@ impl Lab {
             &manifests::namespace_file(POD_NAMESPACE),
             &manifests::namespace(POD_NAMESPACE)?,
         )?;
+        manifests::write(&manifests_dir(), manifests::POOL_FILE, &manifests::ip_pool(self.state.encap.as_deref())?)?;
         let mut created = Vec::new();
         for spec in &topo.nodes {
             created.push(self.create_node(spec.dataplane, spec.subnet)?);
@@ -499,8 +509,9 @@ impl Lab {
             ],
         )?;
         ip(ns, &["link", "set", "eth0", "up"])?;
-        // Other subnets through the lab's router (its address in this node's subnet).
-        ip(ns, &["route", "add", "10.100.0.0/16", "via", &format!("10.100.{subnet}.1")])?;
+        // Other subnets and the world outside through the lab's router (its address in
+        // this node's subnet).
+        ip(ns, &["route", "add", "default", "via", &format!("10.100.{subnet}.1")])?;
         netns::sysctl(ns, "net.ipv4.ip_forward", "1")?;
         let mdir = manifests_dir();
         match dataplane {

@@ -17,7 +17,7 @@ use super::*;
 use crate::{
     counters::WorkerCounters,
     policy::FlowTables,
-    snapshot::{Endpoint, NodeConfig, RemoteNode, RouteTarget},
+    snapshot::{Endpoint, NodeConfig, Outside, RemoteNode, RouteTarget},
 };
 use encap::icmpv4::{Icmpv4Packet, Message};
 
@@ -534,4 +534,79 @@ fn log_rules_count_and_queue_an_event_for_the_control_thread() {
     let event = flows(A_IP).tables.logs[0].pop().expect("a log event");
     assert_eq!((event.direction, event.tuple.src, event.tuple.dst), (Direction::Ingress, POD_A1, POD_A2));
     assert_eq!(event.rules.rule_ref(event.entry).policy, "audit");
+}
+
+const WORLD: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 1);
+const ROUTER_MAC: EthernetAddress = EthernetAddress([2, 0, 0, 0, 0, 0xfe]);
+
+/// Node A with its pods in a NAT pool (10.244.0.0/16, natOutgoing) and a resolved gateway.
+fn nat_node() -> Snapshot {
+    let (mut sa, _) = vxlan_cluster();
+    let pool = "10.244.0.0/16".parse().unwrap();
+    sa.outside = Outside { nat_sources: vec![pool], pools: vec![pool], next_hop_mac: Some(ROUTER_MAC) };
+    sa
+}
+
+/// The reply `world` sends to node A's `port` from its port `from_port`, as A's uplink gets it.
+fn from_world(world: Ipv4Addr, from_port: u16, port: u16) -> (Vec<u8>, usize) {
+    udp_ports_frame(ROUTER_MAC, A_MAC, (world, from_port), (A_IP, port), 63, b"reply")
+}
+
+#[test]
+fn traffic_leaving_the_cluster_takes_the_node_address_and_its_reply_finds_the_pod() {
+    let sa = nat_node();
+    let (mut buf, len) = udp_ports_frame(MAC_A1, GW, (POD_A1, 40000), (WORLD, 53), 64, b"query");
+    let Verdict::Forward { port, len: out, kind: Kind::Routed, .. } = process(&sa, 0, P1, &mut buf, len) else { panic!("not forwarded") };
+    assert_eq!(port, UPLINK);
+    let eth = EthernetFrame::new_checked(&buf[..out]).unwrap();
+    assert_eq!((eth.src_addr(), eth.dst_addr()), (A_MAC, ROUTER_MAC));
+    let ip = ip_of(&buf[..out]);
+    assert_eq!((ip.src_addr(), ip.dst_addr(), ip.ttl()), (A_IP, WORLD, 63));
+    assert!(ip.verify_checksum());
+    let udp = UdpPacket::new_checked(ip.payload()).unwrap();
+    let nat_port = udp.src_port();
+    assert!(crate::nat::PORTS.contains(&nat_port), "{nat_port}");
+    assert_eq!(udp.dst_port(), 53);
+    assert!(udp.verify_checksum(A_IP, WORLD));
+    assert_eq!(counter(A_IP, |c| &c.nat_out), 1);
+
+    // The same connection keeps its port.
+    let (mut buf, len) = udp_ports_frame(MAC_A1, GW, (POD_A1, 40000), (WORLD, 53), 64, b"again");
+    let Verdict::Forward { len: out, .. } = process(&sa, 0, P1, &mut buf, len) else { panic!("not forwarded") };
+    assert_eq!(UdpPacket::new_checked(ip_of(&buf[..out]).payload()).unwrap().src_port(), nat_port);
+
+    // The reply reaches the pod, as the pod's own address and port.
+    let (mut buf, len) = from_world(WORLD, 53, nat_port);
+    let Verdict::Forward { port, len: out, .. } = process(&sa, 0, UPLINK, &mut buf, len) else { panic!("reply not delivered") };
+    assert_eq!(port, P1);
+    let ip = ip_of(&buf[..out]);
+    assert_eq!((ip.src_addr(), ip.dst_addr()), (WORLD, POD_A1));
+    let udp = UdpPacket::new_checked(ip.payload()).unwrap();
+    assert_eq!((udp.src_port(), udp.dst_port()), (53, 40000));
+    assert!(udp.verify_checksum(WORLD, POD_A1));
+    assert_eq!(counter(A_IP, |c| &c.nat_in), 1);
+}
+
+#[test]
+fn nat_refuses_strangers_and_what_it_cannot_translate() {
+    let mut sa = nat_node();
+    let (mut buf, len) = udp_ports_frame(MAC_A1, GW, (POD_A1, 40001), (WORLD, 53), 64, b"query");
+    let Verdict::Forward { len: out, .. } = process(&sa, 0, P1, &mut buf, len) else { panic!("not forwarded") };
+    let nat_port = UdpPacket::new_checked(ip_of(&buf[..out]).payload()).unwrap().src_port();
+    // Another remote host, another remote port, a port nobody holds: all refused.
+    for (world, from, port) in [(Ipv4Addr::new(198, 51, 100, 2), 53, nat_port), (WORLD, 54, nat_port), (WORLD, 53, 64000)] {
+        let (mut buf, len) = from_world(world, from, port);
+        assert_eq!(process(&sa, 0, UPLINK, &mut buf, len), Verdict::Drop(DropReason::NatNoMapping), "{world}:{from} → {port}");
+    }
+    // A destination inside a pool is never translated (it has a route or none at all).
+    let (mut buf, len) = udp_frame(MAC_A1, GW, POD_A1, Ipv4Addr::new(10, 244, 77, 1), 64, b"x");
+    assert_eq!(process(&sa, 0, P1, &mut buf, len), Verdict::Drop(DropReason::NoRoute));
+    // An unresolved gateway holds the packet back, counted.
+    sa.outside.next_hop_mac = None;
+    let (mut buf, len) = udp_frame(MAC_A1, GW, POD_A1, WORLD, 64, b"x");
+    assert_eq!(process(&sa, 0, P1, &mut buf, len), Verdict::Drop(DropReason::NeighbourUnresolved));
+    // Pods outside every NAT pool have no way out.
+    sa.outside = Outside::default();
+    let (mut buf, len) = udp_frame(MAC_A1, GW, POD_A1, WORLD, 64, b"x");
+    assert_eq!(process(&sa, 0, P1, &mut buf, len), Verdict::Drop(DropReason::NoRoute));
 }
