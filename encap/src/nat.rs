@@ -5,7 +5,12 @@
 //! and stays zero, a computed zero is sent as 0xffff, RFC 768) and ICMP's (the identifier
 //! only: ICMP has no pseudo header).
 //!
-//! Hot path: [`rewrite`] never allocates and never panics, whatever bytes it is given.
+//! ICMP errors about a translated connection quote the packet as the node sent it:
+//! [`rewrite_icmp_error`] turns one back for the pod (outer destination, quoted source,
+//! their checksums).
+//!
+//! Hot path: [`rewrite`] and [`rewrite_icmp_error`] never allocate and never panic,
+//! whatever bytes they are given.
 
 use std::net::Ipv4Addr;
 
@@ -88,6 +93,68 @@ pub fn rewrite(packet: &mut [u8], end: End, addr: Ipv4Addr, port: u16) -> Result
         End::Source => ip.set_src_addr(addr),
         End::Destination => ip.set_dst_addr(addr),
     }
+    ip.set_checksum(c);
+    Ok(())
+}
+
+/// Turns an ICMP error about a translated connection (its quote: the packet the node sent,
+/// from the node's address and NAT port) back into one for the pod: the outer destination
+/// and the quoted source become `addr`:`port` (the quoted echo identifier for a quoted
+/// ping); the outer and quoted IPv4 checksums, a quoted UDP or TCP checksum that the quote
+/// holds, and the ICMP checksum (recomputed over the message) stay right. The caller has
+/// found the connection from [`crate::flow::FlowInfo::related`]. Refuses (writing
+/// nothing) what is not an ICMP error with a quote of an IPv4 header and 8 bytes.
+pub fn rewrite_icmp_error(packet: &mut [u8], addr: Ipv4Addr, port: u16) -> Result<(), Error> {
+    let (hl, total, old_dst) = {
+        let ip = Ipv4Packet::new_checked(&*packet)?;
+        if ip.is_fragment() || ip.protocol() != IpProtocol::Icmp {
+            return Err(Error::Malformed);
+        }
+        (ip.header_len(), usize::from(ip.total_len()), ip.dst_addr())
+    };
+    let icmp = &mut packet[hl..total];
+    if icmp.len() < 8 || !matches!(icmp[0], 3 | 4 | 5 | 11 | 12) {
+        return Err(Error::Malformed);
+    }
+    let quote = &mut icmp[8..];
+    let qhl = usize::from(quote.first().copied().unwrap_or(0) & 0x0f) * 4;
+    if quote.first().map(|b| b >> 4) != Some(4) || qhl < 20 || quote.len() < qhl + 8 {
+        return Err(Error::Malformed);
+    }
+    let quoted_proto = IpProtocol::from(quote[9]);
+    let (port_at, csum_at, pseudo) = match quoted_proto {
+        IpProtocol::Tcp => (0, 16, true),
+        IpProtocol::Udp => (0, 6, true),
+        IpProtocol::Icmp => (4, 2, false),
+        _ => return Err(Error::Malformed),
+    };
+    let (old, new) = (u32::from_be_bytes([quote[12], quote[13], quote[14], quote[15]]), u32::from(addr));
+    // The quoted header: its source and its checksum.
+    let qsum = checksum::update_u32(u16::from_be_bytes([quote[10], quote[11]]), old, new);
+    quote[10..12].copy_from_slice(&qsum.to_be_bytes());
+    quote[12..16].copy_from_slice(&addr.octets());
+    // The quoted L4 header: the port or identifier, and its checksum where the quote has it
+    // (a UDP checksum of zero means none).
+    let l4 = &mut quote[qhl..];
+    let old_port = u16::from_be_bytes([l4[port_at], l4[port_at + 1]]);
+    l4[port_at..port_at + 2].copy_from_slice(&port.to_be_bytes());
+    if let Some(c) = l4.get(csum_at..csum_at + 2).map(|c| u16::from_be_bytes([c[0], c[1]]))
+        && !(quoted_proto == IpProtocol::Udp && c == 0)
+    {
+        let mut c = checksum::update_u16(c, old_port, port);
+        if pseudo {
+            c = checksum::update_u32(c, old, new);
+        }
+        l4[csum_at..csum_at + 2].copy_from_slice(&c.to_be_bytes());
+    }
+    // The ICMP checksum covers the whole quote: recomputed (errors are rare).
+    icmp[2..4].copy_from_slice(&[0, 0]);
+    let c = !checksum::data(icmp);
+    icmp[2..4].copy_from_slice(&c.to_be_bytes());
+    // The outer destination.
+    let mut ip = Ipv4Packet::new_unchecked(&mut packet[..]);
+    let c = checksum::update_u32(ip.checksum(), u32::from(old_dst), new);
+    ip.set_dst_addr(addr);
     ip.set_checksum(c);
     Ok(())
 }
@@ -204,6 +271,35 @@ mod tests {
         assert_eq!(port_of(&short, End::Source), None, "a TCP header cut short");
     }
 
+    #[test]
+    fn an_icmp_error_about_a_translated_connection_goes_back_to_the_pod() {
+        // The node sent a UDP datagram from 10.100.0.11:61000; a router answers port
+        // unreachable, quoting it.
+        let mut sent = inner(&fixtures::VXLAN_UDP);
+        rewrite(&mut sent, End::Source, NODE, 61000).unwrap();
+        let (pod, pod_port) = (Ipv4Addr::new(10, 244, 1, 2), 40000);
+        let router = Ipv4Addr::new(10, 100, 0, 1);
+        let mut err = [0u8; 128];
+        let n = crate::icmpv4::emit_error(&mut err, router, &sent, crate::icmpv4::IcmpError::TtlExpired).unwrap();
+        let mut err = err[..n].to_vec();
+        assert_eq!(Ipv4Packet::new_checked(&err[..]).unwrap().dst_addr(), NODE);
+        rewrite_icmp_error(&mut err, pod, pod_port).unwrap();
+        let ip = Ipv4Packet::new_checked(&err[..]).unwrap();
+        assert!(ip.verify_checksum());
+        assert_eq!((ip.src_addr(), ip.dst_addr()), (router, pod));
+        assert!(Icmpv4Packet::new_checked(ip.payload()).unwrap().verify_checksum());
+        let related = crate::flow::parse_flow_info(&err).unwrap().related.unwrap();
+        assert_eq!((related.src, related.src_port), (pod, pod_port));
+        let quoted = Ipv4Packet::new_checked(&ip.payload()[8..]).expect("the whole datagram is quoted");
+        assert!(quoted.verify_checksum(), "the quoted header's checksum");
+        assert!(UdpPacket::new_checked(quoted.payload()).unwrap().verify_checksum(pod, quoted.dst_addr()), "the quoted UDP checksum");
+        // Not an error: refused, nothing written.
+        let mut echo = inner(&fixtures::VXLAN_ICMP_ECHO_REQUEST);
+        let before = echo.clone();
+        assert!(rewrite_icmp_error(&mut echo, pod, pod_port).is_err());
+        assert_eq!(echo, before);
+    }
+
     proptest! {
         #[test]
         fn never_panics_and_refusals_write_nothing(bytes in proptest::collection::vec(any::<u8>(), 0..120), port in any::<u16>()) {
@@ -214,6 +310,11 @@ mod tests {
                 }
                 let _ = port_of(&bytes, end);
             }
+            let mut p = bytes.clone();
+            if rewrite_icmp_error(&mut p, NODE, port).is_err() {
+                prop_assert_eq!(&p, &bytes);
+            }
+            let _ = tcp_closes(&bytes);
         }
     }
 }

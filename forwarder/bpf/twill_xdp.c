@@ -9,7 +9,8 @@
  *                (IPv4 to node_ip, UDP to vxlan_port or IP-in-IP; IPv4 to the pod CIDR in
  *                direct mode) and replies to pods' NAT'd connections (TCP / UDP to
  *                node_ip at a port in nat_lo..nat_hi, ICMP echo replies with such an
- *                identifier) go to the socket. Everything else - ARP, SSH, etcd, BGP,
+ *                identifier, ICMP errors quoting a packet from such a port) go to the
+ *                socket. Everything else - ARP, SSH, etcd, BGP,
  *                the kubelet - is passed to the kernel untouched.
  *
  * Frames go to the socket bound to the receiving queue (`xsks[rx_queue_index]`); when no
@@ -27,6 +28,7 @@
 #define MODE_POD 0
 #define MODE_UPLINK 1
 #define ICMP_ECHOREPLY 0 /* linux/icmp.h would pull in libc headers */
+#define ICMP_ECHO 8
 
 struct twill_cfg {
 	__u32 mode;
@@ -58,8 +60,23 @@ static __always_inline int to_socket(struct xdp_md *ctx)
 	return bpf_redirect_map(&xsks, ctx->rx_queue_index, XDP_PASS);
 }
 
-/* Whether the IPv4 packet `ip` (to node_ip) is a reply to a NAT'd connection: TCP or UDP
- * to a NAT port, or an ICMP echo reply with a NAT identifier; not a later fragment. */
+/* The port (TCP, UDP) or echo identifier (ICMP echo) an L4 header `l4` of protocol
+ * `proto` carries at `port_at` (destination: 2 for TCP/UDP; source: 0), or 0. */
+static __always_inline __u16 l4_port(__u8 proto, __u8 *l4, int port_at, void *data_end)
+{
+	if ((void *)(l4 + 8) > data_end)
+		return 0;
+	if (proto == IPPROTO_TCP || proto == IPPROTO_UDP)
+		return ((__u16)l4[port_at] << 8) | l4[port_at + 1];
+	if (proto == IPPROTO_ICMP && (l4[0] == ICMP_ECHOREPLY || l4[0] == ICMP_ECHO))
+		return ((__u16)l4[4] << 8) | l4[5];
+	return 0;
+}
+
+/* Whether the IPv4 packet `ip` (to node_ip) belongs to a NAT'd connection: TCP or UDP to
+ * a NAT port, an ICMP echo reply with a NAT identifier, or an ICMP error (unreachable,
+ * time exceeded, parameter problem) quoting a packet sent from a NAT port; never a later
+ * fragment. */
 static __always_inline int nat_reply(struct iphdr *ip, void *data_end, struct twill_cfg *cfg)
 {
 	if (ip->frag_off & bpf_htons(0x1fff))
@@ -67,14 +84,18 @@ static __always_inline int nat_reply(struct iphdr *ip, void *data_end, struct tw
 	__u8 *l4 = (void *)ip + ip->ihl * 4;
 	if ((void *)(l4 + 8) > data_end)
 		return 0;
-	__u16 port;
-	if (ip->protocol == IPPROTO_TCP || ip->protocol == IPPROTO_UDP)
-		port = ((__u16)l4[2] << 8) | l4[3];
-	else if (ip->protocol == IPPROTO_ICMP && l4[0] == ICMP_ECHOREPLY)
-		port = ((__u16)l4[4] << 8) | l4[5];
-	else
-		return 0;
-	return port >= cfg->nat_lo && port <= cfg->nat_hi;
+	__u16 port = 0;
+	if (ip->protocol == IPPROTO_ICMP && (l4[0] == 3 || l4[0] == 11 || l4[0] == 12)) {
+		struct iphdr *q = (void *)(l4 + 8);
+		if ((void *)(q + 1) > data_end || q->ihl < 5)
+			return 0;
+		port = l4_port(q->protocol, (__u8 *)q + q->ihl * 4, 0, data_end);
+	} else if (ip->protocol == IPPROTO_ICMP) {
+		port = l4[0] == ICMP_ECHOREPLY ? l4_port(ip->protocol, l4, 2, data_end) : 0;
+	} else {
+		port = l4_port(ip->protocol, l4, 2, data_end);
+	}
+	return port && port >= cfg->nat_lo && port <= cfg->nat_hi;
 }
 
 SEC("xdp")

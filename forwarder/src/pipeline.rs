@@ -380,19 +380,33 @@ fn to_outside(snap: &Snapshot, fs: &FlowState, buf: &mut [u8], len: usize, from:
 
 /// A reply from outside the cluster to this node's address: the NAT table says which pod
 /// it is for; turned back to that pod's address and port, it is routed as any packet from
-/// the uplink (conntrack then sees the reply of the pod's connection).
+/// the uplink (conntrack then sees the reply of the pod's connection). An ICMP error about
+/// a translated connection (quoting the node's packet) is turned back the same way, so
+/// path MTU discovery and unreachables reach the pod.
 fn from_outside(snap: &Snapshot, fs: &FlowState, buf: &mut [u8], len: usize) -> Verdict {
     let packet = &buf[ETH_LEN..len];
     let ip = Ipv4Packet::new_unchecked(packet);
     let (remote, proto) = (ip.src_addr(), ip.protocol());
-    let pod = match (nat::port_of(packet, End::Destination), nat_remote_port(packet, proto, End::Source)) {
-        (Some(port), Some(remote_port)) => fs.nat.inbound(proto, port, remote, remote_port, fs.now_ms, nat::tcp_closes(packet)),
+    let quoted = match proto {
+        IpProtocol::Icmp => encap::flow::parse_flow_info(packet).ok().and_then(|f| f.related),
         _ => None,
     };
-    let Some(pod) = pod else {
-        return Verdict::Drop(DropReason::NatNoMapping);
+    let translated = if let Some(q) = quoted {
+        // The quote is the node's packet: from the NAT port, to the remote end.
+        let q_proto = IpProtocol::from(q.proto);
+        let remote_port = if q_proto == IpProtocol::Icmp { 0 } else { q.dst_port };
+        fs.nat
+            .inbound(q_proto, q.src_port, q.dst, remote_port, fs.now_ms, false)
+            .filter(|_| q.src == snap.node.node_ip)
+            .map(|pod| nat::rewrite_icmp_error(&mut buf[ETH_LEN..len], pod.addr, pod.port).is_ok())
+    } else {
+        let pod = match (nat::port_of(packet, End::Destination), nat_remote_port(packet, proto, End::Source)) {
+            (Some(port), Some(remote_port)) => fs.nat.inbound(proto, port, remote, remote_port, fs.now_ms, nat::tcp_closes(packet)),
+            _ => None,
+        };
+        pod.map(|pod| nat::rewrite(&mut buf[ETH_LEN..len], End::Destination, pod.addr, pod.port).is_ok())
     };
-    if nat::rewrite(&mut buf[ETH_LEN..len], End::Destination, pod.addr, pod.port).is_err() {
+    if translated != Some(true) {
         return Verdict::Drop(DropReason::NatNoMapping);
     }
     bump(&fs.counters.nat_in, 1);

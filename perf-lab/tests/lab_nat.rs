@@ -1,6 +1,7 @@
 //! NAT outgoing, end to end with the real agents: pods reach an address outside the
 //! cluster (the lab router's 198.51.100.1, which has no route back to any pod) over TCP,
-//! UDP and ICMP echo, leaving with their node's address; 1,000 concurrent UDP flows from
+//! UDP and ICMP echo, leaving with their node's address; an ICMP error about a translated
+//! connection reaches the pod's socket; 1,000 concurrent UDP flows from
 //! one pod keep distinct ports and every reply finds its own socket; a datagram to a NAT
 //! port nobody holds is dropped and counted; a pool without natOutgoing leaves its pods no
 //! way out. Needs root.
@@ -158,6 +159,24 @@ fn pods_reach_the_outside_world_through_nat_and_only_through_it() {
     let seen = world.seen();
     assert!(seen.iter().any(|a| *a.ip() == n1) && seen.iter().any(|a| *a.ip() == n2), "the world saw {seen:?}");
     assert!(seen.iter().all(|a| (*a.ip() == n1 || *a.ip() == n2) && NAT_PORTS.contains(&a.port())), "{seen:?}");
+
+    // The world's kernel answers a datagram to a closed port with port unreachable,
+    // quoting the node's packet: twill turns it back to the pod, whose socket hears it.
+    let refused = netns::run_in(&p1.netns, || {
+        let u = UdpSocket::bind(("0.0.0.0", 0))?;
+        u.connect((WORLD_IP, 7999))?;
+        u.set_read_timeout(Some(Duration::from_millis(500)))?;
+        for _ in 0..5 {
+            u.send(b"anyone?")?;
+            match u.recv(&mut [0u8; 16]) {
+                Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => return Ok(true),
+                _ => std::thread::sleep(Duration::from_millis(200)),
+            }
+        }
+        Ok(false)
+    })
+    .unwrap();
+    assert!(refused, "the pod never heard the world's port unreachable");
 
     // 1,000 concurrent UDP flows from one pod: distinct node ports, every reply home.
     let answered = many_flows(&p1.netns);

@@ -610,3 +610,29 @@ fn nat_refuses_strangers_and_what_it_cannot_translate() {
     let (mut buf, len) = udp_frame(MAC_A1, GW, POD_A1, WORLD, 64, b"x");
     assert_eq!(process(&sa, 0, P1, &mut buf, len), Verdict::Drop(DropReason::NoRoute));
 }
+
+#[test]
+fn an_icmp_error_about_a_translated_connection_reaches_the_pod() {
+    let sa = nat_node();
+    let (mut buf, len) = udp_ports_frame(MAC_A1, GW, (POD_A1, 40002), (WORLD, 53), 64, b"query");
+    let Verdict::Forward { len: out, .. } = process(&sa, 0, P1, &mut buf, len) else { panic!("not forwarded") };
+    // A router on the way answers "fragmentation needed" (path MTU discovery), quoting the
+    // node's datagram.
+    let router = Ipv4Addr::new(10, 100, 0, 1);
+    let mut frame = vec![0u8; BUF];
+    EthernetRepr { src_addr: ROUTER_MAC, dst_addr: A_MAC, ethertype: EtherType::Ipv4 }.emit(&mut EthernetFrame::new_unchecked(&mut frame[..14]));
+    let n = encap::icmpv4::emit_error(&mut frame[14..], router, &buf[14..out], encap::icmpv4::IcmpError::FragNeeded { next_hop_mtu: 1400 }).unwrap();
+    let related = counter(A_IP, |c| &c.ct_related);
+    let Verdict::Forward { port, len: out, .. } = process(&sa, 0, UPLINK, &mut frame, 14 + n) else { panic!("the error did not reach the pod") };
+    assert_eq!(port, P1);
+    let ip = ip_of(&frame[..out]);
+    assert_eq!((ip.src_addr(), ip.dst_addr()), (router, POD_A1));
+    let quoted = encap::flow::parse_flow_info(&frame[14..out]).unwrap().related.unwrap();
+    assert_eq!((quoted.src, quoted.src_port, quoted.dst, quoted.dst_port), (POD_A1, 40002, WORLD, 53));
+    assert_eq!(counter(A_IP, |c| &c.ct_related), related + 1, "passed as related to the pod's connection");
+    // An error quoting a port nobody holds is dropped and counted.
+    let mut stray = buf.clone();
+    encap::nat::rewrite(&mut stray[14..out], encap::nat::End::Source, A_IP, 64999).unwrap();
+    let n = encap::icmpv4::emit_error(&mut frame[14..], router, &stray[14..out], encap::icmpv4::IcmpError::FragNeeded { next_hop_mtu: 1400 }).unwrap();
+    assert_eq!(process(&sa, 0, UPLINK, &mut frame, 14 + n), Verdict::Drop(DropReason::NatNoMapping));
+}
