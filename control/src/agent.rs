@@ -71,6 +71,8 @@ pub struct AgentConfig {
     pub frames: u32,
     /// Connections the node's tracker holds at most.
     pub conntrack_flows: usize,
+    /// `--pipeline`: the data plane, or the I/O ceiling for the lab.
+    pub pipeline: forwarder::pipeline::Mode,
 }
 
 /// Everything the agent owns, behind one lock.
@@ -146,6 +148,7 @@ impl Agent {
             frames: cfg.frames,
             fill_target: forwarder::port::RING_SIZE as usize,
             conntrack_flows: cfg.conntrack_flows,
+            pipeline: cfg.pipeline,
         };
         let neighbours = HashMap::new();
         let first = calc::snapshot(1, &node, &cfg.node, &cluster, [], &neighbours, |n| {

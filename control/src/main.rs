@@ -166,6 +166,10 @@ struct AgentArgs {
     /// beyond it are dropped and counted (drop_conntrack_full).
     #[arg(long, default_value_t = 262_144)]
     conntrack_flows: usize,
+    /// full | ceiling: the data plane, or (for the lab's xdp-ceiling measurement only)
+    /// frames routed by destination with MACs rewritten and nothing else.
+    #[arg(long, default_value = "full", value_parser = parse_pipeline)]
+    pipeline: forwarder::pipeline::Mode,
     /// Serve Prometheus metrics on this address (e.g. 127.0.0.1:9641).
     #[arg(long)]
     metrics: Option<String>,
@@ -203,6 +207,14 @@ fn parse_idle(s: &str) -> Result<IdleStrategy, String> {
         "spin" => Ok(IdleStrategy::Spin),
         "adaptive" => Ok(IdleStrategy::Adaptive),
         _ => Err(format!("{s:?}: accepted idle strategies are spin, adaptive")),
+    }
+}
+
+fn parse_pipeline(s: &str) -> Result<forwarder::pipeline::Mode, String> {
+    match s {
+        "full" => Ok(forwarder::pipeline::Mode::Full),
+        "ceiling" => Ok(forwarder::pipeline::Mode::Ceiling),
+        _ => Err(format!("{s:?}: accepted pipelines are full, ceiling (the lab's I/O ceiling, no checks at all)")),
     }
 }
 
@@ -343,6 +355,7 @@ fn run_agent(args: AgentArgs) -> anyhow::Result<()> {
         copy_mode: args.copy_mode,
         frames: args.frames,
         conntrack_flows: args.conntrack_flows,
+        pipeline: args.pipeline,
     };
     tracing::info!(node = %cfg.node, uplink = %cfg.uplink, cores = ?cfg.cores, "starting agent");
     let agent = Arc::new(Mutex::new(Agent::start(cfg)?));

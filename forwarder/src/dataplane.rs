@@ -54,6 +54,8 @@ pub struct DataplaneConfig {
     pub fill_target: usize,
     /// Connections the node's tracker holds at most.
     pub conntrack_flows: usize,
+    /// What the workers run on each frame.
+    pub pipeline: crate::pipeline::Mode,
 }
 
 #[derive(Debug)]
@@ -135,7 +137,7 @@ impl Dataplane {
             flows: FlowTables::new(cfg.conntrack_flows, workers_n),
         });
         let uplink_hook = XdpHook::attach(&cfg.uplink, cfg.uplink_hook, cfg.attach)?;
-        let wcfg = WorkerConfig { batch: cfg.batch.clamp(1, 256), idle: cfg.idle, fill_target: cfg.fill_target };
+        let wcfg = WorkerConfig { batch: cfg.batch.clamp(1, 256), idle: cfg.idle, mode: cfg.pipeline, fill_target: cfg.fill_target };
         let mut dp = Dataplane {
             shared: Arc::clone(&shared),
             workers: Vec::new(),

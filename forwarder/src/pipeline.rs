@@ -14,9 +14,9 @@
 //! [`route`]:    LPM on the destination → local pod (MAC rewrite) or remote node through
 //!               its tunnel (VXLAN with the node's VTEP MAC as inner destination, IP-in-IP,
 //!               or MAC rewrite to the next hop), or — no route, from a pod of a NAT pool to
-//!               an address in no pool — out of the uplink through source NAT (`nat.rs`);
-//!               a reply to this node's address is turned back to its pod first; a DF packet too big for the tunnel gets
-//!               ICMP fragmentation-needed back (RFC 1191); before the frame is rewritten,
+//!               an address in no pool — out of the uplink through source NAT (`nat.rs`;
+//!               a reply to this node's address is turned back to its pod first); a DF
+//!               packet too big for the tunnel gets ICMP fragmentation-needed back (RFC 1191); before the frame is rewritten,
 //!               the stateful policy stage ([`policy::admit`]: conntrack, then egress /
 //!               ingress policy of the local pods for a new connection); TTL decremented
 //!               with an incremental checksum update (RFC 1624).
@@ -89,6 +89,48 @@ pub fn prefetch(snap: &Snapshot, fs: &FlowState, frame: &[u8], stage: Stage) {
     snap.routes.prefetch(std::net::Ipv4Addr::from(dst), stage);
     let proto = frame.get(ip + 9).copied().unwrap_or(0);
     fs.conntrack.prefetch(&crate::conntrack::Flow { src, dst, proto, src_port: (ports >> 16) as u16, dst_port: ports as u16 }, stage);
+}
+
+/// What a worker runs on each frame.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Mode {
+    /// [`process`]: the data plane.
+    #[default]
+    Full,
+    /// [`ceiling`]: the I/O ceiling the lab measures twill against (`xdp-ceiling`).
+    Ceiling,
+}
+
+/// The least work that still delivers a frame, for measuring the I/O ceiling of the
+/// machine's interfaces (the lab's `xdp-ceiling` data path; `twill agent --pipeline
+/// ceiling`): an IPv4 frame is routed by its destination alone — a local pod's port, or
+/// the route's node straight through the uplink to its next hop (no tunnel) — with its
+/// MACs rewritten and nothing else: no validation, anti-spoofing, TTL, policy, conntrack,
+/// encapsulation or checksum. Anything else (the pods' ARP for their gateway) takes
+/// [`process`]. Not a data plane: the pods and the underlay must be trusted.
+pub fn ceiling(snap: &Snapshot, fs: &FlowState, worker: u16, in_port: PortId, buf: &mut [u8], len: usize) -> Verdict {
+    let len = len.min(buf.len());
+    let dst = match buf.get(..ETH_LEN + 20) {
+        Some(h) if h[12..14] == [0x08, 0x00] => std::net::Ipv4Addr::new(h[30], h[31], h[32], h[33]),
+        _ => return process(snap, fs, worker, in_port, buf, len),
+    };
+    if let Some(ep) = snap.endpoints.get(&dst) {
+        set_macs(buf, snap.node.gateway_mac, ep.mac);
+        return Verdict::Forward { port: ep.port, worker: ep.worker, len, kind: Kind::Routed };
+    }
+    if is_uplink(in_port) {
+        return Verdict::Drop(DropReason::NotLocal);
+    }
+    let Some(RouteTarget::Node(i)) = snap.routes.lookup(dst) else {
+        return Verdict::Drop(DropReason::NoRoute);
+    };
+    match snap.nodes.get(i as usize).and_then(|n| n.next_hop_mac) {
+        Some(mac) => {
+            set_macs(buf, snap.node.uplink_mac, mac);
+            Verdict::Forward { port: UPLINK, worker: u16::MAX, len, kind: Kind::Routed }
+        }
+        None => Verdict::Drop(DropReason::NeighbourUnresolved),
+    }
 }
 
 /// How many frames ahead of [`process`] a worker calls [`prefetch`]'s first stage.

@@ -84,6 +84,8 @@ pub enum Command {
 pub struct WorkerConfig {
     pub batch: usize,
     pub idle: IdleStrategy,
+    /// The full pipeline, or the I/O ceiling.
+    pub mode: pipeline::Mode,
     /// Frames kept in each port's fill ring.
     pub fill_target: usize,
 }
@@ -367,7 +369,10 @@ impl Worker {
                 // writes it until we put it on a ring again.
                 let mut data = unsafe { self.shared.umem.data_mut(&mut desc) };
                 data.cursor().set_pos(usize::MAX); // the whole buffer, for encapsulation
-                let v = pipeline::process(snap, &fs, self.index, id, data.contents_mut(), len);
+                let v = match self.cfg.mode {
+                    pipeline::Mode::Full => pipeline::process(snap, &fs, self.index, id, data.contents_mut(), len),
+                    pipeline::Mode::Ceiling => pipeline::ceiling(snap, &fs, self.index, id, data.contents_mut(), len),
+                };
                 let out_len = match v {
                     Verdict::Forward { len, .. } => len,
                     Verdict::Drop(_) => len,

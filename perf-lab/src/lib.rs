@@ -24,6 +24,7 @@
 //! ```
 #![forbid(unsafe_code)]
 
+pub mod bench;
 pub mod cni_runtime;
 pub mod capture;
 pub mod kernel_calico;

@@ -77,6 +77,26 @@ enum Cmd {
         #[arg(long, default_value_t = 3.0)]
         duration: f64,
     },
+    /// Every data path (twill, kernel-flannel, kernel-calico, xdp-ceiling) on one
+    /// topology with the same traffic, several alternating trials; prints a Markdown
+    /// report of the medians and ratios.
+    Bench {
+        /// 3 trials of 1 s (CI's check that every data path delivers traffic).
+        #[arg(long)]
+        quick: bool,
+        /// Trials per data path (default 5; 3 with --quick).
+        #[arg(long)]
+        trials: Option<usize>,
+        /// Seconds per UDP and per TCP measurement (default 3; 1 with --quick).
+        #[arg(long)]
+        duration: Option<f64>,
+        /// Also write the report as JSON to this file.
+        #[arg(long)]
+        json: Option<std::path::PathBuf>,
+        /// Also write report.md and bench.json into this directory.
+        #[arg(long)]
+        report: Option<std::path::PathBuf>,
+    },
     /// Tear down whatever lab exists (also a half-built one).
     Down,
 }
@@ -253,6 +273,22 @@ fn run(cli: Cli) -> Result<ExitCode> {
             torn_down?;
             if !r.ok() {
                 return Ok(ExitCode::FAILURE);
+            }
+        }
+        Cmd::Bench { quick, trials, duration, json, report } => {
+            let base = if quick { perf_lab::bench::BenchConfig::quick() } else { perf_lab::bench::BenchConfig::all(5, 3.0) };
+            let cfg = perf_lab::bench::BenchConfig { trials: trials.unwrap_or(base.trials).max(1), duration_s: duration.unwrap_or(base.duration_s), ..base };
+            let r = perf_lab::bench::run(&cfg)?;
+            let md = perf_lab::bench::markdown(&r);
+            print!("{md}");
+            let text = serde_json::to_string_pretty(&r)?;
+            if let Some(f) = json {
+                std::fs::write(&f, &text).with_context(|| format!("writing {}", f.display()))?;
+            }
+            if let Some(dir) = report {
+                std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+                std::fs::write(dir.join("report.md"), &md).with_context(|| format!("writing {}/report.md", dir.display()))?;
+                std::fs::write(dir.join("bench.json"), &text).with_context(|| format!("writing {}/bench.json", dir.display()))?;
             }
         }
         Cmd::Down => {

@@ -41,12 +41,23 @@ pub enum Dataplane {
     KernelFlannel,
     /// The kernel path calico-node (VXLAN mode) and the Calico CNI plugin set up.
     KernelCalico,
+    /// The I/O ceiling: twill's agent, sockets and workers with `--pipeline ceiling`
+    /// (frames routed by destination, MACs rewritten, nothing else), plain frames on the
+    /// underlay — what the machine's veths and AF_XDP move when the data plane costs
+    /// nothing, for the performance lab to measure twill against.
+    XdpCeiling,
 }
 
 impl Dataplane {
     /// A kernel data path (Flannel's or Calico's), wired by the lab itself.
     pub fn is_kernel(self) -> bool {
-        self != Dataplane::Twill
+        matches!(self, Dataplane::KernelFlannel | Dataplane::KernelCalico)
+    }
+
+    /// A node run by `twill agent` (the data plane or its I/O ceiling), pods wired by
+    /// `twill-cni`.
+    pub fn runs_agent(self) -> bool {
+        matches!(self, Dataplane::Twill | Dataplane::XdpCeiling)
     }
 }
 
@@ -54,6 +65,7 @@ impl fmt::Display for Dataplane {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(match self {
             Dataplane::Twill => "twill",
+            Dataplane::XdpCeiling => "xdp-ceiling",
             Dataplane::KernelFlannel => "kernel-flannel",
             Dataplane::KernelCalico => "kernel-calico",
         })
@@ -297,7 +309,7 @@ impl Lab {
                 stale.join(", ")
             );
         }
-        let binaries = if topo.nodes.iter().any(|n| n.dataplane == Dataplane::Twill) {
+        let binaries = if topo.nodes.iter().any(|n| n.dataplane.runs_agent()) {
             Some(Binaries::locate()?)
         } else {
             None
@@ -409,7 +421,7 @@ impl Lab {
     /// Adds a node (and `pods` pods on it) to the running lab; Flannel nodes learn it at once,
     /// twill agents from its Node manifest. Returns its index.
     pub fn add_node(&mut self, dataplane: Dataplane, pods: u32) -> Result<u32> {
-        if dataplane == Dataplane::Twill && self.state.binaries.is_none() {
+        if dataplane.runs_agent() && self.state.binaries.is_none() {
             self.state.binaries = Some(Binaries::locate()?);
         }
         let idx = self.create_node(dataplane, 0)?;
@@ -535,7 +547,7 @@ impl Lab {
                 manifests::write(&mdir, &manifests::node_file(&node.name), &y)?;
                 self.node_mut(i).vtep_mac = Some(mac);
             }
-            Dataplane::Twill => {
+            Dataplane::Twill | Dataplane::XdpCeiling => {
                 let y = manifests::node(&node.name, &node.pod_cidr, node.address, None)?;
                 manifests::write(&mdir, &manifests::node_file(&node.name), &y)?;
                 let bins = self
@@ -552,6 +564,7 @@ impl Lab {
                     encap: self.state.encap.as_deref(),
                     // veth takes native XDP only up to an MTU of about 3,500 bytes.
                     xdp_mode: (self.state.uplink_mtu.unwrap_or(1500) > 3500).then_some("generic"),
+                    pipeline: (dataplane == Dataplane::XdpCeiling).then_some("ceiling"),
                 };
                 let pid = twill_node::start_agent(&bins, ns, &files, &cfg)?;
                 self.node_mut(i).agent = Some(AgentState { files, pid, cores });
@@ -569,7 +582,7 @@ impl Lab {
                 self.state
                     .nodes
                     .iter()
-                    .find(|n| n.index == *i && n.dataplane == Dataplane::Twill)
+                    .find(|n| n.index == *i && n.dataplane.runs_agent())
             })
             .cloned()
             .collect();
@@ -622,7 +635,7 @@ impl Lab {
                     _ => kernel_flannel::add_peer(&f.netns, &peer),
                 };
                 added.with_context(|| format!("installing peer {} on {} node {}", k.name, f.dataplane, f.name))?;
-                if k.dataplane == Dataplane::Twill {
+                if k.dataplane.runs_agent() {
                     kernel_flannel::finish_checksums_on_uplink(&f.netns)?;
                 }
                 self.node_mut(f.index).kernel_peers.push(k.name.clone());
@@ -669,7 +682,7 @@ impl Lab {
         self.node_mut(index).pods_created = j;
         let name = format!("p{j}-n{index}");
         let pod_ns = format!("tw-n{index}-p{j}");
-        let twill = node.dataplane == Dataplane::Twill;
+        let twill = node.dataplane.runs_agent();
         self.state.pods.push(PodState {
             name: name.clone(),
             namespace: namespace.to_owned(),
@@ -683,7 +696,7 @@ impl Lab {
             container_id: twill.then(|| format!("n{index}-p{j}-{}", random_hex(8))),
             cni_result: None,
             host_veth: match node.dataplane {
-                Dataplane::Twill => None,
+                Dataplane::Twill | Dataplane::XdpCeiling => None,
                 Dataplane::KernelFlannel => Some(format!("tw-p{j}")),
                 Dataplane::KernelCalico => Some(format!("cali{j}")),
             },
@@ -825,6 +838,8 @@ mod tests {
             "\"kernel-flannel\""
         );
         assert_eq!(Dataplane::Twill.to_string(), "twill");
+        assert_eq!(serde_json::to_string(&Dataplane::XdpCeiling).unwrap(), "\"xdp-ceiling\"");
+        assert_eq!(Dataplane::XdpCeiling.to_string(), "xdp-ceiling");
     }
 
     #[test]

@@ -119,6 +119,8 @@ pub struct AgentConfig<'a> {
     pub encap: Option<&'a str>,
     /// `--xdp-mode` (native or generic); the agent's default when `None`.
     pub xdp_mode: Option<&'a str>,
+    /// `--pipeline` (full or ceiling); the agent's default when `None`.
+    pub pipeline: Option<&'a str>,
 }
 
 /// Starts `twill agent` in node namespace `ns`, detached; returns its pid (also written to
@@ -155,6 +157,9 @@ pub fn start_agent(
     }
     if let Some(e) = cfg.encap {
         cmd.args(["--encap", e]);
+    }
+    if let Some(p) = cfg.pipeline {
+        cmd.args(["--pipeline", p]);
     }
     if std::env::var_os("RUST_LOG").is_none() {
         cmd.env("RUST_LOG", "info");

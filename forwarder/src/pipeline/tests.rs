@@ -636,3 +636,34 @@ fn an_icmp_error_about_a_translated_connection_reaches_the_pod() {
     let n = encap::icmpv4::emit_error(&mut frame[14..], router, &stray[14..out], encap::icmpv4::IcmpError::FragNeeded { next_hop_mtu: 1400 }).unwrap();
     assert_eq!(process(&sa, 0, UPLINK, &mut frame, 14 + n), Verdict::Drop(DropReason::NatNoMapping));
 }
+
+/// The I/O ceiling on the frames of this file.
+fn ceiling(snap: &Snapshot, in_port: PortId, buf: &mut [u8], len: usize) -> Verdict {
+    let f = flows(snap.node.node_ip);
+    super::ceiling(snap, &f.tables.state(0, &f.counters, f.tables.now_ms()), 0, in_port, buf, len)
+}
+
+#[test]
+fn the_ceiling_routes_by_destination_and_rewrites_only_the_macs() {
+    let (sa, sb) = vxlan_cluster();
+    let (mut buf, len) = udp_frame(MAC_A1, GW, POD_A1, POD_B1, 64, b"ceiling");
+    let sent = buf[14..len].to_vec();
+    assert_eq!(ceiling(&sa, P1, &mut buf, len), Verdict::Forward { port: UPLINK, worker: u16::MAX, len, kind: Kind::Routed });
+    let eth = EthernetFrame::new_checked(&buf[..len]).unwrap();
+    assert_eq!((eth.src_addr(), eth.dst_addr()), (A_MAC, B_MAC), "straight to the next hop, no tunnel");
+    assert_eq!(&buf[14..len], &sent[..], "the IPv4 packet untouched: no TTL, no checksum");
+    // On node B, from the uplink, to the pod.
+    assert_eq!(ceiling(&sb, UPLINK, &mut buf, len), Verdict::Forward { port: P1, worker: 0, len, kind: Kind::Routed });
+    let eth = EthernetFrame::new_checked(&buf[..len]).unwrap();
+    assert_eq!((eth.src_addr(), eth.dst_addr()), (GW, MAC_B1));
+    // Nothing is checked: a spoofed source goes through; ARP still gets its answer.
+    let (mut spoofed, len) = udp_frame(MAC_A2, GW, POD_A2, POD_B1, 64, b"x");
+    assert!(matches!(ceiling(&sa, P1, &mut spoofed, len), Verdict::Forward { port: UPLINK, .. }));
+    let (mut stray, len) = udp_frame(B_MAC, A_MAC, POD_B1, Ipv4Addr::new(10, 244, 9, 9), 64, b"x");
+    assert_eq!(ceiling(&sa, UPLINK, &mut stray, len), Verdict::Drop(DropReason::NotLocal));
+    let mut arp = vec![0xa5; BUF];
+    EthernetRepr { src_addr: MAC_A1, dst_addr: EthernetAddress::BROADCAST, ethertype: EtherType::Arp }.emit(&mut EthernetFrame::new_unchecked(&mut arp[..42]));
+    ArpRepr { operation: Operation::Request, source_hardware_addr: MAC_A1, source_protocol_addr: POD_A1, target_hardware_addr: EthernetAddress([0; 6]), target_protocol_addr: GATEWAY_IP }
+        .emit(&mut ArpPacket::new_unchecked(&mut arp[14..42]));
+    assert_eq!(ceiling(&sa, P1, &mut arp, 42), Verdict::Forward { port: P1, worker: 0, len: 42, kind: Kind::ArpReply });
+}
