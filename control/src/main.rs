@@ -143,7 +143,8 @@ struct AgentArgs {
     /// Where IPAM state is kept.
     #[arg(long, default_value = "/var/lib/twill")]
     state_dir: PathBuf,
-    /// vxlan-flannel | vxlan-calico | ipip | direct | cross-subnet | ipip-cross-subnet: the
+    /// vxlan-flannel | vxlan-flannel-direct-routing | vxlan-calico | ipip | direct |
+    /// cross-subnet | ipip-cross-subnet: the
     /// VXLAN spoken, and how nodes no IP pool covers are reached (pools override it).
     #[arg(long, default_value = "vxlan-flannel", value_parser = control::pool::parse_encap)]
     encap: control::pool::DefaultEncap,

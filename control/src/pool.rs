@@ -128,12 +128,13 @@ pub struct DefaultEncap {
 }
 
 /// The `--encap` names, with what each means.
-pub const ENCAP_NAMES: &str = "vxlan-flannel (VNI 1, UDP 8472, always), vxlan-calico (VNI 4096, UDP 4789, always), ipip (always), direct (never encapsulate: host-gw), cross-subnet (vxlan-calico across subnets, direct within), ipip-cross-subnet (IP-in-IP across subnets, direct within)";
+pub const ENCAP_NAMES: &str = "vxlan-flannel (VNI 1, UDP 8472, always), vxlan-flannel-direct-routing (Flannel's vxlan with DirectRouting: direct within the subnet), vxlan-calico (VNI 4096, UDP 4789, always), ipip (always), direct (never encapsulate: host-gw), cross-subnet (vxlan-calico across subnets, direct within), ipip-cross-subnet (IP-in-IP across subnets, direct within)";
 
 /// Parses `--encap`.
 pub fn parse_encap(s: &str) -> Result<DefaultEncap, String> {
     let (vxlan, tunnel, mode) = match s {
         "vxlan-flannel" => (VxlanProfile::FLANNEL, Tunnel::Vxlan, EncapMode::Always),
+        "vxlan-flannel-direct-routing" => (VxlanProfile::FLANNEL, Tunnel::Vxlan, EncapMode::CrossSubnet),
         "vxlan-calico" => (VxlanProfile::CALICO, Tunnel::Vxlan, EncapMode::Always),
         "ipip" => (VxlanProfile::CALICO, Tunnel::Ipip, EncapMode::Always),
         "direct" => (VxlanProfile::FLANNEL, Tunnel::None, EncapMode::Never),
@@ -185,5 +186,10 @@ mod tunnel_tests {
         let never = BTreeMap::from([("p".to_string(), pool(EncapMode::Never, EncapMode::Never))]);
         assert_eq!(tunnel_to(&never, &vxlan, Some(subnet), far, pods), Tunnel::None);
         assert!(parse_encap("gre").unwrap_err().contains("cross-subnet"));
+        // Flannel's vxlan backend with DirectRouting: its VXLAN across subnets, direct within.
+        let flannel_dr = parse_encap("vxlan-flannel-direct-routing").unwrap();
+        assert_eq!(flannel_dr.vxlan, VxlanProfile::FLANNEL);
+        assert_eq!(tunnel_to(&BTreeMap::new(), &flannel_dr, Some(subnet), near, pods), Tunnel::None);
+        assert_eq!(tunnel_to(&BTreeMap::new(), &flannel_dr, Some(subnet), far, pods), Tunnel::Vxlan);
     }
 }

@@ -104,7 +104,7 @@ pub fn ip_pool(encap: Option<&str>) -> Result<String> {
     let (ipip, vxlan) = match encap.unwrap_or("vxlan-flannel") {
         "ipip" => ("Always", "Never"),
         "ipip-cross-subnet" => ("CrossSubnet", "Never"),
-        "cross-subnet" => ("Never", "CrossSubnet"),
+        "cross-subnet" | "vxlan-flannel-direct-routing" => ("Never", "CrossSubnet"),
         "direct" => ("Never", "Never"),
         _ => ("Never", "Always"),
     };
