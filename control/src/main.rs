@@ -144,8 +144,8 @@ struct AgentArgs {
     #[arg(long, default_value = "/var/lib/twill")]
     state_dir: PathBuf,
     /// vxlan-flannel | vxlan-flannel-direct-routing | vxlan-calico | ipip | direct |
-    /// cross-subnet | ipip-cross-subnet: the
-    /// VXLAN spoken, and how nodes no IP pool covers are reached (pools override it).
+    /// cross-subnet | ipip-cross-subnet: the VXLAN spoken, and how nodes no IP pool covers
+    /// are reached (pools override it).
     #[arg(long, default_value = "vxlan-flannel", value_parser = control::pool::parse_encap)]
     encap: control::pool::DefaultEncap,
     /// Frames per RX batch (1..=256).
