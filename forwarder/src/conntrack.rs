@@ -168,7 +168,8 @@ impl Key {
 const KEY_BITS: u64 = (1 << 40) - 1;
 const VALID: u64 = 1 << 40;
 const DEADLINE_SHIFT: u32 = 44;
-const DEADLINE_MASK: u64 = (1 << 20) - 1;
+/// Deadlines are kept in seconds modulo 2^20 (about 12 days), here and in the NAT table.
+pub(crate) const DEADLINE_MASK: u64 = (1 << 20) - 1;
 /// A deadline further ahead than this is in the past (modulo 2^20 s).
 const HORIZON: u64 = 1 << 19;
 /// Second word of a slot a writer is filling (not valid, not empty).
@@ -199,8 +200,15 @@ fn unpack(meta: u64) -> (State, bool) {
 /// Whether the slot word `meta` is a valid entry whose deadline is after `now_s`.
 #[inline]
 fn live(meta: u64, now_s: u64) -> bool {
-    let ahead = ((meta >> DEADLINE_SHIFT).wrapping_sub(now_s)) & DEADLINE_MASK;
-    meta & VALID != 0 && ahead != 0 && ahead < HORIZON
+    meta & VALID != 0 && before_deadline(meta >> DEADLINE_SHIFT, now_s)
+}
+
+/// Whether `now_s` is before `deadline` (both seconds; compared modulo 2^20, so a deadline
+/// more than half the range ahead counts as past).
+#[inline]
+pub(crate) fn before_deadline(deadline: u64, now_s: u64) -> bool {
+    let ahead = deadline.wrapping_sub(now_s) & DEADLINE_MASK;
+    ahead != 0 && ahead < HORIZON
 }
 
 /// Seconds of a millisecond clock.

@@ -35,6 +35,8 @@ use std::{
 
 use encap::IpProtocol;
 
+use crate::conntrack::{DEADLINE_MASK, before_deadline};
+
 /// The node-side ports (and echo identifiers) NAT hands out.
 pub const PORTS: RangeInclusive<u16> = 61000..=65535;
 /// Slots an outbound connection probes for its port.
@@ -50,9 +52,6 @@ const VALID: u64 = 1 << 52;
 const CLOSING: u64 = 1 << 53;
 const BUSY: u64 = 1 << 63;
 const DEADLINE_SHIFT: u32 = 32;
-const DEADLINE_MASK: u64 = (1 << 20) - 1;
-/// A deadline further ahead than this is in the past (modulo 2^20 s).
-const HORIZON: u64 = 1 << 19;
 
 /// The pod's end of a translated connection.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -87,8 +86,8 @@ impl Default for Nat {
 }
 
 fn live(meta: u64, now_s: u64) -> bool {
-    let ahead = ((meta >> DEADLINE_SHIFT).wrapping_sub(now_s)) & DEADLINE_MASK;
-    meta & VALID != 0 && meta != BUSY && ahead != 0 && ahead < HORIZON
+    // BUSY has no VALID bit: a slot being written is not live.
+    meta & VALID != 0 && before_deadline(meta >> DEADLINE_SHIFT, now_s)
 }
 
 fn pack(pod_port: u16, remote_port: u16, deadline_s: u64) -> u64 {
