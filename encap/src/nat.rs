@@ -28,21 +28,46 @@ pub enum End {
 /// ICMP echo request and reply: the messages whose identifier NAT rewrites.
 const ECHO_TYPES: [u8; 2] = [8, 0];
 
-/// The port (TCP, UDP) or echo identifier (ICMP) of `end` in the IPv4 packet `packet`,
-/// or `None` when it has none (a later fragment, another protocol, other ICMP).
-pub fn port_of(packet: &[u8], end: End) -> Option<u16> {
-    let (l4, proto) = l4(packet).ok()?;
-    let at = offset(proto, l4, end)?;
-    Some(u16::from_be_bytes([l4[at], l4[at + 1]]))
+/// What NAT reads of a packet, in one pass ([`ends`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Ends {
+    pub proto: IpProtocol,
+    /// The source and destination ports; for ICMP echo, the identifier as both.
+    pub src_port: u16,
+    pub dst_port: u16,
+    /// A TCP segment with FIN or RST set: the connection is closing (NAT lets its port go
+    /// soon after).
+    pub closes: bool,
 }
 
-/// Whether the IPv4 packet `packet` is a TCP segment with FIN or RST set (the connection
-/// is closing: NAT lets its port go soon after).
-pub fn tcp_closes(packet: &[u8]) -> bool {
-    match l4(packet) {
-        Ok((l4, IpProtocol::Tcp)) => l4.get(13).is_some_and(|f| f & 0x05 != 0),
-        _ => false,
+impl Ends {
+    /// The port (TCP, UDP) or echo identifier (ICMP) of `end`.
+    pub fn port(&self, end: End) -> u16 {
+        match end {
+            End::Source => self.src_port,
+            End::Destination => self.dst_port,
+        }
     }
+
+    /// The port that names the remote `end` of a translated connection: its TCP or UDP
+    /// port; 0 for ICMP echo, whose identifier belongs to the node's end.
+    pub fn remote_port(&self, end: End) -> u16 {
+        if self.proto == IpProtocol::Icmp { 0 } else { self.port(end) }
+    }
+}
+
+/// The ports of the IPv4 packet `packet` (TCP, UDP, ICMP echo's identifier) and whether
+/// it closes a TCP connection; `None` when it has none to translate (a later fragment,
+/// another protocol, other ICMP, a header cut short).
+pub fn ends(packet: &[u8]) -> Option<Ends> {
+    let (l4, proto) = l4(packet).ok()?;
+    let read = |end| offset(proto, l4, end).map(|at| u16::from_be_bytes([l4[at], l4[at + 1]]));
+    Some(Ends {
+        proto,
+        src_port: read(End::Source)?,
+        dst_port: read(End::Destination)?,
+        closes: proto == IpProtocol::Tcp && l4[13] & 0x05 != 0,
+    })
 }
 
 /// Rewrites `end` of the IPv4 packet `packet` to `addr`:`port` (an ICMP echo's
@@ -192,6 +217,10 @@ mod tests {
 
     const NODE: Ipv4Addr = Ipv4Addr::new(10, 100, 0, 11);
 
+    fn port_of(packet: &[u8], end: End) -> Option<u16> {
+        ends(packet).map(|e| e.port(end))
+    }
+
     /// The inner IPv4 packet of a captured VXLAN frame, its checksums made right (Linux
     /// senders leave a partial L4 checksum for the offload).
     fn inner(frame: &[u8]) -> Vec<u8> {
@@ -314,7 +343,7 @@ mod tests {
             if rewrite_icmp_error(&mut p, NODE, port).is_err() {
                 prop_assert_eq!(&p, &bytes);
             }
-            let _ = tcp_closes(&bytes);
+            let _ = ends(&bytes);
         }
     }
 }

@@ -400,13 +400,14 @@ fn to_outside(snap: &Snapshot, fs: &FlowState, buf: &mut [u8], len: usize, from:
         return too_big(snap, buf, len, fits, from);
     }
     let packet = &buf[ETH_LEN..len];
-    let (Some(pod_port), Some(remote_port)) = (nat::port_of(packet, End::Source), nat_remote_port(packet, proto, End::Destination)) else {
+    let Some(e) = nat::ends(packet) else {
         return Verdict::Drop(DropReason::NatUnsupported);
     };
     if let Err(reason) = policy::admit(fs, &snap.policy, packet, true, false) {
         return Verdict::Drop(reason);
     }
-    let Ok(port) = fs.nat.outbound(proto, PodEnd { addr: src, port: pod_port }, dst, remote_port, fs.now_ms, nat::tcp_closes(packet)) else {
+    let pod = PodEnd { addr: src, port: e.port(End::Source) };
+    let Ok(port) = fs.nat.outbound(proto, pod, dst, e.remote_port(End::Destination), fs.now_ms, e.closes) else {
         return Verdict::Drop(DropReason::NatPortsExhausted);
     };
     if ipv4::decrement_ttl(&mut buf[ETH_LEN..len]).is_err() {
@@ -442,10 +443,7 @@ fn from_outside(snap: &Snapshot, fs: &FlowState, buf: &mut [u8], len: usize) -> 
             .filter(|_| q.src == snap.node.node_ip)
             .map(|pod| nat::rewrite_icmp_error(&mut buf[ETH_LEN..len], pod.addr, pod.port).is_ok())
     } else {
-        let pod = match (nat::port_of(packet, End::Destination), nat_remote_port(packet, proto, End::Source)) {
-            (Some(port), Some(remote_port)) => fs.nat.inbound(proto, port, remote, remote_port, fs.now_ms, nat::tcp_closes(packet)),
-            _ => None,
-        };
+        let pod = nat::ends(packet).and_then(|e| fs.nat.inbound(proto, e.port(End::Destination), remote, e.remote_port(End::Source), fs.now_ms, e.closes));
         pod.map(|pod| nat::rewrite(&mut buf[ETH_LEN..len], End::Destination, pod.addr, pod.port).is_ok())
     };
     if translated != Some(true) {
@@ -453,15 +451,6 @@ fn from_outside(snap: &Snapshot, fs: &FlowState, buf: &mut [u8], len: usize) -> 
     }
     bump(&fs.counters.nat_in, 1);
     route(snap, fs, buf, len, Origin::Uplink)
-}
-
-/// The remote end's port of a packet NAT translates (`end` of the packet): its TCP or UDP
-/// port; 0 for ICMP echo, whose identifier names both ends.
-fn nat_remote_port(packet: &[u8], proto: IpProtocol, end: End) -> Option<u16> {
-    match proto {
-        IpProtocol::Icmp => nat::port_of(packet, end).map(|_| 0),
-        _ => nat::port_of(packet, end),
-    }
 }
 
 /// A pod's packet that does not fit the tunnel: with DF set, an ICMP fragmentation-needed
