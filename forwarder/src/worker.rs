@@ -342,9 +342,14 @@ impl Worker {
         bump(&self.counters.rx_batches, 1);
         bump(&self.counters.rx_packets, n as u64);
         let mut rx_bytes = 0u64;
-        // The pipeline's two prefetch stages run ahead of it over the batch.
+        // The pipeline's two prefetch stages run ahead of it over the batch (the I/O
+        // ceiling reads neither table).
+        let full = self.cfg.mode == pipeline::Mode::Full;
         let (first, second) = (pipeline::PREFETCH_FIRST, pipeline::PREFETCH_SECOND);
         let prefetch = |batch: &[FrameDesc], j: usize, stage: Stage| {
+            if !full {
+                return;
+            }
             if let Some(desc) = batch.get(j) {
                 // SAFETY: the frame is on no ring (just consumed) and only read here.
                 let data = unsafe { self.shared.umem.data(desc) };
