@@ -7,7 +7,7 @@
 //! policy denies are cut once every worker runs on it.
 
 use std::{
-    collections::{BTreeMap, HashMap},
+    collections::BTreeMap,
     net::Ipv4Addr,
     path::PathBuf,
     sync::{Arc, Mutex},
@@ -83,7 +83,7 @@ pub struct Agent {
     cluster: ClusterState,
     ipam: Ipam,
     endpoints: BTreeMap<String, Endpoint>,
-    neighbours: HashMap<Ipv4Addr, EthernetAddress>,
+    neighbours: calc::Neighbours,
     /// This node's underlay subnet (CrossSubnet compares peers against it).
     subnet: Option<Ipv4Prefix>,
     policy: PolicySync,
@@ -150,7 +150,7 @@ impl Agent {
             conntrack_flows: cfg.conntrack_flows,
             pipeline: cfg.pipeline,
         };
-        let neighbours = HashMap::new();
+        let neighbours = calc::Neighbours::default();
         let first = calc::snapshot(1, &node, &cfg.node, &cluster, [], &neighbours, |n| {
             pool::tunnel_to(&cluster.pools, &cfg.encap, subnet, n.address, n.pod_cidr)
         });
@@ -299,7 +299,7 @@ impl Agent {
     /// Publishes when something changed (unless `quiet`, where the caller publishes).
     pub fn refresh_neighbours(&mut self, quiet: bool) {
         let arp = neighbour::read_arp(&self.cfg.uplink);
-        let mut next = HashMap::new();
+        let mut next = calc::Neighbours::default();
         for (name, n) in &self.cluster.nodes {
             if *name == self.cfg.node {
                 continue;
@@ -307,7 +307,7 @@ impl Agent {
             let hop = neighbour::next_hop(&self.cfg.uplink, n.address);
             match arp.get(&hop) {
                 Some(mac) => {
-                    next.insert(n.address, *mac);
+                    next.peers.insert(n.address, *mac);
                 }
                 None => neighbour::nudge(n.address),
             }
@@ -316,15 +316,13 @@ impl Agent {
         if self.cluster.pools.values().any(|p| p.nat_outgoing)
             && let Some(gw) = neighbour::default_gateway(&self.cfg.uplink)
         {
-            match arp.get(&gw) {
-                Some(mac) => {
-                    next.insert(calc::DEFAULT_GATEWAY, *mac);
-                }
-                None => neighbour::nudge(gw),
+            next.gateway = arp.get(&gw).copied();
+            if next.gateway.is_none() {
+                neighbour::nudge(gw);
             }
         }
         if next != self.neighbours {
-            tracing::info!(resolved = next.len(), "underlay neighbours changed");
+            tracing::info!(resolved = next.peers.len(), gateway = next.gateway.is_some(), "underlay neighbours changed");
             self.neighbours = next;
             if !quiet {
                 self.publish();
@@ -335,10 +333,8 @@ impl Agent {
     /// Whether a peer node's next hop, or the default gateway when a pool NATs, has no
     /// MAC yet (the agent then looks again soon).
     fn unresolved_peers(&self) -> bool {
-        let gateway = self.neighbours.contains_key(&calc::DEFAULT_GATEWAY);
-        let peers = self.neighbours.len() - usize::from(gateway);
         let wants_gateway = self.cluster.pools.values().any(|p| p.nat_outgoing);
-        self.cluster.nodes.len().saturating_sub(1) > peers || (wants_gateway && !gateway)
+        self.cluster.nodes.len().saturating_sub(1) > self.neighbours.peers.len() || (wants_gateway && self.neighbours.gateway.is_none())
     }
 
     /// Allocates (or returns) the address of a container.
@@ -414,7 +410,7 @@ impl Agent {
                     .values()
                     .map(|n| {
                         let mut v = serde_json::to_value(n).expect("serializable");
-                        v["next_hop_mac"] = json!(self.neighbours.get(&n.address).map(|m| m.to_string()));
+                        v["next_hop_mac"] = json!(self.neighbours.peers.get(&n.address).map(|m| m.to_string()));
                         v["local"] = json!(n.name == self.cfg.node);
                         v
                     })

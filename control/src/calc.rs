@@ -10,6 +10,15 @@ use forwarder::{Endpoint, NodeConfig, Outside, RemoteNode, RouteTarget, Snapshot
 
 use crate::cluster::{ClusterState, NodeInfo};
 
+/// The underlay MACs the agent has resolved from the kernel.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Neighbours {
+    /// The next-hop MAC toward each other node, by its address.
+    pub peers: HashMap<Ipv4Addr, EthernetAddress>,
+    /// The default gateway's MAC, when a pool NATs pods out through it.
+    pub gateway: Option<EthernetAddress>,
+}
+
 /// Builds table version `version` for node `me`; `tunnel_to` says how each other node is
 /// reached.
 pub fn snapshot(
@@ -18,7 +27,7 @@ pub fn snapshot(
     me: &str,
     cluster: &ClusterState,
     endpoints: impl IntoIterator<Item = Endpoint>,
-    neighbours: &HashMap<Ipv4Addr, EthernetAddress>,
+    neighbours: &Neighbours,
     tunnel_to: impl Fn(&NodeInfo) -> Tunnel,
 ) -> Snapshot {
     let mut snap = Snapshot::new(version, node.clone());
@@ -32,20 +41,17 @@ pub fn snapshot(
         if name == me {
             continue;
         }
-        let next_hop = neighbours.get(&info.address).copied();
+        let next_hop = neighbours.peers.get(&info.address).copied();
         let idx = snap.add_node(RemoteNode::new(node, name.clone(), info.address, info.vtep_mac, next_hop, tunnel_to(info)));
         snap.routes.insert(info.pod_cidr, RouteTarget::Node(idx));
     }
     snap.outside = Outside {
         nat_sources: cluster.pools.values().filter(|p| p.nat_outgoing).map(|p| p.cidr).collect(),
         pools: cluster.pools.values().map(|p| p.cidr).collect(),
-        next_hop_mac: neighbours.get(&DEFAULT_GATEWAY).copied(),
+        next_hop_mac: neighbours.gateway,
     };
     snap
 }
-
-/// The key of the uplink's default gateway in the neighbour map (it has no node address).
-pub const DEFAULT_GATEWAY: Ipv4Addr = Ipv4Addr::UNSPECIFIED;
 
 #[cfg(test)]
 mod tests {
@@ -71,7 +77,7 @@ mod tests {
             vxlan: VxlanProfile::FLANNEL,
             uplink_mtu: 1500,
         };
-        let neigh = HashMap::from([(Ipv4Addr::new(10, 100, 0, 12), EthernetAddress([2, 0, 0, 0, 0, 12]))]);
+        let neigh = Neighbours { peers: HashMap::from([(Ipv4Addr::new(10, 100, 0, 12), EthernetAddress([2, 0, 0, 0, 0, 12]))]), gateway: None };
         let snap = snapshot(7, &node, "n1", &cluster, [], &neigh, |n| if n.name == "n3" { Tunnel::Ipip } else { Tunnel::Vxlan });
         assert_eq!(snap.version, 7);
         assert_eq!(snap.routes.lookup(Ipv4Addr::new(10, 244, 1, 5)), Some(RouteTarget::LocalPods));
