@@ -27,6 +27,7 @@
 pub mod bench;
 pub mod cni_runtime;
 pub mod capture;
+pub mod generator;
 pub mod kernel_calico;
 pub mod kernel_flannel;
 pub mod manifests;
