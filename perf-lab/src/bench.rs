@@ -1,47 +1,75 @@
 //! `twill-lab bench`: every data path on one topology with the same traffic, in one run.
 //!
 //! For each trial, for each data path in turn (so slow drifts of a shared machine hit
-//! them all alike): a lab of two nodes with one pod each, 64-byte UDP from the pod on n1 to
-//! the pod on n2 with the sender flat out, then one TCP stream the same way, then the lab
-//! down. The report gives every trial and, per data path, the medians; and twill's medians
-//! over each peer's (the ratios the README quotes).
+//! them all alike): a lab of two nodes with one pod each, then from the pod on n1 to the
+//! pod on n2, all with the lab's own generator ([`generator`]):
 //!
-//! Data paths: `twill` (the agent's full pipeline, VXLAN as Flannel speaks it),
-//! `kernel-flannel`, `kernel-calico`, and `xdp-ceiling` (the same agent and sockets with
-//! `--pipeline ceiling`: what the veths and AF_XDP move when the pipeline costs nothing).
+//! 1. `flat`: 64-byte UDP, one flow, the sender flat out;
+//! 2. `ndr`: the no-drop rate — a binary search over paced rates for the highest one with
+//!    at most [`NDR_LOSS_PCT`] loss;
+//! 3. `half`: paced at half the NDR — one-way latency percentiles and their CDF;
+//! 4. `common`: paced at [`COMMON_PPS`] for every path — latency and the machine's CPU per
+//!    million packets at equal load;
+//! 5. `overload`: paced at twice the NDR (the generator's own limit caps it; the offered
+//!    rate reported is what it sent) — what the path still delivers;
+//! 6. `large`: 1,400-byte frames flat out; `flows`: 64-byte frames in 10,000 flows flat out;
+//! 7. one TCP stream.
+//!
+//! Then the rules sweep: twill and kernel-calico with 0 / 100 / 1,000 / 10,000 ClassBench
+//! rules ([`rules`]), 64-byte frames in 10,000 flows flat out (every flow's first packet
+//! meets the rules; later ones are established for both data paths).
+//!
+//! The report gives every trial and, per data path, the medians; and twill's medians over
+//! each peer's (the ratios the README quotes).
 
-use std::{fmt::Write as _, time::Duration};
+use std::{fmt::Write as _, time::Duration, time::Instant};
 
-use anyhow::{Context, Result};
+use anyhow::{Context, Result, bail};
 use serde::Serialize;
 
 use crate::{
-    topology::{Dataplane, Topology},
-    traffic::{self, TcpThroughput, UdpRate},
+    generator::{self, Stream, StreamStats},
+    plot, rules,
+    topology::{Dataplane, Lab, Topology},
+    traffic::{self, TcpThroughput},
 };
+
+/// Loss that still counts as no drop.
+pub const NDR_LOSS_PCT: f64 = 0.01;
+/// The rate every path is measured at for CPU and latency at equal load.
+pub const COMMON_PPS: f64 = 100_000.0;
+pub const MANY_FLOWS: u32 = 10_000;
+pub const LARGE_FRAME: usize = 1400;
 
 /// What to run.
 #[derive(Debug, Clone, Serialize)]
 pub struct BenchConfig {
     pub dataplanes: Vec<Dataplane>,
     pub trials: usize,
-    /// Seconds per UDP and per TCP measurement.
+    /// Seconds per measurement.
     pub duration_s: f64,
+    /// Paced runs of the NDR search.
+    pub ndr_steps: usize,
+    /// Rule counts of the rules sweep (none: no sweep).
+    pub rules: Vec<usize>,
 }
 
 impl BenchConfig {
-    /// Every data path, `trials` trials of `duration_s` seconds.
+    /// Every data path and the rules sweep, `trials` trials of `duration_s` seconds.
     pub fn all(trials: usize, duration_s: f64) -> BenchConfig {
         BenchConfig {
             dataplanes: vec![Dataplane::Twill, Dataplane::KernelFlannel, Dataplane::KernelCalico, Dataplane::XdpCeiling],
             trials,
             duration_s,
+            ndr_steps: 6,
+            rules: vec![0, 100, 1_000, 10_000],
         }
     }
 
-    /// `--quick`: every data path, 3 trials of 1 s (about a minute and a half).
+    /// `--quick`: every data path, 3 trials of 0.5 s, a coarse NDR, no sweep (about two
+    /// minutes).
     pub fn quick() -> BenchConfig {
-        BenchConfig::all(3, 1.0)
+        BenchConfig { ndr_steps: 2, rules: Vec::new(), ..BenchConfig::all(3, 0.5) }
     }
 }
 
@@ -50,7 +78,16 @@ impl BenchConfig {
 pub struct Trial {
     pub dataplane: Dataplane,
     pub trial: usize,
-    pub udp: UdpRate,
+    pub flat: StreamStats,
+    /// Highest paced rate with at most [`NDR_LOSS_PCT`] loss (0: none of the probes).
+    pub ndr_pps: f64,
+    /// Every probe of the search: (rate, loss %).
+    pub ndr_probes: Vec<(f64, f64)>,
+    pub half: StreamStats,
+    pub common: StreamStats,
+    pub overload: StreamStats,
+    pub large: StreamStats,
+    pub flows: StreamStats,
     pub tcp: TcpThroughput,
 }
 
@@ -59,9 +96,24 @@ pub struct Trial {
 pub struct PathSummary {
     pub dataplane: Dataplane,
     pub trials: usize,
-    pub udp_sent_pps: f64,
-    pub udp_received_pps: f64,
-    pub udp_loss_pct: f64,
+    pub flat_sent_pps: f64,
+    pub flat_received_pps: f64,
+    pub flat_loss_pct: f64,
+    pub ndr_pps: f64,
+    pub half_p50_us: f64,
+    pub half_p99_us: f64,
+    pub half_p999_us: f64,
+    /// Median over trials of each CDF point of the half-NDR run.
+    pub half_cdf: Vec<(f64, f64)>,
+    pub common_p99_us: f64,
+    pub common_cpu_ms_per_mpkt: f64,
+    pub overload_offered_pps: f64,
+    pub overload_received_pps: f64,
+    /// Delivered under overload over the NDR.
+    pub overload_over_ndr: f64,
+    pub large_received_pps: f64,
+    pub large_gbit_per_s: f64,
+    pub flows_received_pps: f64,
     pub tcp_gbit_per_s: f64,
 }
 
@@ -69,8 +121,32 @@ pub struct PathSummary {
 #[derive(Debug, Clone, Serialize)]
 pub struct Ratio {
     pub peer: Dataplane,
-    pub udp_received: f64,
+    pub flat_received: f64,
+    pub ndr: f64,
+    pub half_p99: f64,
+    pub cpu_per_mpkt: f64,
+    pub large_gbit: f64,
+    pub flows_received: f64,
     pub tcp: f64,
+}
+
+/// One point of the rules sweep.
+#[derive(Debug, Clone, Serialize)]
+pub struct RulesPoint {
+    pub dataplane: Dataplane,
+    pub rules: usize,
+    pub trial: usize,
+    pub stream: StreamStats,
+}
+
+/// Medians of one (data path, rule count).
+#[derive(Debug, Clone, Serialize)]
+pub struct RulesSummary {
+    pub dataplane: Dataplane,
+    pub rules: usize,
+    pub received_pps: f64,
+    /// Over the same data path with 0 rules.
+    pub of_no_rules: f64,
 }
 
 /// A whole run.
@@ -78,9 +154,12 @@ pub struct Ratio {
 pub struct BenchReport {
     pub machine: Machine,
     pub config: BenchConfig,
+    pub seconds: f64,
     pub trials: Vec<Trial>,
     pub paths: Vec<PathSummary>,
     pub twill_over: Vec<Ratio>,
+    pub rules: Vec<RulesPoint>,
+    pub rules_summary: Vec<RulesSummary>,
 }
 
 /// Where the run ran.
@@ -105,44 +184,158 @@ impl Machine {
 
 /// Runs `cfg`. Fails on the first data path that could not be built or measured.
 pub fn run(cfg: &BenchConfig) -> Result<BenchReport> {
-    let d = Duration::from_secs_f64(cfg.duration_s);
+    let t0 = Instant::now();
     let mut trials = Vec::new();
     for trial in 1..=cfg.trials {
         for &dp in &cfg.dataplanes {
-            let lab = Topology::uniform(2, 1, dp).up().with_context(|| format!("building the {dp} lab"))?;
-            let measured = (|| {
-                let (a, b) = traffic::cross_node_pair(lab.pods()).context("no pod on n1 and n2")?;
-                Ok::<_, anyhow::Error>((traffic::udp_rate(a, b, d)?, traffic::tcp_throughput(a, b, d)?))
-            })();
-            lab.down().with_context(|| format!("tearing the {dp} lab down"))?;
-            let (udp, tcp) = measured.with_context(|| format!("measuring {dp}, trial {trial}"))?;
-            trials.push(Trial { dataplane: dp, trial, udp, tcp });
+            let t = with_lab(dp, |lab| measure(lab, cfg, dp, trial)).with_context(|| format!("measuring {dp}, trial {trial}"))?;
+            trials.push(t);
         }
     }
-    let paths: Vec<PathSummary> = cfg
-        .dataplanes
-        .iter()
-        .map(|&dp| {
-            let of = |f: fn(&Trial) -> f64| median(trials.iter().filter(|t| t.dataplane == dp).map(f).collect());
-            PathSummary {
-                dataplane: dp,
-                trials: trials.iter().filter(|t| t.dataplane == dp).count(),
-                udp_sent_pps: of(|t| t.udp.sent_pps),
-                udp_received_pps: of(|t| t.udp.received_pps),
-                udp_loss_pct: of(|t| t.udp.loss_pct),
-                tcp_gbit_per_s: of(|t| t.tcp.gbit_per_s),
+    let mut sweep = Vec::new();
+    for trial in 1..=if cfg.rules.is_empty() { 0 } else { cfg.trials } {
+        for &n in &cfg.rules {
+            for dp in [Dataplane::Twill, Dataplane::KernelCalico] {
+                let stream = Stream::flat_out(cfg.duration_s).flows(MANY_FLOWS);
+                let s = with_lab(dp, |lab| {
+                    load_rules(lab, dp, n)?;
+                    let (a, b) = traffic::cross_node_pair(lab.pods()).context("no pod on n1 and n2")?;
+                    generator::run(a, b, &stream)
+                })
+                .with_context(|| format!("{dp} with {n} rules, trial {trial}"))?;
+                sweep.push(RulesPoint { dataplane: dp, rules: n, trial, stream: s });
             }
-        })
-        .collect();
+        }
+    }
+    let paths: Vec<PathSummary> = cfg.dataplanes.iter().map(|&dp| summarize(dp, &trials)).collect();
     let twill_over = match paths.iter().find(|p| p.dataplane == Dataplane::Twill) {
-        Some(t) => paths
-            .iter()
-            .filter(|p| p.dataplane != Dataplane::Twill)
-            .map(|p| Ratio { peer: p.dataplane, udp_received: t.udp_received_pps / p.udp_received_pps, tcp: t.tcp_gbit_per_s / p.tcp_gbit_per_s })
-            .collect(),
+        Some(t) => paths.iter().filter(|p| p.dataplane != Dataplane::Twill).map(|p| ratio(t, p)).collect(),
         None => Vec::new(),
     };
-    Ok(BenchReport { machine: Machine::here(), config: cfg.clone(), trials, paths, twill_over })
+    let rules_summary = summarize_rules(&sweep);
+    Ok(BenchReport { machine: Machine::here(), config: cfg.clone(), seconds: t0.elapsed().as_secs_f64(), trials, paths, twill_over, rules: sweep, rules_summary })
+}
+
+/// Builds a two-node lab of `dp`, runs `f` on it, tears it down (also when `f` failed).
+fn with_lab<T>(dp: Dataplane, f: impl FnOnce(&Lab) -> Result<T>) -> Result<T> {
+    let lab = Topology::uniform(2, 1, dp).up().with_context(|| format!("building the {dp} lab"))?;
+    let r = f(&lab);
+    lab.down().with_context(|| format!("tearing the {dp} lab down"))?;
+    r
+}
+
+fn load_rules(lab: &Lab, dp: Dataplane, n: usize) -> Result<()> {
+    if n == 0 {
+        return Ok(());
+    }
+    let rs = rules::classbench_rules(n)?;
+    match dp {
+        Dataplane::Twill => {
+            lab.apply_manifest("classbench.yaml", &rules::calico_policy(&rs))?;
+            let deadline = Instant::now() + Duration::from_secs(20);
+            while !lab.nodes().iter().all(|node| lab.agent_stats(&node.name).is_ok_and(|v| v["stats"]["policies"] == 1)) {
+                if Instant::now() > deadline {
+                    bail!("the agents did not load the {n}-rule policy within 20 s");
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        }
+        Dataplane::KernelCalico => {
+            let script = rules::nft_script(&rs);
+            for node in lab.nodes() {
+                rules::load_nft(&node.netns, &script)?;
+            }
+        }
+        other => bail!("the rules sweep has no rule form for {other}"),
+    }
+    Ok(())
+}
+
+fn measure(lab: &Lab, cfg: &BenchConfig, dp: Dataplane, trial: usize) -> Result<Trial> {
+    let (a, b) = traffic::cross_node_pair(lab.pods()).context("no pod on n1 and n2")?;
+    let d = cfg.duration_s;
+    let run = |s: Stream| generator::run(a, b, &s);
+    let flat = run(Stream::flat_out(d))?;
+    // The NDR lies between a fraction of what arrived flat out and what the sender sent.
+    let (mut lo, mut hi) = (0.3 * flat.received_pps, flat.sent_pps.max(flat.received_pps));
+    let (mut ndr, mut probes) = (0.0, Vec::new());
+    for _ in 0..cfg.ndr_steps {
+        let rate = (lo + hi) / 2.0;
+        let s = run(Stream::flat_out(d).paced(rate))?;
+        probes.push((rate, s.loss_pct));
+        if s.loss_pct <= NDR_LOSS_PCT {
+            ndr = f64::max(ndr, rate);
+            lo = rate;
+        } else {
+            hi = rate;
+        }
+    }
+    let base = if ndr > 0.0 { ndr } else { lo };
+    Ok(Trial {
+        dataplane: dp,
+        trial,
+        half: run(Stream::flat_out(d).paced(base / 2.0))?,
+        common: run(Stream::flat_out(d).paced(COMMON_PPS))?,
+        overload: run(Stream::flat_out(d).paced(2.0 * base))?,
+        large: run(Stream::flat_out(d).frame(LARGE_FRAME))?,
+        flows: run(Stream::flat_out(d).flows(MANY_FLOWS))?,
+        tcp: traffic::tcp_throughput(a, b, Duration::from_secs_f64(d))?,
+        flat,
+        ndr_pps: ndr,
+        ndr_probes: probes,
+    })
+}
+
+fn summarize(dp: Dataplane, trials: &[Trial]) -> PathSummary {
+    let mine: Vec<&Trial> = trials.iter().filter(|t| t.dataplane == dp).collect();
+    let of = |f: &dyn Fn(&Trial) -> f64| median(mine.iter().map(|t| f(t)).collect());
+    let cdf_len = mine.iter().map(|t| t.half.latency.cdf.len()).min().unwrap_or(0);
+    let half_cdf = (0..cdf_len).map(|i| (mine[0].half.latency.cdf[i].0, median(mine.iter().map(|t| t.half.latency.cdf[i].1).collect()))).collect();
+    let ndr = of(&|t| t.ndr_pps);
+    let overload_received = of(&|t| t.overload.received_pps);
+    PathSummary {
+        dataplane: dp,
+        trials: mine.len(),
+        flat_sent_pps: of(&|t| t.flat.sent_pps),
+        flat_received_pps: of(&|t| t.flat.received_pps),
+        flat_loss_pct: of(&|t| t.flat.loss_pct),
+        ndr_pps: ndr,
+        half_p50_us: of(&|t| t.half.latency.p50_us),
+        half_p99_us: of(&|t| t.half.latency.p99_us),
+        half_p999_us: of(&|t| t.half.latency.p999_us),
+        half_cdf,
+        common_p99_us: of(&|t| t.common.latency.p99_us),
+        common_cpu_ms_per_mpkt: of(&|t| t.common.cpu_ms_per_mpkt),
+        overload_offered_pps: of(&|t| t.overload.sent_pps),
+        overload_received_pps: overload_received,
+        overload_over_ndr: of(&|t| if t.ndr_pps > 0.0 { t.overload.received_pps / t.ndr_pps } else { f64::NAN }),
+        large_received_pps: of(&|t| t.large.received_pps),
+        large_gbit_per_s: of(&|t| t.large.received_gbit_per_s),
+        flows_received_pps: of(&|t| t.flows.received_pps),
+        tcp_gbit_per_s: of(&|t| t.tcp.gbit_per_s),
+    }
+}
+
+fn ratio(t: &PathSummary, p: &PathSummary) -> Ratio {
+    Ratio {
+        peer: p.dataplane,
+        flat_received: t.flat_received_pps / p.flat_received_pps,
+        ndr: t.ndr_pps / p.ndr_pps,
+        half_p99: t.half_p99_us / p.half_p99_us,
+        cpu_per_mpkt: t.common_cpu_ms_per_mpkt / p.common_cpu_ms_per_mpkt,
+        large_gbit: t.large_gbit_per_s / p.large_gbit_per_s,
+        flows_received: t.flows_received_pps / p.flows_received_pps,
+        tcp: t.tcp_gbit_per_s / p.tcp_gbit_per_s,
+    }
+}
+
+fn summarize_rules(points: &[RulesPoint]) -> Vec<RulesSummary> {
+    let mut keys: Vec<(Dataplane, usize)> = points.iter().map(|p| (p.dataplane, p.rules)).collect();
+    keys.dedup();
+    keys.sort_by_key(|&(dp, n)| (dp.to_string(), n));
+    keys.dedup();
+    let rate = |dp: Dataplane, n: usize| median(points.iter().filter(|p| p.dataplane == dp && p.rules == n).map(|p| p.stream.received_pps).collect());
+    keys.iter().map(|&(dp, n)| RulesSummary { dataplane: dp, rules: n, received_pps: rate(dp, n), of_no_rules: rate(dp, n) / rate(dp, 0) }).collect()
 }
 
 fn median(mut v: Vec<f64>) -> f64 {
@@ -154,30 +347,90 @@ fn median(mut v: Vec<f64>) -> f64 {
     if n % 2 == 1 { v[n / 2] } else { (v[n / 2 - 1] + v[n / 2]) / 2.0 }
 }
 
-/// The report as Markdown: the machine, the medians, the ratios, every trial.
-pub fn markdown(r: &BenchReport) -> String {
+/// The report as Markdown: the machine, the medians, the ratios, the sweep, every trial.
+/// `plots` names the SVG files written beside it (empty: none).
+pub fn markdown(r: &BenchReport, plots: &[(String, String)]) -> String {
     let mut s = String::new();
     let _ = writeln!(s, "# twill-lab bench\n");
     let _ = writeln!(
         s,
-        "Machine: {} CPUs ({}), Linux {}. Two nodes, one pod each; 64-byte UDP from p1-n1 to p1-n2, sender flat out, then one TCP stream; {} trials of {} s per data path, alternating; medians.\n",
-        r.machine.cpus, r.machine.cpu_model, r.machine.kernel, r.config.trials, r.config.duration_s
+        "Machine: {} CPUs ({}), Linux {}. Two nodes, one pod each, traffic from p1-n1 to p1-n2 with the lab's generator (sequence numbers and send stamps; raw-socket sender, UDP sink); {} trials of {} s per measurement and data path, data paths alternating; medians. No-drop rate (NDR): highest paced rate with at most {NDR_LOSS_PCT} % loss, {} search steps. Run took {:.0} s.\n",
+        r.machine.cpus, r.machine.cpu_model, r.machine.kernel, r.config.trials, r.config.duration_s, r.config.ndr_steps, r.seconds
     );
-    let _ = writeln!(s, "| data path | UDP sent (pps) | UDP received (pps) | loss | TCP (Gbit/s) |\n|---|---|---|---|---|");
+    let _ = writeln!(s, "## Packet rate, 64-byte UDP\n\n| data path | flat out: sent (pps) | received (pps) | loss | NDR (pps) | at 2× NDR: offered | received | of NDR |\n|---|---|---|---|---|---|---|---|");
     for p in &r.paths {
-        let _ = writeln!(s, "| {} | {:.0} | {:.0} | {:.1} % | {:.2} |", p.dataplane, p.udp_sent_pps, p.udp_received_pps, p.udp_loss_pct, p.tcp_gbit_per_s);
+        let _ = writeln!(
+            s,
+            "| {} | {:.0} | {:.0} | {:.1} % | {:.0} | {:.0} | {:.0} | {:.2} |",
+            p.dataplane, p.flat_sent_pps, p.flat_received_pps, p.flat_loss_pct, p.ndr_pps, p.overload_offered_pps, p.overload_received_pps, p.overload_over_ndr
+        );
+    }
+    let _ = writeln!(s, "\n## Latency, CPU, large frames, many flows, TCP\n\n| data path | at NDR/2: p50 (µs) | p99 | p99.9 | at {:.0} pps: p99 (µs) | machine CPU per Mpkt (ms) | {LARGE_FRAME}-byte flat out (pps) | Gbit/s | {MANY_FLOWS} flows (pps) | TCP (Gbit/s) |\n|---|---|---|---|---|---|---|---|---|---|", COMMON_PPS);
+    for p in &r.paths {
+        let _ = writeln!(
+            s,
+            "| {} | {:.1} | {:.1} | {:.1} | {:.1} | {:.0} | {:.0} | {:.2} | {:.0} | {:.2} |",
+            p.dataplane, p.half_p50_us, p.half_p99_us, p.half_p999_us, p.common_p99_us, p.common_cpu_ms_per_mpkt, p.large_received_pps, p.large_gbit_per_s, p.flows_received_pps, p.tcp_gbit_per_s
+        );
     }
     if !r.twill_over.is_empty() {
-        let _ = writeln!(s, "\n| twill over | UDP received | TCP |\n|---|---|---|");
+        let _ = writeln!(s, "\n## twill over each peer\n\n| peer | flat-out received | NDR | p99 at NDR/2 | CPU per Mpkt | {LARGE_FRAME}-byte Gbit/s | {MANY_FLOWS} flows | TCP |\n|---|---|---|---|---|---|---|---|");
         for q in &r.twill_over {
-            let _ = writeln!(s, "| {} | {:.2}× | {:.2}× |", q.peer, q.udp_received, q.tcp);
+            let _ = writeln!(
+                s,
+                "| {} | {:.2}× | {:.2}× | {:.2}× | {:.2}× | {:.2}× | {:.2}× | {:.2}× |",
+                q.peer, q.flat_received, q.ndr, q.half_p99, q.cpu_per_mpkt, q.large_gbit, q.flows_received, q.tcp
+            );
         }
     }
-    let _ = writeln!(s, "\n| trial | data path | UDP sent | UDP received | loss | TCP |\n|---|---|---|---|---|---|");
+    if !r.rules_summary.is_empty() {
+        let _ = writeln!(s, "\n## Rules sweep: 64-byte UDP in {MANY_FLOWS} flows, flat out for {} s\n\nClassBench acl1/fw1/ipc1 rules that never match the traffic, each a deny, then allow: twill as one GlobalNetworkPolicy, kernel-calico as an nftables forward chain after `ct state established,related accept` (as Felix's chains start). Every flow's first packet meets all the rules; the flows' later packets are established on both paths.\n\n| data path | rules | received (pps) | of 0 rules |\n|---|---|---|---|", r.config.duration_s);
+        for q in &r.rules_summary {
+            let _ = writeln!(s, "| {} | {} | {:.0} | {:.2} |", q.dataplane, q.rules, q.received_pps, q.of_no_rules);
+        }
+    }
+    for (title, file) in plots {
+        let _ = writeln!(s, "\n![{title}]({file})");
+    }
+    if r.trials.is_empty() {
+        return s;
+    }
+    let _ = writeln!(s, "\n## Every trial\n\n| trial | data path | flat sent | flat received | NDR | NDR probes (pps: loss %) | p99 at NDR/2 (µs) | TCP (Gbit/s) |\n|---|---|---|---|---|---|---|---|");
     for t in &r.trials {
-        let _ = writeln!(s, "| {} | {} | {:.0} | {:.0} | {:.1} % | {:.2} |", t.trial, t.dataplane, t.udp.sent_pps, t.udp.received_pps, t.udp.loss_pct, t.tcp.gbit_per_s);
+        let probes: Vec<String> = t.ndr_probes.iter().map(|(r, l)| format!("{r:.0}: {l:.2}")).collect();
+        let _ = writeln!(
+            s,
+            "| {} | {} | {:.0} | {:.0} | {:.0} | {} | {:.1} | {:.2} |",
+            t.trial, t.dataplane, t.flat.sent_pps, t.flat.received_pps, t.ndr_pps, probes.join(", "), t.half.latency.p99_us, t.tcp.gbit_per_s
+        );
     }
     s
+}
+
+/// The report's plots: (title, file name, SVG).
+pub fn plots(r: &BenchReport) -> Vec<(String, String, String)> {
+    let mut out = Vec::new();
+    let cdf: Vec<plot::Series> = r
+        .paths
+        .iter()
+        .map(|p| plot::Series { name: p.dataplane.to_string(), points: p.half_cdf.iter().filter(|(q, _)| *q < 1.0).map(|&(q, us)| (us, q * 100.0)).collect() })
+        .collect();
+    out.push(("One-way latency at half each path's NDR (CDF)".to_owned(), "latency-cdf.svg".to_owned(), plot::lines("One-way latency at NDR/2", "µs (log)", "% of packets", &cdf, true)));
+    if !r.rules_summary.is_empty() {
+        let mut series: Vec<plot::Series> = Vec::new();
+        for q in &r.rules_summary {
+            let name = q.dataplane.to_string();
+            let x = (q.rules.max(1) as f64).log10();
+            match series.iter_mut().find(|s| s.name == name) {
+                Some(s) => s.points.push((x, q.received_pps / 1e3)),
+                None => series.push(plot::Series { name, points: vec![(x, q.received_pps / 1e3)] }),
+            }
+        }
+        out.push(("Packet rate against policy rules".to_owned(), "rules.svg".to_owned(), plot::lines("64-byte UDP, 10k flows, flat out", "rules (log10; 0 rules at 0)", "kpps received", &series, false)));
+    }
+    let bars: Vec<(String, f64)> = r.paths.iter().map(|p| (p.dataplane.to_string(), p.ndr_pps / 1e3)).collect();
+    out.push(("No-drop rate per data path".to_owned(), "ndr.svg".to_owned(), plot::bars("No-drop rate, 64-byte UDP", "kpps", &bars)));
+    out
 }
 
 #[cfg(test)]

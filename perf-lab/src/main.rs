@@ -8,9 +8,10 @@ use std::time::Duration;
 use anyhow::{Context, Result, bail};
 use clap::{Args, Parser, Subcommand};
 
+use perf_lab::generator::{self, Stream};
 use perf_lab::probe;
 use perf_lab::report::{self, DemoReport, LabSummary};
-use perf_lab::topology::{self, Dataplane, Lab, Topology};
+use perf_lab::topology::{self, Dataplane, Lab, PodState, Topology};
 use perf_lab::traffic;
 
 #[derive(Parser, Debug)]
@@ -61,6 +62,31 @@ enum Cmd {
         dst: Option<String>,
         #[arg(long, default_value_t = 3.0)]
         duration: f64,
+        #[arg(long)]
+        json: bool,
+    },
+    /// The lab's traffic generator between two pods of the running lab (default: the first
+    /// pod of node 1 and the first of node 2): sequence-numbered, time-stamped UDP; loss,
+    /// reordering and one-way latency at the sink.
+    Stream {
+        #[arg(long, requires = "dst")]
+        src: Option<String>,
+        #[arg(long, requires = "src")]
+        dst: Option<String>,
+        /// Packets per second (default: flat out).
+        #[arg(long)]
+        rate: Option<f64>,
+        /// Flows (UDP source ports), 1 to 20000.
+        #[arg(long, default_value_t = 1)]
+        flows: u32,
+        /// Ethernet frame bytes with FCS, 64 to 1518.
+        #[arg(long, default_value_t = 64)]
+        frame: usize,
+        #[arg(long, default_value_t = 3.0)]
+        duration: f64,
+        /// Pin the sender and the sink: `SENDER,SINK` core numbers.
+        #[arg(long, value_delimiter = ',', num_args = 2)]
+        pin: Vec<usize>,
         #[arg(long)]
         json: bool,
     },
@@ -220,16 +246,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
             json,
         } => {
             let lab = Lab::attach()?;
-            let (a, b) = match (src, dst) {
-                (Some(s), Some(d)) => (
-                    lab.pod(&s)
-                        .with_context(|| format!("no pod {s} in the lab"))?,
-                    lab.pod(&d)
-                        .with_context(|| format!("no pod {d} in the lab"))?,
-                ),
-                _ => traffic::cross_node_pair(lab.pods())
-                    .context("no pod on node 1 and node 2 to measure between")?,
-            };
+            let (a, b) = pair(&lab, src, dst)?;
             let d = Duration::from_secs_f64(duration);
             let udp = traffic::udp_rate(a, b, d)?;
             let tcp = traffic::tcp_throughput(a, b, d)?;
@@ -243,6 +260,23 @@ fn run(cli: Cli) -> Result<ExitCode> {
             } else {
                 let r = DemoReport::measurements_only(udp, tcp);
                 print!("{}", report::measurements_table(&r));
+            }
+        }
+        Cmd::Stream { src, dst, rate, flows, frame, duration, pin, json } => {
+            let lab = Lab::attach()?;
+            let (a, b) = pair(&lab, src, dst)?;
+            let mut stream = Stream::flat_out(duration).flows(flows).frame(frame);
+            if let Some(r) = rate {
+                stream = stream.paced(r);
+            }
+            if let [s, k] = pin[..] {
+                stream = stream.pinned(s, k);
+            }
+            let r = generator::run(a, b, &stream)?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&r)?);
+            } else {
+                print!("{}", report::stream_table(&r));
             }
         }
         Cmd::Demo {
@@ -279,7 +313,9 @@ fn run(cli: Cli) -> Result<ExitCode> {
             let base = if quick { perf_lab::bench::BenchConfig::quick() } else { perf_lab::bench::BenchConfig::all(5, 3.0) };
             let cfg = perf_lab::bench::BenchConfig { trials: trials.unwrap_or(base.trials).max(1), duration_s: duration.unwrap_or(base.duration_s), ..base };
             let r = perf_lab::bench::run(&cfg)?;
-            let md = perf_lab::bench::markdown(&r);
+            let plots = perf_lab::bench::plots(&r);
+            let names: Vec<(String, String)> = plots.iter().map(|(t, f, _)| (t.clone(), f.clone())).collect();
+            let md = perf_lab::bench::markdown(&r, if report.is_some() { &names } else { &[] });
             print!("{md}");
             let text = serde_json::to_string_pretty(&r)?;
             if let Some(f) = json {
@@ -287,8 +323,11 @@ fn run(cli: Cli) -> Result<ExitCode> {
             }
             if let Some(dir) = report {
                 std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
-                std::fs::write(dir.join("report.md"), &md).with_context(|| format!("writing {}/report.md", dir.display()))?;
-                std::fs::write(dir.join("bench.json"), &text).with_context(|| format!("writing {}/bench.json", dir.display()))?;
+                let mut files = vec![("report.md".to_owned(), md), ("bench.json".to_owned(), text)];
+                files.extend(plots.into_iter().map(|(_, f, svg)| (f, svg)));
+                for (f, content) in files {
+                    std::fs::write(dir.join(&f), content).with_context(|| format!("writing {}/{f}", dir.display()))?;
+                }
             }
         }
         Cmd::Down => {
@@ -296,6 +335,17 @@ fn run(cli: Cli) -> Result<ExitCode> {
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// The pods named, or the first pod of node 1 and the first of node 2.
+fn pair(lab: &Lab, src: Option<String>, dst: Option<String>) -> Result<(&PodState, &PodState)> {
+    Ok(match (src, dst) {
+        (Some(s), Some(d)) => (
+            lab.pod(&s).with_context(|| format!("no pod {s} in the lab"))?,
+            lab.pod(&d).with_context(|| format!("no pod {d} in the lab"))?,
+        ),
+        _ => traffic::cross_node_pair(lab.pods()).context("no pod on node 1 and node 2 to measure between")?,
+    })
 }
 
 fn demo(lab: &Lab, d: Duration) -> Result<DemoReport> {

@@ -212,6 +212,16 @@ pub fn measurements_table(r: &DemoReport) -> String {
     out
 }
 
+/// One [`generator::run`](crate::generator::run) as two lines of text.
+pub fn stream_table(s: &crate::generator::StreamStats) -> String {
+    let rate = s.stream.rate_pps.map_or("flat out".to_owned(), |r| format!("paced {r:.0} pps"));
+    format!(
+        "stream {} -> {}: {}-byte frames, {} flows, {rate}, {:.1} s\n  sent {:.0} pps, received {:.0} pps ({:.3} Gbit/s), loss {:.3}% ({} of {}), reordered {}, duplicates {}\n  latency µs: p50 {:.1}, p90 {:.1}, p99 {:.1}, p99.9 {:.1}, max {:.1}; machine CPU {:.0} ms per Mpkt\n",
+        s.src, s.dst, s.stream.frame_bytes, s.stream.flows, s.duration_s, s.sent_pps, s.received_pps, s.received_gbit_per_s, s.loss_pct, s.lost, s.sent,
+        s.reordered, s.duplicates, s.latency.p50_us, s.latency.p90_us, s.latency.p99_us, s.latency.p999_us, s.latency.max_us, s.cpu_ms_per_mpkt
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -246,3 +256,4 @@ mod tests {
         assert!(t.contains("2 pairs, 1 ok, 1 failed"));
     }
 }
+

@@ -1,6 +1,8 @@
 //! `twill-lab bench --quick` as CI runs it: every data path — twill, kernel Flannel,
-//! kernel Calico and the xdp-ceiling — is built, carries UDP and TCP between the pods of
-//! two nodes in every trial, and the report has a median and a ratio for each. Needs root.
+//! kernel Calico and the xdp-ceiling — is built and, in every trial, delivers the lab
+//! generator's traffic in each of its measurements (flat out, the NDR probes, paced at half
+//! the NDR and at the common rate, overload, 1,400-byte frames, 10,000 flows) and a TCP
+//! stream; the report has a median and a ratio for each. Needs root.
 
 mod common;
 
@@ -16,18 +18,45 @@ fn every_data_path_delivers_traffic_in_every_trial() {
     let _g = setup();
     let cfg = BenchConfig::quick();
     let r = bench::run(&cfg).expect("the quick bench runs");
-    println!("{}", bench::markdown(&r));
+    println!("{}", bench::markdown(&r, &[]));
     assert_eq!(r.trials.len(), cfg.trials * cfg.dataplanes.len());
     for t in &r.trials {
-        assert!(t.udp.received > 0, "{} trial {}: no UDP datagram arrived: {:?}", t.dataplane, t.trial, t.udp);
-        assert!(t.tcp.bytes > 0, "{} trial {}: no TCP byte arrived: {:?}", t.dataplane, t.trial, t.tcp);
+        let what = format!("{} trial {}", t.dataplane, t.trial);
+        for (name, s) in [("flat", &t.flat), ("half", &t.half), ("common", &t.common), ("overload", &t.overload), ("large", &t.large), ("flows", &t.flows)] {
+            assert!(s.received > 0 && s.received <= s.sent, "{what}, {name}: {s:?}");
+            assert!(s.latency.p50_us > 0.0, "{what}, {name}: no latency measured");
+        }
+        assert_eq!(t.ndr_probes.len(), cfg.ndr_steps, "{what}");
+        assert!(t.tcp.bytes > 0, "{what}: no TCP byte arrived: {:?}", t.tcp);
     }
     for dp in [Dataplane::Twill, Dataplane::KernelFlannel, Dataplane::KernelCalico, Dataplane::XdpCeiling] {
         let p = r.paths.iter().find(|p| p.dataplane == dp).unwrap_or_else(|| panic!("no summary for {dp}"));
         assert_eq!(p.trials, cfg.trials);
-        assert!(p.udp_received_pps > 0.0 && p.tcp_gbit_per_s > 0.0, "{p:?}");
+        assert!(p.flat_received_pps > 0.0 && p.tcp_gbit_per_s > 0.0 && p.common_cpu_ms_per_mpkt > 0.0, "{p:?}");
+        assert!(!p.half_cdf.is_empty(), "{dp}: no latency CDF");
     }
     assert_eq!(r.twill_over.len(), 3, "a ratio over each peer");
-    assert!(r.twill_over.iter().all(|q| q.udp_received.is_finite() && q.tcp.is_finite()), "{:?}", r.twill_over);
+    assert!(r.twill_over.iter().all(|q| q.flat_received.is_finite() && q.tcp.is_finite()), "{:?}", r.twill_over);
+    for (_, file, svg) in bench::plots(&r) {
+        assert!(svg.starts_with("<svg") && svg.contains("</svg>"), "{file}");
+    }
     assert_eq!(netns::list_lab(), Vec::<String>::new(), "the bench left namespaces behind");
+}
+
+/// The rules sweep at its largest point: the same 10,000 ClassBench rules load into twill
+/// (one GlobalNetworkPolicy) and into kernel-calico (an nftables chain), and both still
+/// deliver the traffic the rules never match.
+#[test]
+fn rules_sweep_loads_ten_thousand_rules_into_both_paths() {
+    let _g = setup();
+    let cfg = BenchConfig { dataplanes: Vec::new(), trials: 1, duration_s: 0.5, ndr_steps: 0, rules: vec![0, 10_000] };
+    let r = bench::run(&cfg).expect("the sweep runs");
+    println!("{}", bench::markdown(&r, &[]));
+    assert_eq!(r.rules.len(), 4, "{:?}", r.rules_summary);
+    for p in &r.rules {
+        assert!(p.stream.received > 0, "{} with {} rules delivered nothing: {:?}", p.dataplane, p.rules, p.stream);
+    }
+    assert_eq!(r.rules_summary.len(), 4);
+    assert!(r.rules_summary.iter().all(|q| q.of_no_rules.is_finite()), "{:?}", r.rules_summary);
+    assert_eq!(netns::list_lab(), Vec::<String>::new(), "the sweep left namespaces behind");
 }
