@@ -206,9 +206,14 @@ impl Dataplane {
         let Some(pod) = self.pods.remove(&id) else { return Ok(()) };
         let worker = pod.worker;
         drop(pod);
-        let (done_tx, done_rx) = bounded(1);
         let w = &mut self.workers[worker as usize];
-        w.commands.send(Command::RemovePort(id, done_tx)).map_err(|_| Error::WorkerGone(worker))?;
+        let (port_tx, port_rx) = bounded(1);
+        w.commands.send(Command::RemovePort(id, port_tx)).map_err(|_| Error::WorkerGone(worker))?;
+        let port = port_rx.recv_timeout(Duration::from_secs(5)).map_err(|_| Error::WorkerGone(worker))?;
+        // Closing the socket waits for the kernel to let go of it: here, not in the worker.
+        drop(port);
+        let (done_tx, done_rx) = bounded(1);
+        w.commands.send(Command::ReclaimFrames(id, done_tx)).map_err(|_| Error::WorkerGone(worker))?;
         done_rx.recv_timeout(Duration::from_secs(5)).map_err(|_| Error::WorkerGone(worker))?;
         w.ports = w.ports.saturating_sub(1);
         self.free_ids.push(id);
@@ -304,3 +309,4 @@ impl Drop for Dataplane {
         self.shutdown();
     }
 }
+

@@ -75,8 +75,12 @@ pub struct Shared {
 pub enum Command {
     /// Serve this port from now on; answer when it is in.
     AddPort(Box<Port>, crossbeam::channel::Sender<()>),
-    /// Stop serving the port and return its frames; answer when done.
-    RemovePort(PortId, crossbeam::channel::Sender<()>),
+    /// Stop serving the port and hand it back. Its frames stay set aside until
+    /// [`Command::ReclaimFrames`]: the kernel may use them until the socket is closed, and
+    /// closing it waits for an RCU grace period (milliseconds) that must not stall a worker.
+    RemovePort(PortId, crossbeam::channel::Sender<Option<Box<Port>>>),
+    /// The port's socket is closed: take its frames back; answer when done.
+    ReclaimFrames(PortId, crossbeam::channel::Sender<()>),
 }
 
 /// Worker settings.
@@ -172,9 +176,9 @@ impl Worker {
             match cmd {
                 Command::AddPort(port, done) => {
                     let id = port.id;
-                    if let Some(old) = self.ports[id as usize].take() {
-                        self.active.retain(|p| *p != id);
-                        self.release_port(old);
+                    if let Some(old) = self.retire_port(id) {
+                        drop(old);
+                        self.reclaim_frames(id);
                     }
                     self.ports[id as usize] = Some(*port);
                     self.tx_pending[id as usize].reserve(self.cfg.batch * 4);
@@ -186,14 +190,11 @@ impl Worker {
                     let _ = done.send(());
                 }
                 Command::RemovePort(id, done) => {
-                    if let Some(port) = self.ports[id as usize].take() {
-                        self.active.retain(|p| *p != id);
-                        if self.uplink_tx == Some(id) {
-                            self.uplink_tx = self.active.iter().copied().filter(|p| is_uplink(*p)).min();
-                        }
-                        self.release_port(port);
-                        self.refresh_pollfds();
-                    }
+                    let port = self.retire_port(id);
+                    let _ = done.send(port.map(Box::new));
+                }
+                Command::ReclaimFrames(id, done) => {
+                    self.reclaim_frames(id);
                     let _ = done.send(());
                 }
             }
@@ -217,13 +218,22 @@ impl Worker {
         }
     }
 
-    /// Closes the port's socket and takes back every frame its rings held.
-    fn release_port(&mut self, port: Port) {
-        let id = port.id;
+    /// Stops serving port `id` (its socket's drop counts kept) and returns it.
+    fn retire_port(&mut self, id: PortId) -> Option<Port> {
+        let port = self.ports[id as usize].take()?;
+        self.active.retain(|p| *p != id);
+        if self.uplink_tx == Some(id) {
+            self.uplink_tx = self.active.iter().copied().filter(|p| is_uplink(*p)).min();
+        }
         for (acc, v) in self.retired_xsk.iter_mut().zip(xsk_stats(&port)) {
             *acc += v;
         }
-        drop(port);
+        self.refresh_pollfds();
+        Some(port)
+    }
+
+    /// Takes back every frame a retired port's rings held (its socket is closed).
+    fn reclaim_frames(&mut self, id: PortId) {
         for (idx, owner) in self.owner.iter_mut().enumerate() {
             if *owner == id {
                 *owner = NO_OWNER;
