@@ -5,7 +5,7 @@
 //! snapshot once per batch, so every packet of a batch is judged by one version; the old
 //! version is freed when the last worker lets go of it.
 
-use std::{collections::HashMap, net::Ipv4Addr, sync::Arc};
+use std::{collections::HashMap, net::Ipv4Addr, sync::Arc, time::{Duration, Instant}};
 
 use arc_swap::ArcSwap;
 use encap::{
@@ -222,14 +222,26 @@ pub struct Tables {
     current: ArcSwap<Snapshot>,
 }
 
+/// How long [`Tables::publish`] waits for workers to let go of the version it replaces.
+const RETIRE_WAIT: Duration = Duration::from_millis(100);
+
 impl Tables {
     pub fn new(first: Snapshot) -> Self {
         Tables { current: ArcSwap::from_pointee(first) }
     }
 
-    /// Makes `next` the version every worker uses from its next batch on.
+    /// Makes `next` the version every worker uses from its next batch on, and frees the
+    /// version it replaces here. A worker inside a batch may still hold that one; if its
+    /// guard were the last reference, the worker would free the tables between two
+    /// batches (milliseconds for a large version, while its rings fill). Workers let go
+    /// within a batch: wait for them, at most [`RETIRE_WAIT`].
     pub fn publish(&self, next: Snapshot) {
-        self.current.store(Arc::new(next));
+        let old = self.current.swap(Arc::new(next));
+        let t0 = Instant::now();
+        while Arc::strong_count(&old) > 1 && t0.elapsed() < RETIRE_WAIT {
+            std::thread::yield_now();
+        }
+        drop(old);
     }
 
     /// The current version (cheap: no reference count traffic on the common path).
