@@ -21,7 +21,7 @@ use std::net::{Ipv4Addr, SocketAddrV4, UdpSocket};
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::thread;
+use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
@@ -155,13 +155,32 @@ pub struct StreamStats {
     pub cpu_ms_per_mpkt: f64,
 }
 
-/// Sends `stream` from `src` to `dst` and reports what the sink saw.
+/// Sends `stream` from `src` to `dst` for its whole duration and reports what the sink saw.
 pub fn run(src: &PodState, dst: &PodState, stream: &Stream) -> Result<StreamStats> {
+    start(src, dst, stream)?.wait()
+}
+
+/// A stream sending in the background: [`Running::stop`] ends it early (its duration is
+/// then an upper bound), [`Running::wait`] lets it run out.
+#[derive(Debug)]
+pub struct Running {
+    src: String,
+    dst: String,
+    stream: Stream,
+    stop_sender: Arc<AtomicBool>,
+    stop_sink: Arc<AtomicBool>,
+    sender: JoinHandle<Result<(u64, f64)>>,
+    sink: JoinHandle<Result<SinkStats>>,
+    cpu_before: f64,
+}
+
+/// Starts `stream` from `src` to `dst` (the sink is listening when this returns).
+pub fn start(src: &PodState, dst: &PodState, stream: &Stream) -> Result<Running> {
     stream.check()?;
     let (src_ip, dst_ip) = (src.ip()?, dst.ip()?);
     let sink_seen = Arc::new(AtomicBool::new(false));
-    let stop = Arc::new(AtomicBool::new(false));
-    let (seen, st, core) = (sink_seen.clone(), stop.clone(), stream.sink_core);
+    let (stop_sink, stop_sender) = (Arc::new(AtomicBool::new(false)), Arc::new(AtomicBool::new(false)));
+    let (seen, st, core) = (sink_seen.clone(), stop_sink.clone(), stream.sink_core);
     let sink = netns::spawn_ready(&dst.netns, move |ready| {
         pin(core)?;
         let s = UdpSocket::bind(("0.0.0.0", SINK_PORT)).context("binding the sink")?;
@@ -172,37 +191,52 @@ pub fn run(src: &PodState, dst: &PodState, stream: &Stream) -> Result<StreamStat
     })
     .with_context(|| format!("sink in pod {}", dst.name))?;
     let cpu_before = busy_cpu_s()?;
-    let cfg = stream.clone();
-    let sent = netns::run_in(&src.netns, move || {
+    let (cfg, stop) = (stream.clone(), stop_sender.clone());
+    let sender = netns::spawn_in(&src.netns, move || {
         pin(cfg.sender_core)?;
         let sender = Sender::new(src_ip, dst_ip, &cfg)?;
         sender.warm_up(&sink_seen)?;
-        sender.send(&cfg)
-    });
-    stop.store(true, Ordering::Relaxed);
-    let got = netns::join(sink).with_context(|| format!("sink in pod {}", dst.name));
-    let cpu_s = busy_cpu_s()? - cpu_before;
-    let (sent, secs) = sent.with_context(|| format!("generator in pod {} to {dst_ip}", src.name))?;
-    let got = got?;
-    let lost = sent.saturating_sub(got.received);
-    let ip_bytes = (stream.frame_bytes - L2_BYTES) as f64;
-    Ok(StreamStats {
-        src: src.name.clone(),
-        dst: dst.name.clone(),
-        stream: stream.clone(),
-        duration_s: secs,
-        sent,
-        received: got.received,
-        lost,
-        loss_pct: if sent == 0 { 100.0 } else { 100.0 * lost as f64 / sent as f64 },
-        reordered: got.reordered,
-        duplicates: got.duplicates,
-        sent_pps: sent as f64 / secs,
-        received_pps: got.received as f64 / secs,
-        received_gbit_per_s: got.received as f64 * ip_bytes * 8.0 / secs / 1e9,
-        latency: latency_of(&got.latency_ns),
-        cpu_ms_per_mpkt: if got.received == 0 { f64::NAN } else { cpu_s * 1e3 / (got.received as f64 / 1e6) },
+        sender.send(&cfg, &stop)
     })
+    .with_context(|| format!("generator in pod {}", src.name))?;
+    Ok(Running { src: src.name.clone(), dst: dst.name.clone(), stream: stream.clone(), stop_sender, stop_sink, sender, sink, cpu_before })
+}
+
+impl Running {
+    /// Stops sending now; waits for the sink to drain.
+    pub fn stop(self) -> Result<StreamStats> {
+        self.stop_sender.store(true, Ordering::Relaxed);
+        self.wait()
+    }
+
+    /// Waits for the stream to run out and the sink to drain.
+    pub fn wait(self) -> Result<StreamStats> {
+        let sent = netns::join(self.sender);
+        self.stop_sink.store(true, Ordering::Relaxed);
+        let got = netns::join(self.sink).with_context(|| format!("sink in pod {}", self.dst));
+        let cpu_s = busy_cpu_s()? - self.cpu_before;
+        let (sent, secs) = sent.with_context(|| format!("generator in pod {} to {}", self.src, self.dst))?;
+        let got = got?;
+        let lost = sent.saturating_sub(got.received);
+        let ip_bytes = (self.stream.frame_bytes - L2_BYTES) as f64;
+        Ok(StreamStats {
+            src: self.src,
+            dst: self.dst,
+            stream: self.stream,
+            duration_s: secs,
+            sent,
+            received: got.received,
+            lost,
+            loss_pct: if sent == 0 { 100.0 } else { 100.0 * lost as f64 / sent as f64 },
+            reordered: got.reordered,
+            duplicates: got.duplicates,
+            sent_pps: sent as f64 / secs,
+            received_pps: got.received as f64 / secs,
+            received_gbit_per_s: got.received as f64 * ip_bytes * 8.0 / secs / 1e9,
+            latency: latency_of(&got.latency_ns),
+            cpu_ms_per_mpkt: if got.received == 0 { f64::NAN } else { cpu_s * 1e3 / (got.received as f64 / 1e6) },
+        })
+    }
 }
 
 fn pin(core: Option<usize>) -> Result<()> {
@@ -313,8 +347,9 @@ impl Sender {
         Ok(())
     }
 
-    /// Sends measured packets for the stream's duration; returns (sent, seconds).
-    fn send(&self, s: &Stream) -> Result<(u64, f64)> {
+    /// Sends measured packets for the stream's duration or until `stop`; returns (sent,
+    /// seconds).
+    fn send(&self, s: &Stream, stop: &AtomicBool) -> Result<(u64, f64)> {
         let _ = nix::sys::prctl::set_timerslack(1_000);
         let d = Duration::from_secs_f64(s.duration_s);
         let mut bufs: Vec<Vec<u8>> = (0..BATCH).map(|_| Vec::with_capacity(s.frame_bytes)).collect();
@@ -322,7 +357,7 @@ impl Sender {
         let mut sent = 0u64;
         loop {
             let elapsed = t0.elapsed();
-            if elapsed >= d {
+            if elapsed >= d || stop.load(Ordering::Relaxed) {
                 break;
             }
             let n = match s.rate_pps {

@@ -744,6 +744,20 @@ impl Lab {
         Ok(name)
     }
 
+    /// Removes pod `name` as the kubelet would: CNI DEL (twill pods), its manifest, its
+    /// namespace (which takes its veth, and a kernel node's /32 route through it, along).
+    pub fn remove_pod(&mut self, name: &str) -> Result<()> {
+        let pod = self.pod(name).cloned().ok_or_else(|| anyhow!("no pod {name} in the lab"))?;
+        if pod.dataplane.runs_agent() {
+            cni_runtime::del(&self.cni_call(&pod)?, pod.cni_result.as_ref()).with_context(|| format!("CNI DEL of pod {name}"))?;
+        }
+        let file = manifests_dir().join(manifests::pod_file(&pod.namespace, name));
+        std::fs::remove_file(&file).with_context(|| format!("removing {}", file.display()))?;
+        netns::delete(&pod.netns)?;
+        self.state.pods.retain(|p| p.name != name);
+        self.persist()
+    }
+
     fn cni_call<'a>(&'a self, pod: &'a PodState) -> Result<CniCall<'a>> {
         cni_call(&self.state, pod)
     }

@@ -1,0 +1,117 @@
+//! Changes under load: while the lab generator's stream runs between two twill pods on two
+//! nodes, the control plane takes 100 policy changes, then 100 pods added and removed on the
+//! receiving node (each reached across nodes before it goes, a policy change with each), and
+//! the stream, whose pods none of the changes touch, loses nothing. Needs root.
+//!
+//! Rates: the policy changes run under half the no-drop rate measured just before on the
+//! same lab. The pod churn runs under at most [`POD_CHURN_PPS`]: creating and removing
+//! namespaces, veths, XDP programs and AF_XDP sockets is kernel work that, on a kernel built
+//! without preemption (this machine's: PREEMPT_NONE) and two cores shared by everything,
+//! holds a core for up to about 25 ms at a time (measured with timestamps in the worker
+//! loop); a worker stalled that long needs a fill ring that covers it, and 2,048 frames
+//! cover 34 ms at 60 kpps.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::{down, setup, stats};
+use perf_lab::{
+    generator::{self, Stream, StreamStats},
+    netns, probe,
+    topology::{Dataplane, Lab, PodState, Topology},
+};
+
+const CHANGES: usize = 100;
+const POD_CHURN_PPS: f64 = 60_000.0;
+
+/// A policy that selects only the churned pods (n2's pods but p1-n2), different each time.
+fn policy(i: usize) -> String {
+    format!(
+        "apiVersion: projectcalico.org/v3\nkind: GlobalNetworkPolicy\nmetadata: {{name: churn}}\nspec:\n  order: 50\n  selector: twill-lab/node == 'n2' && twill-lab/pod != 'p1-n2'\n  types: [Ingress]\n  ingress:\n  - action: Deny\n    protocol: UDP\n    destination: {{ports: [{}]}}\n  - action: Allow\n",
+        1000 + i
+    )
+}
+
+/// The highest of a few paced rates that lose nothing (coarse: three probes of 1 s).
+fn no_drop_rate(a: &PodState, b: &PodState) -> f64 {
+    let flat = generator::run(a, b, &Stream::flat_out(1.0)).expect("flat out");
+    let (mut lo, mut hi, mut best) = (0.2 * flat.received_pps, flat.sent_pps, 0.0);
+    for _ in 0..3 {
+        let rate = (lo + hi) / 2.0;
+        let s = generator::run(a, b, &Stream::flat_out(1.0).paced(rate)).expect("paced");
+        if s.lost == 0 {
+            (best, lo) = (rate, rate);
+        } else {
+            hi = rate;
+        }
+    }
+    assert!(best > 0.0, "no probe between {lo} and {hi} pps was loss-free");
+    best
+}
+
+/// Applies policy `i` and waits until both agents have published a table version since.
+fn change_policy(lab: &Lab, i: usize) {
+    let before: Vec<u64> = ["n1", "n2"].iter().map(|n| stats(lab, n)["table_version"]).collect();
+    lab.apply_manifest("churn.yaml", &policy(i)).expect("policy change");
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while ["n1", "n2"].iter().zip(&before).any(|(n, v)| stats(lab, n)["table_version"] <= *v) {
+        assert!(Instant::now() < deadline, "policy change {i} not published within 5 s");
+        std::thread::sleep(Duration::from_millis(2));
+    }
+}
+
+/// Runs `changes` under a stream from `a` to `b` at `rate`; the stream's figures, checked.
+fn under_load(lab: &mut Lab, a: &PodState, b: &PodState, rate: f64, what: &str, changes: impl FnOnce(&mut Lab)) -> StreamStats {
+    let before = [stats(lab, "n1"), stats(lab, "n2")];
+    let load = generator::start(a, b, &Stream::flat_out(300.0).paced(rate)).expect("the stream starts");
+    std::thread::sleep(Duration::from_millis(300));
+    let t0 = Instant::now();
+    changes(lab);
+    let took = t0.elapsed();
+    std::thread::sleep(Duration::from_millis(300));
+    let s = load.stop().expect("the stream ran");
+    println!("{what} in {took:?} under {rate:.0} pps: sent {}, lost {}, latency p50 {:.0} µs, p99 {:.0} µs, max {:.0} µs", s.sent, s.lost, s.latency.p50_us, s.latency.p99_us, s.latency.max_us);
+    let grew: Vec<String> = ["n1", "n2"]
+        .iter()
+        .zip(&before)
+        .flat_map(|(node, b)| {
+            let after = stats(lab, node);
+            after.into_iter().filter(|(k, v)| (k.starts_with("drop") || k.starts_with("xsk")) && *v > b.get(k).copied().unwrap_or(0)).map(move |(k, v)| format!("{node} {k} +{}", v - b.get(&k).copied().unwrap_or(0))).collect::<Vec<_>>()
+        })
+        .collect();
+    assert!(took.as_secs_f64() < s.duration_s, "{what}: the changes ({took:?}) outlasted the stream ({} s)", s.duration_s);
+    assert!(s.sent as f64 > 0.9 * rate * s.duration_s, "the generator fell behind its rate: {s:?}");
+    assert_eq!(s.lost, 0, "{what}: the unaffected stream lost {} of {} packets; drop counters that grew: {grew:?}", s.lost, s.sent);
+    assert_eq!((s.duplicates, s.reordered), (0, 0), "{what}: {s:?}");
+    s
+}
+
+#[test]
+fn a_stream_loses_nothing_while_policies_and_pods_change() {
+    let _g = setup();
+    let mut lab = Topology::uniform(2, 1, Dataplane::Twill).up().expect("lab up");
+    let (a, b) = (lab.pod("p1-n1").unwrap().clone(), lab.pod("p1-n2").unwrap().clone());
+    let ndr = no_drop_rate(&a, &b);
+    println!("no-drop rate about {ndr:.0} pps");
+
+    under_load(&mut lab, &a, &b, ndr / 2.0, "100 policy changes", |lab| {
+        for i in 0..CHANGES {
+            change_policy(lab, i);
+        }
+    });
+
+    let endpoints_before = stats(&lab, "n2")["endpoints"];
+    under_load(&mut lab, &a, &b, POD_CHURN_PPS.min(ndr / 2.0), "100 pods added, reached and removed, a policy change each", |lab| {
+        for i in 0..CHANGES {
+            change_policy(lab, CHANGES + i);
+            let name = lab.add_pod(2).expect("pod added");
+            let ip = lab.pod(&name).and_then(|p| p.ip).expect("the new pod has an address");
+            netns::run_in(&a.netns, move || probe::icmp_echo(ip, 50, Duration::from_millis(100)))
+                .unwrap_or_else(|e| panic!("new pod {name} ({ip}) unreachable from p1-n1: {e:#}"));
+            lab.remove_pod(&name).expect("pod removed");
+        }
+    });
+    assert_eq!(stats(&lab, "n2")["endpoints"], endpoints_before, "every added pod is gone again");
+    down(lab);
+}
