@@ -332,7 +332,7 @@ fn ratio(t: &PathSummary, p: &PathSummary) -> Ratio {
 fn summarize_rules(points: &[RulesPoint]) -> Vec<RulesSummary> {
     let mut keys: Vec<(Dataplane, usize)> = points.iter().map(|p| (p.dataplane, p.rules)).collect();
     keys.dedup();
-    keys.sort_by_key(|&(dp, n)| (dp.to_string(), n));
+    keys.sort_by_key(|&(dp, n)| (colour(dp), n));
     keys.dedup();
     let rate = |dp: Dataplane, n: usize| median(points.iter().filter(|p| p.dataplane == dp && p.rules == n).map(|p| p.stream.received_pps).collect());
     keys.iter().map(|&(dp, n)| RulesSummary { dataplane: dp, rules: n, received_pps: rate(dp, n), of_no_rules: rate(dp, n) / rate(dp, 0) }).collect()
@@ -407,13 +407,23 @@ pub fn markdown(r: &BenchReport, plots: &[(String, String)]) -> String {
     s
 }
 
+/// One colour per data path in every chart.
+fn colour(dp: Dataplane) -> usize {
+    match dp {
+        Dataplane::Twill => 0,
+        Dataplane::KernelFlannel => 1,
+        Dataplane::KernelCalico => 2,
+        Dataplane::XdpCeiling => 3,
+    }
+}
+
 /// The report's plots: (title, file name, SVG).
 pub fn plots(r: &BenchReport) -> Vec<(String, String, String)> {
     let mut out = Vec::new();
     let cdf: Vec<plot::Series> = r
         .paths
         .iter()
-        .map(|p| plot::Series { name: p.dataplane.to_string(), points: p.half_cdf.iter().filter(|(q, _)| *q < 1.0).map(|&(q, us)| (us, q * 100.0)).collect() })
+        .map(|p| plot::Series { name: p.dataplane.to_string(), colour: colour(p.dataplane), points: p.half_cdf.iter().filter(|(q, _)| *q < 1.0).map(|&(q, us)| (us, q * 100.0)).collect() })
         .collect();
     out.push(("One-way latency at half each path's NDR (CDF)".to_owned(), "latency-cdf.svg".to_owned(), plot::lines("One-way latency at NDR/2", "µs (log)", "% of packets", &cdf, true)));
     if !r.rules_summary.is_empty() {
@@ -423,12 +433,12 @@ pub fn plots(r: &BenchReport) -> Vec<(String, String, String)> {
             let x = (q.rules.max(1) as f64).log10();
             match series.iter_mut().find(|s| s.name == name) {
                 Some(s) => s.points.push((x, q.received_pps / 1e3)),
-                None => series.push(plot::Series { name, points: vec![(x, q.received_pps / 1e3)] }),
+                None => series.push(plot::Series { name, colour: colour(q.dataplane), points: vec![(x, q.received_pps / 1e3)] }),
             }
         }
         out.push(("Packet rate against policy rules".to_owned(), "rules.svg".to_owned(), plot::lines("64-byte UDP, 10k flows, flat out", "rules (log10; 0 rules at 0)", "kpps received", &series, false)));
     }
-    let bars: Vec<(String, f64)> = r.paths.iter().map(|p| (p.dataplane.to_string(), p.ndr_pps / 1e3)).collect();
+    let bars: Vec<(String, usize, f64)> = r.paths.iter().map(|p| (p.dataplane.to_string(), colour(p.dataplane), p.ndr_pps / 1e3)).collect();
     out.push(("No-drop rate per data path".to_owned(), "ndr.svg".to_owned(), plot::bars("No-drop rate, 64-byte UDP", "kpps", &bars)));
     out
 }

@@ -107,13 +107,13 @@ enum Cmd {
     /// topology with the same traffic, several alternating trials; prints a Markdown
     /// report of the medians and ratios.
     Bench {
-        /// 3 trials of 1 s (CI's check that every data path delivers traffic).
+        /// 3 trials of 0.5 s, a coarse NDR, no rules sweep (CI's check that every data path delivers traffic).
         #[arg(long)]
         quick: bool,
-        /// Trials per data path (default 5; 3 with --quick).
+        /// Trials per data path (default 3; 3 with --quick).
         #[arg(long)]
         trials: Option<usize>,
-        /// Seconds per UDP and per TCP measurement (default 3; 1 with --quick).
+        /// Seconds per measurement (default 2; 0.5 with --quick).
         #[arg(long)]
         duration: Option<f64>,
         /// Also write the report as JSON to this file.
@@ -310,7 +310,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
             }
         }
         Cmd::Bench { quick, trials, duration, json, report } => {
-            let base = if quick { perf_lab::bench::BenchConfig::quick() } else { perf_lab::bench::BenchConfig::all(5, 3.0) };
+            let base = if quick { perf_lab::bench::BenchConfig::quick() } else { perf_lab::bench::BenchConfig::all(3, 2.0) };
             let cfg = perf_lab::bench::BenchConfig { trials: trials.unwrap_or(base.trials).max(1), duration_s: duration.unwrap_or(base.duration_s), ..base };
             let r = perf_lab::bench::run(&cfg)?;
             let plots = perf_lab::bench::plots(&r);

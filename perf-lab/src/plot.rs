@@ -7,6 +7,8 @@ use std::fmt::Write as _;
 #[derive(Debug, Clone)]
 pub struct Series {
     pub name: String,
+    /// Index into the palette, so one thing keeps its colour across charts.
+    pub colour: usize,
     pub points: Vec<(f64, f64)>,
 }
 
@@ -81,7 +83,7 @@ pub fn lines(title: &str, xlabel: &str, ylabel: &str, series: &[Series], log_x: 
         let _ = writeln!(s, "<line x1=\"{x:.1}\" x2=\"{x:.1}\" y1=\"{TOP}\" y2=\"{}\" stroke=\"#eee\"/><text x=\"{x:.1}\" y=\"{}\" text-anchor=\"middle\">{text}</text>", TOP + ph, TOP + ph + 16.0);
     }
     for (i, se) in series.iter().enumerate() {
-        let c = COLOURS[i % COLOURS.len()];
+        let c = COLOURS[se.colour % COLOURS.len()];
         let path: Vec<String> = se.points.iter().filter(|p| p.0.is_finite() && p.1.is_finite()).map(|&(x, y)| format!("{:.1},{:.1}", px(x), py(y))).collect();
         let _ = writeln!(s, "<polyline fill=\"none\" stroke=\"{c}\" stroke-width=\"2\" points=\"{}\"/>", path.join(" "));
         for p in &path {
@@ -95,9 +97,9 @@ pub fn lines(title: &str, xlabel: &str, ylabel: &str, series: &[Series], log_x: 
     s
 }
 
-/// A bar chart, one bar per (name, value).
-pub fn bars(title: &str, ylabel: &str, bars: &[(String, f64)]) -> String {
-    let y1 = bars.iter().map(|b| b.1).filter(|v| v.is_finite()).fold(0.0, f64::max) * 1.1;
+/// A bar chart, one bar per (name, colour, value).
+pub fn bars(title: &str, ylabel: &str, bars: &[(String, usize, f64)]) -> String {
+    let y1 = bars.iter().map(|b| b.2).filter(|v| v.is_finite()).fold(0.0, f64::max) * 1.1;
     let y1 = if y1 > 0.0 { y1 } else { 1.0 };
     let (pw, ph) = (W - LEFT - RIGHT, H - TOP - BOTTOM);
     let mut s = header(title, "", ylabel);
@@ -106,11 +108,11 @@ pub fn bars(title: &str, ylabel: &str, bars: &[(String, f64)]) -> String {
         let _ = writeln!(s, "<line x1=\"{LEFT}\" x2=\"{}\" y1=\"{y:.1}\" y2=\"{y:.1}\" stroke=\"#ddd\"/><text x=\"{}\" y=\"{:.1}\" text-anchor=\"end\">{}</text>", LEFT + pw, LEFT - 6.0, y + 4.0, label(t));
     }
     let slot = pw / bars.len().max(1) as f64;
-    for (i, (name, v)) in bars.iter().enumerate() {
+    for (i, (name, colour, v)) in bars.iter().enumerate() {
         let v = if v.is_finite() { *v } else { 0.0 };
         let h = v / y1 * ph;
         let x = LEFT + slot * i as f64 + slot * 0.15;
-        let _ = writeln!(s, "<rect x=\"{x:.1}\" y=\"{:.1}\" width=\"{:.1}\" height=\"{h:.1}\" fill=\"{}\"/>", TOP + ph - h, slot * 0.7, COLOURS[i % COLOURS.len()]);
+        let _ = writeln!(s, "<rect x=\"{x:.1}\" y=\"{:.1}\" width=\"{:.1}\" height=\"{h:.1}\" fill=\"{}\"/>", TOP + ph - h, slot * 0.7, COLOURS[colour % COLOURS.len()]);
         let _ = writeln!(s, "<text x=\"{:.1}\" y=\"{:.1}\" text-anchor=\"middle\">{}</text>", x + slot * 0.35, TOP + ph - h - 4.0, label(v));
         let _ = writeln!(s, "<text x=\"{:.1}\" y=\"{}\" text-anchor=\"middle\">{}</text>", x + slot * 0.35, TOP + ph + 16.0, esc(name));
     }
@@ -125,14 +127,14 @@ mod tests {
     #[test]
     fn charts_are_svg_with_one_mark_per_point() {
         let s = vec![
-            Series { name: "a<b".into(), points: vec![(1.0, 10.0), (10.0, 20.0), (100.0, 5.0)] },
-            Series { name: "c".into(), points: vec![(2.0, 1.0), (f64::NAN, 3.0)] },
+            Series { name: "a<b".into(), colour: 0, points: vec![(1.0, 10.0), (10.0, 20.0), (100.0, 5.0)] },
+            Series { name: "c".into(), colour: 1, points: vec![(2.0, 1.0), (f64::NAN, 3.0)] },
         ];
         let svg = lines("t", "x", "y", &s, true);
         assert!(svg.starts_with("<svg") && svg.trim_end().ends_with("</svg>"));
         assert_eq!(svg.matches("<circle").count(), 4, "non-finite points are left out");
         assert!(svg.contains("a&lt;b"));
-        let svg = bars("t", "kpps", &[("x".into(), 1.0), ("y".into(), f64::NAN)]);
+        let svg = bars("t", "kpps", &[("x".into(), 0, 1.0), ("y".into(), 1, f64::NAN)]);
         assert_eq!(svg.matches("<rect x=").count(), 3, "frame + two bars");
     }
 
