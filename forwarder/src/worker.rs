@@ -48,6 +48,11 @@ pub enum IdleStrategy {
 /// Frames the kernel sends per TX wakeup in copy mode.
 const COPY_MODE_TX_BATCH: usize = 32;
 
+/// Frames a pod port's fill ring starts with; it doubles (up to the configured target)
+/// each time the port has used a full batch between two refills, while the worker's
+/// budget allows.
+const MIN_POD_FILL: usize = 64;
+
 /// Empty turns before an adaptive worker sleeps.
 const SPIN_TURNS: u32 = 256;
 
@@ -111,6 +116,13 @@ pub struct Worker {
     owner: Vec<PortId>,
     batch: Vec<FrameDesc>,
     pollfds: Vec<libc::pollfd>,
+    /// Frames each port's fill ring is kept at (see [`Worker::initial_fill`]).
+    fill_target: Vec<usize>,
+    /// Their sum over the active ports.
+    fill_targets_sum: usize,
+    /// Whether a port's fill ring has been filled since it was added (only then does a low
+    /// fill level mean the port used its frames).
+    primed: Vec<bool>,
     /// Kernel-side socket statistics of ports already removed, so totals never go back.
     retired_xsk: [u64; 4],
     last_xsk_read: Instant,
@@ -135,6 +147,9 @@ impl Worker {
             owner: vec![NO_OWNER; frames],
             batch: vec![FrameDesc::default(); cfg.batch.max(1)],
             pollfds: Vec::new(),
+            fill_target: vec![0; MAX_PORTS],
+            fill_targets_sum: 0,
+            primed: vec![false; MAX_PORTS],
             retired_xsk: [0; 4],
             last_xsk_read: Instant::now(),
             uplink_tx: None,
@@ -187,6 +202,9 @@ impl Worker {
                         self.uplink_tx = Some(id);
                     }
                     self.refresh_pollfds();
+                    self.fill_target[id as usize] = self.initial_fill(id);
+                    self.primed[id as usize] = false;
+                    self.fill_targets_sum += self.fill_target[id as usize];
                     let _ = done.send(());
                 }
                 Command::RemovePort(id, done) => {
@@ -229,6 +247,7 @@ impl Worker {
             *acc += v;
         }
         self.refresh_pollfds();
+        self.fill_targets_sum -= self.fill_target[id as usize];
         Some(port)
     }
 
@@ -315,9 +334,31 @@ impl Worker {
         }
     }
 
+    /// Frames a port's fill ring gets when it is added: the uplink the configured target, a
+    /// pod [`MIN_POD_FILL`]. A frame in an idle port's fill ring stays there until a packet
+    /// arrives, so fifty idle pods given the full target would hold every frame while the
+    /// uplink starves; a pod port grows its target only by using it.
+    fn initial_fill(&self, id: PortId) -> usize {
+        if is_uplink(id) { self.cfg.fill_target } else { MIN_POD_FILL.min(self.cfg.fill_target) }
+    }
+
+    /// Three quarters of this worker's part of the UMEM: what its fill targets may add up
+    /// to (the rest is in flight: RX and TX rings, hand-offs, batches).
+    fn fill_budget(&self) -> usize {
+        self.shared.frame_count / self.shared.counters.len().max(1) * 3 / 4
+    }
+
     fn refill(&mut self, id: PortId) {
-        let want = self.cfg.fill_target.saturating_sub(self.filled[id as usize]);
-        if want < self.cfg.batch.min(self.cfg.fill_target) {
+        let mut target = self.fill_target[id as usize];
+        // A full batch (or half the ring) taken since the last refill: the port is busy.
+        let used = target.saturating_sub(self.filled[id as usize]);
+        if self.primed[id as usize] && used >= self.cfg.batch.min(target / 2) && target < self.cfg.fill_target && self.fill_targets_sum + target <= self.fill_budget() {
+            self.fill_targets_sum += target;
+            target *= 2;
+            self.fill_target[id as usize] = target;
+        }
+        let want = target.saturating_sub(self.filled[id as usize]);
+        if want < self.cfg.batch.min(target) {
             return;
         }
         if self.free.len() < want {
@@ -335,6 +376,7 @@ impl Worker {
             self.owner[frame_index(&self.shared, &desc)] = id;
         }
         self.filled[id as usize] += produced;
+        self.primed[id as usize] = true;
         if produced > 0 && port.fill.needs_wakeup() {
             let _ = port.fill.wakeup(port.rx.fd_mut(), 0);
         }
@@ -480,7 +522,7 @@ impl Worker {
     /// Gives frames beyond what this worker's ports can use back to the node's pool, so
     /// frames that drift here through hand-offs return to the workers that receive.
     fn balance_free_list(&mut self) {
-        let keep = self.cfg.fill_target * (self.active.len() + 1) + self.cfg.batch * 4;
+        let keep = self.fill_targets_sum + self.cfg.fill_target + self.cfg.batch * 4;
         while self.free.len() > keep {
             let Some(d) = self.free.pop() else { break };
             if let Err(d) = self.shared.pool.push(d) {
