@@ -52,6 +52,8 @@ pub struct BenchConfig {
     pub ndr_steps: usize,
     /// Rule counts of the rules sweep (none: no sweep).
     pub rules: Vec<usize>,
+    /// Run the topology sweeps: workers per node, pods per node, uplink MTU.
+    pub topologies: bool,
 }
 
 impl BenchConfig {
@@ -63,13 +65,14 @@ impl BenchConfig {
             duration_s,
             ndr_steps: 6,
             rules: vec![0, 100, 1_000, 10_000],
+            topologies: true,
         }
     }
 
     /// `--quick`: every data path, 3 trials of 0.5 s, a coarse NDR, no sweep (about two
     /// minutes).
     pub fn quick() -> BenchConfig {
-        BenchConfig { ndr_steps: 2, rules: Vec::new(), ..BenchConfig::all(3, 0.5) }
+        BenchConfig { ndr_steps: 2, rules: Vec::new(), topologies: false, ..BenchConfig::all(3, 0.5) }
     }
 }
 
@@ -149,6 +152,49 @@ pub struct RulesSummary {
     pub of_no_rules: f64,
 }
 
+/// One lab of a topology sweep: 64-byte UDP flat out and one TCP stream.
+#[derive(Debug, Clone, Serialize)]
+pub struct TopologyPoint {
+    /// `workers per node`, `pods per node` or `uplink MTU`.
+    pub sweep: &'static str,
+    pub value: u32,
+    pub dataplane: Dataplane,
+    pub trial: usize,
+    /// The measured pods' interface MTU.
+    pub pod_mtu: u32,
+    pub flat: StreamStats,
+    pub tcp: TcpThroughput,
+}
+
+/// Medians of one (sweep, value, data path).
+#[derive(Debug, Clone, Serialize)]
+pub struct TopologySummary {
+    pub sweep: &'static str,
+    pub value: u32,
+    pub dataplane: Dataplane,
+    pub pod_mtu: u32,
+    pub flat_received_pps: f64,
+    pub tcp_gbit_per_s: f64,
+}
+
+/// The topology sweeps: (sweep, value, data path, the lab).
+fn topology_points() -> Vec<(&'static str, u32, Dataplane, Topology)> {
+    let mut v = Vec::new();
+    for (workers, cores) in [(1, None), (2, Some("0,1"))] {
+        let t = Topology::uniform(2, 1, Dataplane::Twill);
+        v.push(("workers per node", workers, Dataplane::Twill, if let Some(c) = cores { t.cores(c) } else { t }));
+    }
+    for pods in [2, 50] {
+        for dp in [Dataplane::Twill, Dataplane::KernelFlannel, Dataplane::KernelCalico] {
+            v.push(("pods per node", pods, dp, Topology::uniform(2, pods, dp)));
+        }
+    }
+    for mtu in [1500, 9000] {
+        v.push(("uplink MTU", mtu, Dataplane::Twill, Topology::uniform(2, 1, Dataplane::Twill).uplink_mtu(mtu)));
+    }
+    v
+}
+
 /// A whole run.
 #[derive(Debug, Clone, Serialize)]
 pub struct BenchReport {
@@ -160,6 +206,8 @@ pub struct BenchReport {
     pub twill_over: Vec<Ratio>,
     pub rules: Vec<RulesPoint>,
     pub rules_summary: Vec<RulesSummary>,
+    pub topologies: Vec<TopologyPoint>,
+    pub topologies_summary: Vec<TopologySummary>,
 }
 
 /// Where the run ran.
@@ -207,13 +255,31 @@ pub fn run(cfg: &BenchConfig) -> Result<BenchReport> {
             }
         }
     }
+    let mut topologies = Vec::new();
+    for trial in 1..=if cfg.topologies { cfg.trials } else { 0 } {
+        for (sweep, value, dp, topo) in topology_points() {
+            let what = format!("{dp} with {sweep} {value}, trial {trial}");
+            let lab = topo.up().with_context(|| format!("building the lab of {what}"))?;
+            let measured = (|| {
+                let (a, b) = traffic::cross_node_pair(lab.pods()).context("no pod on n1 and n2")?;
+                let link = crate::netns::ip(&a.netns, &["-o", "link", "show", "eth0"])?;
+                let pod_mtu = link.split_whitespace().skip_while(|w| *w != "mtu").nth(1).and_then(|m| m.parse().ok()).context("no mtu in `ip link show eth0`")?;
+                let flat = generator::run(a, b, &Stream::flat_out(cfg.duration_s))?;
+                let tcp = traffic::tcp_throughput(a, b, Duration::from_secs_f64(cfg.duration_s))?;
+                Ok::<_, anyhow::Error>(TopologyPoint { sweep, value, dataplane: dp, trial, pod_mtu, flat, tcp })
+            })();
+            lab.down().with_context(|| format!("tearing down the lab of {what}"))?;
+            topologies.push(measured.with_context(|| what)?);
+        }
+    }
     let paths: Vec<PathSummary> = cfg.dataplanes.iter().map(|&dp| summarize(dp, &trials)).collect();
     let twill_over = match paths.iter().find(|p| p.dataplane == Dataplane::Twill) {
         Some(t) => paths.iter().filter(|p| p.dataplane != Dataplane::Twill).map(|p| ratio(t, p)).collect(),
         None => Vec::new(),
     };
     let rules_summary = summarize_rules(&sweep);
-    Ok(BenchReport { machine: Machine::here(), config: cfg.clone(), seconds: t0.elapsed().as_secs_f64(), trials, paths, twill_over, rules: sweep, rules_summary })
+    let topologies_summary = summarize_topologies(&topologies);
+    Ok(BenchReport { machine: Machine::here(), config: cfg.clone(), seconds: t0.elapsed().as_secs_f64(), trials, paths, twill_over, rules: sweep, rules_summary, topologies, topologies_summary })
 }
 
 /// Builds a two-node lab of `dp`, runs `f` on it, tears it down (also when `f` failed).
@@ -338,6 +404,25 @@ fn summarize_rules(points: &[RulesPoint]) -> Vec<RulesSummary> {
     keys.iter().map(|&(dp, n)| RulesSummary { dataplane: dp, rules: n, received_pps: rate(dp, n), of_no_rules: rate(dp, n) / rate(dp, 0) }).collect()
 }
 
+fn summarize_topologies(points: &[TopologyPoint]) -> Vec<TopologySummary> {
+    let mut out: Vec<TopologySummary> = Vec::new();
+    for p in points {
+        if out.iter().any(|q| (q.sweep, q.value, q.dataplane) == (p.sweep, p.value, p.dataplane)) {
+            continue;
+        }
+        let same: Vec<&TopologyPoint> = points.iter().filter(|q| (q.sweep, q.value, q.dataplane) == (p.sweep, p.value, p.dataplane)).collect();
+        out.push(TopologySummary {
+            sweep: p.sweep,
+            value: p.value,
+            dataplane: p.dataplane,
+            pod_mtu: p.pod_mtu,
+            flat_received_pps: median(same.iter().map(|q| q.flat.received_pps).collect()),
+            tcp_gbit_per_s: median(same.iter().map(|q| q.tcp.gbit_per_s).collect()),
+        });
+    }
+    out
+}
+
 fn median(mut v: Vec<f64>) -> f64 {
     if v.is_empty() {
         return f64::NAN;
@@ -389,6 +474,12 @@ pub fn markdown(r: &BenchReport, plots: &[(String, String)]) -> String {
             let _ = writeln!(s, "| {} | {} | {:.0} | {:.2} |", q.dataplane, q.rules, q.received_pps, q.of_no_rules);
         }
     }
+    if !r.topologies_summary.is_empty() {
+        let _ = writeln!(s, "\n## Topology sweeps: 64-byte UDP flat out and one TCP stream, {} s each\n\n| sweep | value | data path | pod MTU | UDP received (pps) | TCP (Gbit/s) |\n|---|---|---|---|---|---|", r.config.duration_s);
+        for q in &r.topologies_summary {
+            let _ = writeln!(s, "| {} | {} | {} | {} | {:.0} | {:.2} |", q.sweep, q.value, q.dataplane, q.pod_mtu, q.flat_received_pps, q.tcp_gbit_per_s);
+        }
+    }
     for (title, file) in plots {
         let _ = writeln!(s, "\n![{title}]({file})");
     }
@@ -437,6 +528,10 @@ pub fn plots(r: &BenchReport) -> Vec<(String, String, String)> {
             }
         }
         out.push(("Packet rate against policy rules".to_owned(), "rules.svg".to_owned(), plot::lines("64-byte UDP, 10k flows, flat out", "rules (log10; 0 rules at 0)", "kpps received", &series, false)));
+    }
+    let workers: Vec<(String, usize, f64)> = r.topologies_summary.iter().filter(|q| q.sweep == "workers per node").map(|q| (format!("{} worker(s)", q.value), colour(q.dataplane), q.flat_received_pps / 1e3)).collect();
+    if !workers.is_empty() {
+        out.push(("twill with one and two workers per node".to_owned(), "workers.svg".to_owned(), plot::bars("twill, 64-byte UDP flat out, by workers per node", "kpps received", &workers)));
     }
     let bars: Vec<(String, usize, f64)> = r.paths.iter().map(|p| (p.dataplane.to_string(), colour(p.dataplane), p.ndr_pps / 1e3)).collect();
     out.push(("No-drop rate per data path".to_owned(), "ndr.svg".to_owned(), plot::bars("No-drop rate, 64-byte UDP", "kpps", &bars)));

@@ -116,6 +116,10 @@ enum Cmd {
         /// Seconds per measurement (default 2; 0.5 with --quick).
         #[arg(long)]
         duration: Option<f64>,
+        /// Sections to run (default all): paths (every data path, every measurement),
+        /// rules (the rules sweep), topologies (workers per node, pods per node, MTU).
+        #[arg(long, value_delimiter = ',', value_parser = ["paths", "rules", "topologies"])]
+        only: Vec<String>,
         /// Also write the report as JSON to this file.
         #[arg(long)]
         json: Option<std::path::PathBuf>,
@@ -309,9 +313,19 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 return Ok(ExitCode::FAILURE);
             }
         }
-        Cmd::Bench { quick, trials, duration, json, report } => {
+        Cmd::Bench { quick, trials, duration, only, json, report } => {
             let base = if quick { perf_lab::bench::BenchConfig::quick() } else { perf_lab::bench::BenchConfig::all(3, 2.0) };
-            let cfg = perf_lab::bench::BenchConfig { trials: trials.unwrap_or(base.trials).max(1), duration_s: duration.unwrap_or(base.duration_s), ..base };
+            let mut cfg = perf_lab::bench::BenchConfig { trials: trials.unwrap_or(base.trials).max(1), duration_s: duration.unwrap_or(base.duration_s), ..base };
+            if !only.is_empty() {
+                let has = |s: &str| only.iter().any(|o| o == s);
+                if !has("paths") {
+                    cfg.dataplanes.clear();
+                }
+                if !has("rules") {
+                    cfg.rules.clear();
+                }
+                cfg.topologies &= has("topologies");
+            }
             let r = perf_lab::bench::run(&cfg)?;
             let plots = perf_lab::bench::plots(&r);
             let names: Vec<(String, String)> = plots.iter().map(|(t, f, _)| (t.clone(), f.clone())).collect();

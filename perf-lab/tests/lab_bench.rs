@@ -49,7 +49,7 @@ fn every_data_path_delivers_traffic_in_every_trial() {
 #[test]
 fn rules_sweep_loads_ten_thousand_rules_into_both_paths() {
     let _g = setup();
-    let cfg = BenchConfig { dataplanes: Vec::new(), trials: 1, duration_s: 0.5, ndr_steps: 0, rules: vec![0, 10_000] };
+    let cfg = BenchConfig { dataplanes: Vec::new(), trials: 1, duration_s: 0.5, ndr_steps: 0, rules: vec![0, 10_000], topologies: false };
     let r = bench::run(&cfg).expect("the sweep runs");
     println!("{}", bench::markdown(&r, &[]));
     assert_eq!(r.rules.len(), 4, "{:?}", r.rules_summary);
