@@ -8,7 +8,7 @@ use std::time::Duration;
 use anyhow::{Context, Result, bail};
 use clap::{Args, Parser, Subcommand};
 
-use perf_lab::generator::{self, Stream};
+use perf_lab::generator::{self, Stream, StreamStats};
 use perf_lab::probe;
 use perf_lab::report::{self, DemoReport, LabSummary};
 use perf_lab::topology::{self, Dataplane, Lab, PodState, Topology};
@@ -252,17 +252,17 @@ fn run(cli: Cli) -> Result<ExitCode> {
             let lab = Lab::attach()?;
             let (a, b) = pair(&lab, src, dst)?;
             let d = Duration::from_secs_f64(duration);
-            let udp = traffic::udp_rate(a, b, d)?;
+            let (flat, paced) = udp_streams(a, b, duration)?;
             let tcp = traffic::tcp_throughput(a, b, d)?;
             if json {
                 println!(
                     "{}",
                     serde_json::to_string_pretty(
-                        &serde_json::json!({"udp_rate": udp, "tcp_throughput": tcp})
+                        &serde_json::json!({"udp_flat": flat, "udp_paced": paced, "tcp_throughput": tcp})
                     )?
                 );
             } else {
-                let r = DemoReport::measurements_only(udp, tcp);
+                let r = DemoReport::measurements_only(flat, paced, tcp);
                 print!("{}", report::measurements_table(&r));
             }
         }
@@ -362,14 +362,22 @@ fn pair(lab: &Lab, src: Option<String>, dst: Option<String>) -> Result<(&PodStat
     })
 }
 
+/// 64-byte UDP from `a` to `b` with the lab generator: flat out, then paced at the bench's
+/// common rate.
+fn udp_streams(a: &PodState, b: &PodState, secs: f64) -> Result<(StreamStats, StreamStats)> {
+    let flat = generator::run(a, b, &Stream::flat_out(secs))?;
+    let paced = generator::run(a, b, &Stream::flat_out(secs).paced(perf_lab::bench::COMMON_PPS))?;
+    Ok((flat, paced))
+}
+
 fn demo(lab: &Lab, d: Duration) -> Result<DemoReport> {
     let pairs = probe::check_all_pairs(lab.pods())?;
     let failed = pairs.iter().filter(|p| !p.ok()).count();
-    let (mut udp, mut udp_err, mut tcp, mut tcp_err) = (None, None, None, None);
+    let (mut flat, mut paced, mut udp_err, mut tcp, mut tcp_err) = (None, None, None, None, None);
     match traffic::cross_node_pair(lab.pods()) {
         Some((a, b)) => {
-            match traffic::udp_rate(a, b, d) {
-                Ok(r) => udp = Some(r),
+            match udp_streams(a, b, d.as_secs_f64()) {
+                Ok((f, p)) => (flat, paced) = (Some(f), Some(p)),
                 Err(e) => udp_err = Some(format!("{e:#}")),
             }
             match traffic::tcp_throughput(a, b, d) {
@@ -388,8 +396,9 @@ fn demo(lab: &Lab, d: Duration) -> Result<DemoReport> {
         pairs_failed: failed,
         all_pairs_ok: failed == 0,
         pairs,
-        udp_rate: udp,
-        udp_rate_error: udp_err,
+        udp_flat: flat,
+        udp_paced: paced,
+        udp_error: udp_err,
         tcp_throughput: tcp,
         tcp_throughput_error: tcp_err,
     })

@@ -7,7 +7,8 @@ use serde::Serialize;
 
 use crate::probe::{PairResult, PathKind, ProbeResult};
 use crate::topology::LabState;
-use crate::traffic::{TcpThroughput, UdpRate};
+use crate::generator::StreamStats;
+use crate::traffic::TcpThroughput;
 
 /// A node as the report shows it.
 #[derive(Debug, Clone, Serialize)]
@@ -70,15 +71,18 @@ pub struct DemoReport {
     pub pairs_total: usize,
     pub pairs_failed: usize,
     pub all_pairs_ok: bool,
-    pub udp_rate: Option<UdpRate>,
-    pub udp_rate_error: Option<String>,
+    /// 64-byte UDP from the lab generator, flat out.
+    pub udp_flat: Option<StreamStats>,
+    /// The same paced at [`crate::bench::COMMON_PPS`]: latency at a load every path carries.
+    pub udp_paced: Option<StreamStats>,
+    pub udp_error: Option<String>,
     pub tcp_throughput: Option<TcpThroughput>,
     pub tcp_throughput_error: Option<String>,
 }
 
 impl DemoReport {
     /// A report carrying only measurements (for `twill-lab measure`).
-    pub fn measurements_only(udp: UdpRate, tcp: TcpThroughput) -> Self {
+    pub fn measurements_only(flat: StreamStats, paced: StreamStats, tcp: TcpThroughput) -> Self {
         Self {
             lab: LabSummary {
                 nodes: Vec::new(),
@@ -88,8 +92,9 @@ impl DemoReport {
             pairs_total: 0,
             pairs_failed: 0,
             all_pairs_ok: true,
-            udp_rate: Some(udp),
-            udp_rate_error: None,
+            udp_flat: Some(flat),
+            udp_paced: Some(paced),
+            udp_error: None,
             tcp_throughput: Some(tcp),
             tcp_throughput_error: None,
         }
@@ -97,7 +102,7 @@ impl DemoReport {
 
     /// Whether the demo passed: every pair reachable and both measurements taken.
     pub fn ok(&self) -> bool {
-        self.all_pairs_ok && self.udp_rate.is_some() && self.tcp_throughput.is_some()
+        self.all_pairs_ok && self.udp_flat.is_some() && self.udp_paced.is_some() && self.tcp_throughput.is_some()
     }
 }
 
@@ -183,18 +188,11 @@ pub fn pairs_table(pairs: &[PairResult]) -> String {
 
 pub fn measurements_table(r: &DemoReport) -> String {
     let mut out = String::new();
-    match (&r.udp_rate, &r.udp_rate_error) {
-        (Some(u), _) => {
-            let _ = writeln!(
-                out,
-                "udp {}B frames {} -> {}: sent {:.0} pps, received {:.0} pps, loss {:.2}% ({:.1} s)",
-                u.frame_bytes, u.src, u.dst, u.sent_pps, u.received_pps, u.loss_pct, u.duration_s
-            );
-        }
-        (None, Some(e)) => {
-            let _ = writeln!(out, "udp rate: FAILED: {e}");
-        }
-        (None, None) => {}
+    for s in [&r.udp_flat, &r.udp_paced].into_iter().flatten() {
+        out.push_str(&stream_table(s));
+    }
+    if let Some(e) = &r.udp_error {
+        let _ = writeln!(out, "udp stream: FAILED: {e}");
     }
     match (&r.tcp_throughput, &r.tcp_throughput_error) {
         (Some(t), _) => {

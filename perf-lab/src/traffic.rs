@@ -1,23 +1,19 @@
-//! Load between two pods, from threads inside their namespaces:
+//! Load between two pods, from threads inside their namespaces (packet rates, loss and
+//! latency come from the lab's generator, [`crate::generator`]):
 //!
-//! - [`udp_rate`]: 64-byte frames (14 Ethernet + 20 IPv4 + 8 UDP + 18 payload + 4 FCS), the
-//!   sender flat out with sendmmsg(2) batches, the receiver counting with recvmmsg(2);
-//!   sent and received packets per second and the loss between them;
 //! - [`tcp_throughput`]: one TCP stream, bytes counted by the receiver, Gbit/s;
 //! - [`UdpFlow`]: a paced, sequence-numbered UDP flow to run *while* something changes (a
 //!   node joins, a snapshot is replaced), reporting loss, reordering and the longest gap.
 
-use std::io::{IoSlice, IoSliceMut, Read, Write};
+use std::io::{Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream, UdpSocket};
-use std::os::fd::AsRawFd;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU16, Ordering};
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result};
 use nix::errno::Errno;
-use nix::sys::socket::{MsgFlags, MultiHeaders, recvmmsg, sendmmsg, setsockopt, sockopt};
 use serde::Serialize;
 
 use crate::netns;
@@ -25,27 +21,9 @@ use crate::topology::PodState;
 
 /// 18 bytes of UDP payload make a 64-byte Ethernet frame (with FCS).
 pub const UDP_PAYLOAD: usize = 18;
-pub const FRAME_BYTES: usize = 14 + 20 + 8 + UDP_PAYLOAD + 4;
-pub const UDP_RATE_PORT: u16 = 9000;
 pub const TCP_BULK_PORT: u16 = 5201;
-const BATCH: usize = 64;
 /// After the sender stops, the receiver drains until the line has been quiet this long.
 const DRAIN_QUIET: Duration = Duration::from_millis(300);
-
-/// Result of [`udp_rate`].
-#[derive(Debug, Clone, Serialize)]
-pub struct UdpRate {
-    pub src: String,
-    pub dst: String,
-    pub payload_bytes: usize,
-    pub frame_bytes: usize,
-    pub duration_s: f64,
-    pub sent: u64,
-    pub received: u64,
-    pub sent_pps: f64,
-    pub received_pps: f64,
-    pub loss_pct: f64,
-}
 
 /// Result of [`tcp_throughput`].
 #[derive(Debug, Clone, Serialize)]
@@ -55,108 +33,6 @@ pub struct TcpThroughput {
     pub duration_s: f64,
     pub bytes: u64,
     pub gbit_per_s: f64,
-}
-
-fn io_idle(e: Errno) -> bool {
-    matches!(e, Errno::EAGAIN | Errno::EINTR)
-}
-
-/// Counts datagrams on `sock` until `stop` is set and the line has been quiet for
-/// [`DRAIN_QUIET`] (at most 5 s after `stop`).
-fn count_datagrams(sock: &UdpSocket, stop: &AtomicBool) -> Result<u64> {
-    sock.set_read_timeout(Some(Duration::from_millis(20)))?;
-    let mut bufs = [[0u8; 64]; BATCH];
-    let mut hdrs = MultiHeaders::<()>::preallocate(BATCH, None);
-    let fd = sock.as_raw_fd();
-    let (mut received, mut last_rx, mut stop_seen) = (0u64, Instant::now(), None::<Instant>);
-    loop {
-        // recvmmsg ties the headers' borrow to the buffers': rebuild the (stack) slices per call.
-        let mut iovs = bufs.each_mut().map(|b| [IoSliceMut::new(b)]);
-        match recvmmsg(
-            fd,
-            &mut hdrs,
-            iovs.iter_mut(),
-            MsgFlags::MSG_WAITFORONE,
-            None,
-        ) {
-            Ok(r) => {
-                received += r.count() as u64;
-                last_rx = Instant::now();
-            }
-            Err(e) if io_idle(e) => {}
-            Err(e) => bail!("recvmmsg: {e}"),
-        }
-        if stop.load(Ordering::Relaxed) {
-            let since = *stop_seen.get_or_insert_with(Instant::now);
-            if last_rx.elapsed() >= DRAIN_QUIET || since.elapsed() > Duration::from_secs(5) {
-                return Ok(received);
-            }
-        }
-    }
-}
-
-/// Sends 18-byte datagrams on the connected `sock` as fast as sendmmsg allows, for `d`.
-fn send_flat_out(sock: &UdpSocket, d: Duration) -> Result<(u64, Duration)> {
-    let payload = [0x5au8; UDP_PAYLOAD];
-    let iovs: Vec<[IoSlice<'_>; 1]> = (0..BATCH).map(|_| [IoSlice::new(&payload)]).collect();
-    let addrs: Vec<Option<()>> = vec![None; BATCH];
-    let mut hdrs = MultiHeaders::<()>::preallocate(BATCH, None);
-    let fd = sock.as_raw_fd();
-    let t0 = Instant::now();
-    let mut sent = 0u64;
-    while t0.elapsed() < d {
-        match sendmmsg(fd, &mut hdrs, &iovs, &addrs, [], MsgFlags::empty()) {
-            Ok(r) => sent += r.count() as u64,
-            // Full queues and ICMP errors from earlier packets: keep going.
-            Err(Errno::ENOBUFS | Errno::ECONNREFUSED) => {}
-            Err(e) if io_idle(e) => {}
-            Err(e) => bail!("sendmmsg: {e}"),
-        }
-    }
-    Ok((sent, t0.elapsed()))
-}
-
-/// Cross-pod UDP packet rate: `src` sends 64-byte frames to `dst` flat out for `d`.
-pub fn udp_rate(src: &PodState, dst: &PodState, d: Duration) -> Result<UdpRate> {
-    let dst_addr = SocketAddr::from((dst.ip()?, UDP_RATE_PORT));
-    let stop = Arc::new(AtomicBool::new(false));
-    let st = stop.clone();
-    let rx = netns::spawn_ready(&dst.netns, move |ready| {
-        let s =
-            UdpSocket::bind(("0.0.0.0", UDP_RATE_PORT)).context("binding the UDP rate receiver")?;
-        // Bigger than rmem_max allows without CAP_NET_ADMIN: absorbs bursts.
-        let _ = setsockopt(&s, sockopt::RcvBufForce, &(8 << 20));
-        ready.signal();
-        count_datagrams(&s, &st)
-    })
-    .with_context(|| format!("UDP rate receiver in pod {}", dst.name))?;
-    let tx = netns::run_in(&src.netns, move || {
-        let s = UdpSocket::bind(("0.0.0.0", 0))?;
-        s.connect(dst_addr)?;
-        send_flat_out(&s, d)
-    });
-    stop.store(true, Ordering::Relaxed);
-    let received =
-        netns::join(rx).with_context(|| format!("UDP rate receiver in pod {}", dst.name))?;
-    let (sent, elapsed) =
-        tx.with_context(|| format!("UDP rate sender in pod {} to {dst_addr}", src.name))?;
-    let secs = elapsed.as_secs_f64();
-    Ok(UdpRate {
-        src: src.name.clone(),
-        dst: dst.name.clone(),
-        payload_bytes: UDP_PAYLOAD,
-        frame_bytes: FRAME_BYTES,
-        duration_s: secs,
-        sent,
-        received,
-        sent_pps: sent as f64 / secs,
-        received_pps: received as f64 / secs,
-        loss_pct: if sent == 0 {
-            100.0
-        } else {
-            100.0 * sent.saturating_sub(received) as f64 / sent as f64
-        },
-    })
 }
 
 /// One TCP stream from `src` to `dst` for `d`; Gbit/s as the receiver counts them.
@@ -383,14 +259,4 @@ pub fn cross_node_pair(pods: &[PodState]) -> Option<(&PodState, &PodState)> {
     let a = pods.iter().find(|p| p.node_index == 1)?;
     let b = pods.iter().find(|p| p.node_index == 2)?;
     Some((a, b))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn frame_is_64_bytes() {
-        assert_eq!(FRAME_BYTES, 64);
-    }
 }

@@ -102,8 +102,9 @@ fn demo_2x2_reaches_every_pair_measures_and_cleans_up() {
     }
     assert_eq!(r["all_pairs_ok"], true);
 
-    let udp = &r["udp_rate"];
-    assert_eq!(udp["frame_bytes"], 64);
+    let udp = &r["udp_flat"];
+    assert_eq!(udp["stream"]["frame_bytes"], 64);
+    assert_eq!(r["udp_paced"]["lost"], 0, "kernel Flannel lost packets at 100 kpps: {}", r["udp_paced"]);
     assert!(udp["sent_pps"].as_f64().unwrap() > 0.0, "udp: {udp}");
     assert!(udp["received_pps"].as_f64().unwrap() > 0.0, "udp: {udp}");
     let tcp = &r["tcp_throughput"];
