@@ -379,6 +379,23 @@ impl Sender {
     }
 }
 
+/// The sequence numbers seen so far, one bit each.
+#[derive(Debug, Default)]
+pub struct SeqSet(Vec<u64>);
+
+impl SeqSet {
+    /// Records `seq`; false if it was seen before (a duplicate).
+    pub fn insert(&mut self, seq: u64) -> bool {
+        let (w, b) = ((seq / 64) as usize, seq % 64);
+        if self.0.len() <= w {
+            self.0.resize(w + 1, 0);
+        }
+        let new = self.0[w] & (1 << b) == 0;
+        self.0[w] |= 1 << b;
+        new
+    }
+}
+
 struct SinkStats {
     received: u64,
     reordered: u64,
@@ -395,7 +412,7 @@ fn sink(s: &UdpSocket, warmed: &AtomicBool, stop: &AtomicBool) -> Result<SinkSta
         duplicates: 0,
         latency_ns: Histogram::new_with_bounds(1, 60_000_000_000, 3).context("latency histogram")?,
     };
-    let mut seen: Vec<u64> = Vec::new(); // one bit per sequence number
+    let mut seen = SeqSet::default();
     let mut last_of_flow = vec![u64::MAX; MAX_FLOWS as usize];
     let mut bufs = vec![[0u8; 64]; BATCH];
     let mut hdrs = MultiHeaders::<SockaddrIn>::preallocate(BATCH, Some(nix::cmsg_space!(TimeSpec)));
@@ -438,15 +455,10 @@ fn sink(s: &UdpSocket, warmed: &AtomicBool, stop: &AtomicBool) -> Result<SinkSta
             if kind != KIND_MEASURED {
                 continue;
             }
-            let (w, b) = ((seq / 64) as usize, seq % 64);
-            if seen.len() <= w {
-                seen.resize(w + 1, 0);
-            }
-            if seen[w] & (1 << b) != 0 {
+            if !seen.insert(seq) {
                 st.duplicates += 1;
                 continue;
             }
-            seen[w] |= 1 << b;
             st.received += 1;
             let flow = usize::from(port.wrapping_sub(FIRST_SRC_PORT)).min(MAX_FLOWS as usize - 1);
             let last = &mut last_of_flow[flow];
@@ -516,6 +528,14 @@ mod tests {
         let e = Stream::flat_out(1.0).paced(-1.0).check().unwrap_err().to_string();
         assert!(e.contains("rate -1"), "{e}");
         assert!(Stream::flat_out(1.0).flows(MAX_FLOWS).frame(1400).paced(1e5).check().is_ok());
+    }
+
+    #[test]
+    fn sequence_sets_tell_duplicates() {
+        let mut s = SeqSet::default();
+        assert!(s.insert(0) && s.insert(64) && s.insert(1_000_003));
+        assert!(!s.insert(64) && !s.insert(0));
+        assert!(s.insert(63));
     }
 
     #[test]

@@ -192,7 +192,7 @@ fn send_paced(dst: SocketAddr, pps: u32, stop: &AtomicBool) -> Result<u64> {
 }
 
 fn receive_flow(s: &UdpSocket, stop: &AtomicBool) -> Result<FlowStats> {
-    let mut seen: Vec<u64> = Vec::new(); // bitmap of sequence numbers
+    let mut seen = crate::generator::SeqSet::default();
     let mut st = FlowStats {
         src: String::new(),
         dst: String::new(),
@@ -210,15 +210,10 @@ fn receive_flow(s: &UdpSocket, stop: &AtomicBool) -> Result<FlowStats> {
         match s.recv(&mut buf) {
             Ok(n) if n >= 8 => {
                 let seq = u64::from_be_bytes(buf[..8].try_into().expect("8 bytes"));
-                let (w, b) = ((seq / 64) as usize, seq % 64);
-                if seen.len() <= w {
-                    seen.resize(w + 1, 0);
-                }
-                if seen[w] & (1 << b) != 0 {
+                if !seen.insert(seq) {
                     st.duplicates += 1;
                     continue;
                 }
-                seen[w] |= 1 << b;
                 st.received += 1;
                 if highest.is_some_and(|h| seq < h) {
                     st.reordered += 1;
