@@ -309,4 +309,3 @@ impl Drop for Dataplane {
         self.shutdown();
     }
 }
-

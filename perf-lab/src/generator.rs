@@ -1,4 +1,4 @@
-//! The lab's own traffic generator and sink: one pod sends UDP in 1 to 10,000 flows, flat
+//! The lab's own traffic generator and sink: one pod sends UDP in 1 to 20,000 flows, flat
 //! out or paced to a rate, 64-byte or larger frames, every packet stamped with a sequence
 //! number and its send time; the sink in the other pod counts what arrived and reports
 //! packets per second, loss, reordering, duplicates and one-way latency percentiles.
@@ -6,6 +6,8 @@
 //! - The sender builds whole IPv4 + UDP packets and hands them to a raw IPv4 socket
 //!   (IP_HDRINCL) with sendmmsg(2) batches: no UDP socket per flow and no UDP stack on the
 //!   sending side, so the generator's own cost is small and the same for every data path.
+//!   (Not AF_PACKET: through the raw socket the pod's kernel resolves its gateway's MAC
+//!   on every data path alike, and from the route lookup on the skb takes the same way.)
 //!   Flows differ by UDP source port. UDP checksums are 0 (legal for IPv4): the payload
 //!   changes per packet and summing it would be the sender's biggest cost.
 //! - The sink is one UDP socket (recvmmsg(2), SO_TIMESTAMPNS): latency is the kernel's
