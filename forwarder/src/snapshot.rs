@@ -3,9 +3,13 @@
 //! The control thread builds a whole new snapshot off the fast path and swaps one pointer
 //! ([`Tables::publish`], arc-swap: RCU without epochs to manage). A worker loads the current
 //! snapshot once per batch, so every packet of a batch is judged by one version; the old
-//! version is freed when the last worker lets go of it.
+//! version is freed by the control thread once no worker holds it ([`Tables::publish`]).
 
-use std::{collections::HashMap, net::Ipv4Addr, sync::Arc, time::{Duration, Instant}};
+use std::{
+    collections::HashMap,
+    net::Ipv4Addr,
+    sync::{Arc, Mutex},
+};
 
 use arc_swap::ArcSwap;
 use encap::{
@@ -220,28 +224,25 @@ impl Snapshot {
 #[derive(Debug)]
 pub struct Tables {
     current: ArcSwap<Snapshot>,
+    /// Replaced versions, kept until no worker holds them, so that the control thread, not
+    /// a worker between two batches, frees them.
+    retired: Mutex<Vec<Arc<Snapshot>>>,
 }
-
-/// How long [`Tables::publish`] waits for workers to let go of the version it replaces.
-const RETIRE_WAIT: Duration = Duration::from_millis(100);
 
 impl Tables {
     pub fn new(first: Snapshot) -> Self {
-        Tables { current: ArcSwap::from_pointee(first) }
+        Tables { current: ArcSwap::from_pointee(first), retired: Mutex::new(Vec::new()) }
     }
 
-    /// Makes `next` the version every worker uses from its next batch on, and frees the
-    /// version it replaces here. A worker inside a batch may still hold that one; if its
-    /// guard were the last reference, the worker would free the tables between two
-    /// batches (milliseconds for a large version, while its rings fill). Workers let go
-    /// within a batch: wait for them, at most [`RETIRE_WAIT`].
+    /// Makes `next` the version every worker uses from its next batch on. The version it
+    /// replaces is kept in [`Tables::retired`] and freed by a later publish once no worker
+    /// holds it: a worker whose guard were the last reference would otherwise free the
+    /// tables between two batches (milliseconds for a large version, while its rings fill).
     pub fn publish(&self, next: Snapshot) {
         let old = self.current.swap(Arc::new(next));
-        let t0 = Instant::now();
-        while Arc::strong_count(&old) > 1 && t0.elapsed() < RETIRE_WAIT {
-            std::thread::yield_now();
-        }
-        drop(old);
+        let mut retired = self.retired.lock().unwrap_or_else(|e| e.into_inner());
+        retired.retain(|v| Arc::strong_count(v) > 1);
+        retired.push(old);
     }
 
     /// The current version (cheap: no reference count traffic on the common path).
