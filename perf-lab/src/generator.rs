@@ -155,6 +155,10 @@ pub struct StreamStats {
     pub latency: Latency,
     /// Busy CPU time of the whole machine over the run per million received packets, ms.
     pub cpu_ms_per_mpkt: f64,
+    /// When the last measured packet arrived (this process's clock), for tests that time
+    /// when a change stopped a stream.
+    #[serde(skip)]
+    pub last_rx_at: Option<Instant>,
 }
 
 /// Sends `stream` from `src` to `dst` for its whole duration and reports what the sink saw.
@@ -237,6 +241,7 @@ impl Running {
             received_gbit_per_s: got.received as f64 * ip_bytes * 8.0 / secs / 1e9,
             latency: latency_of(&got.latency_ns),
             cpu_ms_per_mpkt: if got.received == 0 { f64::NAN } else { cpu_s * 1e3 / (got.received as f64 / 1e6) },
+            last_rx_at: got.last_rx_at,
         })
     }
 }
@@ -383,11 +388,11 @@ impl Sender {
 
 /// The sequence numbers seen so far, one bit each.
 #[derive(Debug, Default)]
-pub struct SeqSet(Vec<u64>);
+struct SeqSet(Vec<u64>);
 
 impl SeqSet {
     /// Records `seq`; false if it was seen before (a duplicate).
-    pub fn insert(&mut self, seq: u64) -> bool {
+    fn insert(&mut self, seq: u64) -> bool {
         let (w, b) = ((seq / 64) as usize, seq % 64);
         if self.0.len() <= w {
             self.0.resize(w + 1, 0);
@@ -403,6 +408,7 @@ struct SinkStats {
     reordered: u64,
     duplicates: u64,
     latency_ns: Histogram<u64>,
+    last_rx_at: Option<Instant>,
 }
 
 /// Counts measured packets until `stop` and [`SINK_QUIET`] of silence (at most 5 s more).
@@ -413,6 +419,7 @@ fn sink(s: &UdpSocket, warmed: &AtomicBool, stop: &AtomicBool) -> Result<SinkSta
         reordered: 0,
         duplicates: 0,
         latency_ns: Histogram::new_with_bounds(1, 60_000_000_000, 3).context("latency histogram")?,
+        last_rx_at: None,
     };
     let mut seen = SeqSet::default();
     let mut last_of_flow = vec![u64::MAX; MAX_FLOWS as usize];
@@ -470,6 +477,7 @@ fn sink(s: &UdpSocket, warmed: &AtomicBool, stop: &AtomicBool) -> Result<SinkSta
                 *last = seq;
             }
             let _ = st.latency_ns.record(rx_ns.saturating_sub(tx_ns).max(1));
+            st.last_rx_at = Some(last_rx);
         }
         if stop.load(Ordering::Relaxed) {
             let since = *stop_seen.get_or_insert_with(Instant::now);

@@ -16,10 +16,10 @@ use std::{
 
 use common::{down, setup, stats};
 use perf_lab::{
+    generator::{self, Stream},
     manifests::PodLabels,
     probe::check_all_pairs,
     topology::{Dataplane, Lab, PodState, Topology},
-    traffic::UdpFlow,
 };
 
 /// A pod of the test: namespace, role, extra labels, node.
@@ -197,8 +197,8 @@ fn policy_matrix_in_both_dialects_and_a_change_under_traffic() {
     // Two allowed flows, web → api; then a policy cuts w1 → a1 only.
     let (w1, a1) = (pod_of(&lab, &by_name, "w1"), pod_of(&lab, &by_name, "a1"));
     let (w2, a2) = (pod_of(&lab, &by_name, "w2"), pod_of(&lab, &by_name, "a2"));
-    let cut = UdpFlow::start(w1, a1, 1000).unwrap();
-    let kept = UdpFlow::start(w2, a2, 1000).unwrap();
+    let cut = generator::start(w1, a1, &Stream::flat_out(60.0).paced(1000.0)).unwrap();
+    let kept = generator::start(w2, a2, &Stream::flat_out(60.0).paced(1000.0)).unwrap();
     std::thread::sleep(Duration::from_millis(700));
     let cut_policy = format!(
         "apiVersion: projectcalico.org/v3\nkind: GlobalNetworkPolicy\nmetadata: {{name: cut-w1}}\nspec:\n  order: 5\n  selector: twill-lab/pod == '{}'\n  types: [Egress]\n  egress:\n  - action: Deny\n    protocol: UDP\n    destination: {{selector: twill-lab/pod == '{}'}}\n",
