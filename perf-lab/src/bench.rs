@@ -30,7 +30,7 @@ use serde::Serialize;
 use crate::{
     generator::{self, Stream, StreamStats},
     plot, rules,
-    topology::{Dataplane, Lab, Topology},
+    topology::{Dataplane, Lab, PodState, Topology},
     traffic::{self, TcpThroughput},
 };
 
@@ -244,7 +244,7 @@ pub fn run(cfg: &BenchConfig) -> Result<BenchReport> {
     for trial in 1..=if cfg.rules.is_empty() { 0 } else { cfg.trials } {
         for &n in &cfg.rules {
             for dp in [Dataplane::Twill, Dataplane::KernelCalico] {
-                let stream = Stream::flat_out(cfg.duration_s).flows(MANY_FLOWS);
+                let stream = Stream::new(cfg.duration_s).flows(MANY_FLOWS);
                 let s = with_lab(dp, |lab| {
                     load_rules(lab, dp, n)?;
                     let (a, b) = traffic::cross_node_pair(lab.pods()).context("no pod on n1 and n2")?;
@@ -264,7 +264,7 @@ pub fn run(cfg: &BenchConfig) -> Result<BenchReport> {
                 let (a, b) = traffic::cross_node_pair(lab.pods()).context("no pod on n1 and n2")?;
                 let link = crate::netns::ip(&a.netns, &["-o", "link", "show", "eth0"])?;
                 let pod_mtu = link.split_whitespace().skip_while(|w| *w != "mtu").nth(1).and_then(|m| m.parse().ok()).context("no mtu in `ip link show eth0`")?;
-                let flat = generator::run(a, b, &Stream::flat_out(cfg.duration_s))?;
+                let flat = generator::run(a, b, &Stream::new(cfg.duration_s))?;
                 let tcp = traffic::tcp_throughput(a, b, Duration::from_secs_f64(cfg.duration_s))?;
                 Ok::<_, anyhow::Error>(TopologyPoint { sweep, value, dataplane: dp, trial, pod_mtu, flat, tcp })
             })();
@@ -298,13 +298,7 @@ fn load_rules(lab: &Lab, dp: Dataplane, n: usize) -> Result<()> {
     match dp {
         Dataplane::Twill => {
             lab.apply_manifest("classbench.yaml", &rules::calico_policy(&rs))?;
-            let deadline = Instant::now() + Duration::from_secs(20);
-            while !lab.nodes().iter().all(|node| lab.agent_stats(&node.name).is_ok_and(|v| v["stats"]["policies"] == 1)) {
-                if Instant::now() > deadline {
-                    bail!("the agents did not load the {n}-rule policy within 20 s");
-                }
-                std::thread::sleep(Duration::from_millis(50));
-            }
+            lab.wait_for_policies(1, Duration::from_secs(20)).with_context(|| format!("loading the {n}-rule policy"))?;
         }
         Dataplane::KernelCalico => {
             let script = rules::nft_script(&rs);
@@ -317,34 +311,41 @@ fn load_rules(lab: &Lab, dp: Dataplane, n: usize) -> Result<()> {
     Ok(())
 }
 
-fn measure(lab: &Lab, cfg: &BenchConfig, dp: Dataplane, trial: usize) -> Result<Trial> {
-    let (a, b) = traffic::cross_node_pair(lab.pods()).context("no pod on n1 and n2")?;
-    let d = cfg.duration_s;
-    let run = |s: Stream| generator::run(a, b, &s);
-    let flat = run(Stream::flat_out(d))?;
-    // The NDR lies between a fraction of what arrived flat out and what the sender sent.
+/// The no-drop rate from `a` to `b`: a binary search of `steps` paced runs of `secs` each
+/// between 0.3× what arrived in the flat-out run `flat` and what its sender sent, for the
+/// highest rate with at most [`NDR_LOSS_PCT`] loss (0: none of the probes). Returns it and
+/// every probe as (rate, loss %).
+pub fn no_drop_rate(a: &PodState, b: &PodState, flat: &StreamStats, secs: f64, steps: usize) -> Result<(f64, Vec<(f64, f64)>)> {
     let (mut lo, mut hi) = (0.3 * flat.received_pps, flat.sent_pps.max(flat.received_pps));
     let (mut ndr, mut probes) = (0.0, Vec::new());
-    for _ in 0..cfg.ndr_steps {
+    for _ in 0..steps {
         let rate = (lo + hi) / 2.0;
-        let s = run(Stream::flat_out(d).paced(rate))?;
+        let s = generator::run(a, b, &Stream::new(secs).paced(rate))?;
         probes.push((rate, s.loss_pct));
         if s.loss_pct <= NDR_LOSS_PCT {
-            ndr = f64::max(ndr, rate);
-            lo = rate;
+            (ndr, lo) = (f64::max(ndr, rate), rate);
         } else {
             hi = rate;
         }
     }
-    let base = if ndr > 0.0 { ndr } else { lo };
+    Ok((ndr, probes))
+}
+
+fn measure(lab: &Lab, cfg: &BenchConfig, dp: Dataplane, trial: usize) -> Result<Trial> {
+    let (a, b) = traffic::cross_node_pair(lab.pods()).context("no pod on n1 and n2")?;
+    let d = cfg.duration_s;
+    let run = |s: Stream| generator::run(a, b, &s);
+    let flat = run(Stream::new(d))?;
+    let (ndr, probes) = no_drop_rate(a, b, &flat, d, cfg.ndr_steps)?;
+    let base = if ndr > 0.0 { ndr } else { 0.3 * flat.received_pps };
     Ok(Trial {
         dataplane: dp,
         trial,
-        half: run(Stream::flat_out(d).paced(base / 2.0))?,
-        common: run(Stream::flat_out(d).paced(COMMON_PPS))?,
-        overload: run(Stream::flat_out(d).paced(2.0 * base))?,
-        large: run(Stream::flat_out(d).frame(LARGE_FRAME))?,
-        flows: run(Stream::flat_out(d).flows(MANY_FLOWS))?,
+        half: run(Stream::new(d).paced(base / 2.0))?,
+        common: run(Stream::new(d).paced(COMMON_PPS))?,
+        overload: run(Stream::new(d).paced(2.0 * base))?,
+        large: run(Stream::new(d).frame(LARGE_FRAME))?,
+        flows: run(Stream::new(d).flows(MANY_FLOWS))?,
         tcp: traffic::tcp_throughput(a, b, Duration::from_secs_f64(d))?,
         flat,
         ndr_pps: ndr,
@@ -397,7 +398,6 @@ fn ratio(t: &PathSummary, p: &PathSummary) -> Ratio {
 
 fn summarize_rules(points: &[RulesPoint]) -> Vec<RulesSummary> {
     let mut keys: Vec<(Dataplane, usize)> = points.iter().map(|p| (p.dataplane, p.rules)).collect();
-    keys.dedup();
     keys.sort_by_key(|&(dp, n)| (colour(dp), n));
     keys.dedup();
     let rate = |dp: Dataplane, n: usize| median(points.iter().filter(|p| p.dataplane == dp && p.rules == n).map(|p| p.stream.received_pps).collect());

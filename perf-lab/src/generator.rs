@@ -76,8 +76,8 @@ pub struct Stream {
 }
 
 impl Stream {
-    /// 64-byte frames in one flow, flat out, for `duration_s`.
-    pub fn flat_out(duration_s: f64) -> Stream {
+    /// 64-byte frames in one flow for `duration_s`, flat out unless [`Stream::paced`].
+    pub fn new(duration_s: f64) -> Stream {
         Stream { frame_bytes: 64, flows: 1, rate_pps: None, duration_s, sender_core: None, sink_core: None }
     }
 
@@ -200,7 +200,7 @@ pub fn start(src: &PodState, dst: &PodState, stream: &Stream) -> Result<Running>
     let (cfg, stop) = (stream.clone(), stop_sender.clone());
     let sender = netns::spawn_in(&src.netns, move || {
         pin(cfg.sender_core)?;
-        let sender = Sender::new(src_ip, dst_ip, &cfg)?;
+        let mut sender = Sender::new(src_ip, dst_ip, &cfg)?;
         sender.warm_up(&sink_seen)?;
         sender.send(&cfg, &stop)
     })
@@ -303,9 +303,12 @@ pub fn read_stamp(payload: &[u8]) -> Option<(u64, u64, u8)> {
 
 struct Sender {
     fd: OwnedFd,
-    dst: SockaddrIn,
     /// One template per flow.
     flows: Vec<Vec<u8>>,
+    /// A batch's packets, message headers and destinations, allocated once.
+    bufs: Vec<Vec<u8>>,
+    hdrs: MultiHeaders<SockaddrIn>,
+    addrs: [Option<SockaddrIn>; BATCH],
 }
 
 impl Sender {
@@ -315,22 +318,27 @@ impl Sender {
         let _ = setsockopt(&fd, sockopt::SndBufForce, &(4 << 20));
         let ip_len = s.frame_bytes - L2_BYTES;
         let flows = (0..s.flows).map(|i| packet(src, dst, FIRST_SRC_PORT + i as u16, ip_len)).collect();
-        Ok(Sender { fd, dst: SockaddrIn::from(SocketAddrV4::new(dst, SINK_PORT)), flows })
+        Ok(Sender {
+            fd,
+            flows,
+            bufs: vec![vec![0; ip_len]; BATCH],
+            hdrs: MultiHeaders::preallocate(BATCH, None),
+            addrs: [Some(SockaddrIn::from(SocketAddrV4::new(dst, SINK_PORT))); BATCH],
+        })
     }
 
-    /// Sends `n` packets starting at `seq`; returns how many the kernel took.
-    fn batch(&self, bufs: &mut [Vec<u8>], seq: u64, kind: u8) -> Result<usize> {
+    /// Sends `n` (at most [`BATCH`]) packets starting at `seq`; returns how many the
+    /// kernel took.
+    fn batch(&mut self, n: usize, seq: u64, kind: u8) -> Result<usize> {
+        let n = n.min(BATCH);
         let nflows = self.flows.len() as u64;
-        for (i, b) in bufs.iter_mut().enumerate() {
+        for (i, b) in self.bufs[..n].iter_mut().enumerate() {
             let s = seq + i as u64;
-            b.clear();
-            b.extend_from_slice(&self.flows[(s % nflows) as usize]);
+            b.copy_from_slice(&self.flows[(s % nflows) as usize]);
             stamp(b, s, now_ns(), kind);
         }
-        let iovs: Vec<[IoSlice<'_>; 1]> = bufs.iter().map(|b| [IoSlice::new(b)]).collect();
-        let addrs = vec![Some(self.dst); bufs.len()];
-        let mut hdrs = MultiHeaders::<SockaddrIn>::preallocate(bufs.len(), None);
-        match sendmmsg(self.fd.as_raw_fd(), &mut hdrs, &iovs, &addrs, [], MsgFlags::empty()) {
+        let iovs: [[IoSlice<'_>; 1]; BATCH] = std::array::from_fn(|i| [IoSlice::new(&self.bufs[i])]);
+        match sendmmsg(self.fd.as_raw_fd(), &mut self.hdrs, &iovs[..n], &self.addrs[..n], [], MsgFlags::empty()) {
             Ok(r) => Ok(r.count()),
             // A full queue somewhere on the sending node: the packets were not sent.
             Err(Errno::ENOBUFS | Errno::EAGAIN | Errno::EINTR) => Ok(0),
@@ -338,15 +346,14 @@ impl Sender {
         }
     }
 
-    fn warm_up(&self, seen: &AtomicBool) -> Result<()> {
+    fn warm_up(&mut self, seen: &AtomicBool) -> Result<()> {
         let t0 = Instant::now();
-        let mut bufs = vec![Vec::new()];
         let mut n = 0;
         while !seen.load(Ordering::Relaxed) {
             if t0.elapsed() > WARMUP_LIMIT {
                 bail!("no warm-up packet reached the sink within {WARMUP_LIMIT:?} ({n} sent)");
             }
-            n += self.batch(&mut bufs, 0, KIND_WARMUP)?;
+            n += self.batch(1, 0, KIND_WARMUP)?;
             thread::sleep(Duration::from_millis(5));
         }
         // Let warm-up packets still in flight arrive before the measured ones.
@@ -356,10 +363,9 @@ impl Sender {
 
     /// Sends measured packets for the stream's duration or until `stop`; returns (sent,
     /// seconds).
-    fn send(&self, s: &Stream, stop: &AtomicBool) -> Result<(u64, f64)> {
+    fn send(&mut self, s: &Stream, stop: &AtomicBool) -> Result<(u64, f64)> {
         let _ = nix::sys::prctl::set_timerslack(1_000);
         let d = Duration::from_secs_f64(s.duration_s);
-        let mut bufs: Vec<Vec<u8>> = (0..BATCH).map(|_| Vec::with_capacity(s.frame_bytes)).collect();
         let t0 = Instant::now();
         let mut sent = 0u64;
         loop {
@@ -380,7 +386,7 @@ impl Sender {
                     ((due - sent) as usize).min(BATCH)
                 }
             };
-            sent += self.batch(&mut bufs[..n], sent, KIND_MEASURED)? as u64;
+            sent += self.batch(n, sent, KIND_MEASURED)? as u64;
         }
         Ok((sent, t0.elapsed().as_secs_f64()))
     }
@@ -423,14 +429,14 @@ fn sink(s: &UdpSocket, warmed: &AtomicBool, stop: &AtomicBool) -> Result<SinkSta
     };
     let mut seen = SeqSet::default();
     let mut last_of_flow = vec![u64::MAX; MAX_FLOWS as usize];
-    let mut bufs = vec![[0u8; 64]; BATCH];
+    let mut bufs = [[0u8; 64]; BATCH];
     let mut hdrs = MultiHeaders::<SockaddrIn>::preallocate(BATCH, Some(nix::cmsg_space!(TimeSpec)));
     let (mut last_rx, mut stop_seen) = (Instant::now(), None::<Instant>);
     loop {
         let mut got = [(0usize, 0u16, 0u64); BATCH];
         let mut n = 0;
         {
-            let mut iovs: Vec<[IoSliceMut<'_>; 1]> = bufs.iter_mut().map(|b| [IoSliceMut::new(b)]).collect();
+            let mut iovs = bufs.each_mut().map(|b| [IoSliceMut::new(b)]);
             match recvmmsg(s.as_raw_fd(), &mut hdrs, iovs.iter_mut(), MsgFlags::MSG_WAITFORONE, None) {
                 Ok(r) => {
                     for m in r {
@@ -531,13 +537,13 @@ mod tests {
 
     #[test]
     fn streams_outside_the_accepted_ranges_are_refused_by_name() {
-        let e = Stream::flat_out(1.0).frame(63).check().unwrap_err().to_string();
+        let e = Stream::new(1.0).frame(63).check().unwrap_err().to_string();
         assert!(e.contains("63 bytes") && e.contains("64 to 1518"), "{e}");
-        let e = Stream::flat_out(1.0).flows(0).check().unwrap_err().to_string();
+        let e = Stream::new(1.0).flows(0).check().unwrap_err().to_string();
         assert!(e.contains("0 flows"), "{e}");
-        let e = Stream::flat_out(1.0).paced(-1.0).check().unwrap_err().to_string();
+        let e = Stream::new(1.0).paced(-1.0).check().unwrap_err().to_string();
         assert!(e.contains("rate -1"), "{e}");
-        assert!(Stream::flat_out(1.0).flows(MAX_FLOWS).frame(1400).paced(1e5).check().is_ok());
+        assert!(Stream::new(1.0).flows(MAX_FLOWS).frame(1400).paced(1e5).check().is_ok());
     }
 
     #[test]

@@ -269,7 +269,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
         Cmd::Stream { src, dst, rate, flows, frame, duration, pin, json } => {
             let lab = Lab::attach()?;
             let (a, b) = pair(&lab, src, dst)?;
-            let mut stream = Stream::flat_out(duration).flows(flows).frame(frame);
+            let mut stream = Stream::new(duration).flows(flows).frame(frame);
             if let Some(r) = rate {
                 stream = stream.paced(r);
             }
@@ -365,8 +365,8 @@ fn pair(lab: &Lab, src: Option<String>, dst: Option<String>) -> Result<(&PodStat
 /// 64-byte UDP from `a` to `b` with the lab generator: flat out, then paced at the bench's
 /// common rate.
 fn udp_streams(a: &PodState, b: &PodState, secs: f64) -> Result<(StreamStats, StreamStats)> {
-    let flat = generator::run(a, b, &Stream::flat_out(secs))?;
-    let paced = generator::run(a, b, &Stream::flat_out(secs).paced(perf_lab::bench::COMMON_PPS))?;
+    let flat = generator::run(a, b, &Stream::new(secs))?;
+    let paced = generator::run(a, b, &Stream::new(secs).paced(perf_lab::bench::COMMON_PPS))?;
     Ok((flat, paced))
 }
 

@@ -433,6 +433,26 @@ impl Lab {
     }
 
     /// `{"op":"stats"}` answered by the agent of twill node `name`.
+    /// Waits until every twill agent of the lab holds `policies` compiled policies.
+    pub fn wait_for_policies(&self, policies: u64, timeout: Duration) -> Result<()> {
+        let deadline = std::time::Instant::now() + timeout;
+        loop {
+            let counts: Vec<u64> = self
+                .nodes()
+                .iter()
+                .filter(|n| n.agent.is_some())
+                .map(|n| self.agent_stats(&n.name).map(|v| v["stats"]["policies"].as_u64().unwrap_or(0)))
+                .collect::<Result<_>>()?;
+            if counts.iter().all(|c| *c == policies) {
+                return Ok(());
+            }
+            if std::time::Instant::now() > deadline {
+                bail!("the agents hold {counts:?} policies after {timeout:?}, {policies} expected");
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
     pub fn agent_stats(&self, name: &str) -> Result<Value> {
         let n = self
             .node(name)

@@ -25,7 +25,7 @@ fn node_joins_while_a_flow_runs_without_loss() {
         lab.pod("p1-n1").unwrap().clone(),
         lab.pod("p1-n2").unwrap().clone(),
     );
-    let flow = generator::start(&a, &b, &Stream::flat_out(60.0).paced(2000.0)).unwrap();
+    let flow = generator::start(&a, &b, &Stream::new(60.0).paced(2000.0)).unwrap();
     std::thread::sleep(Duration::from_millis(300));
     let idx = lab.add_node(Dataplane::KernelFlannel, 1).unwrap();
     assert_eq!(idx, 3);

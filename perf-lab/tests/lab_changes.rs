@@ -17,6 +17,7 @@ use std::time::{Duration, Instant};
 
 use common::{down, setup, stats};
 use perf_lab::{
+    bench,
     generator::{self, Stream, StreamStats},
     netns, probe,
     topology::{Dataplane, Lab, PodState, Topology},
@@ -33,23 +34,6 @@ fn policy(i: usize) -> String {
     )
 }
 
-/// The highest of a few paced rates that lose nothing (coarse: three probes of 1 s).
-fn no_drop_rate(a: &PodState, b: &PodState) -> f64 {
-    let flat = generator::run(a, b, &Stream::flat_out(1.0)).expect("flat out");
-    let (mut lo, mut hi, mut best) = (0.2 * flat.received_pps, flat.sent_pps, 0.0);
-    for _ in 0..3 {
-        let rate = (lo + hi) / 2.0;
-        let s = generator::run(a, b, &Stream::flat_out(1.0).paced(rate)).expect("paced");
-        if s.lost == 0 {
-            (best, lo) = (rate, rate);
-        } else {
-            hi = rate;
-        }
-    }
-    assert!(best > 0.0, "no probe between {lo} and {hi} pps was loss-free");
-    best
-}
-
 /// Applies policy `i` and waits until both agents have published a table version since.
 fn change_policy(lab: &Lab, i: usize) {
     let before: Vec<u64> = ["n1", "n2"].iter().map(|n| stats(lab, n)["table_version"]).collect();
@@ -64,7 +48,7 @@ fn change_policy(lab: &Lab, i: usize) {
 /// Runs `changes` under a stream from `a` to `b` at `rate`; the stream's figures, checked.
 fn under_load(lab: &mut Lab, a: &PodState, b: &PodState, rate: f64, what: &str, changes: impl FnOnce(&mut Lab)) -> StreamStats {
     let before = [stats(lab, "n1"), stats(lab, "n2")];
-    let load = generator::start(a, b, &Stream::flat_out(300.0).paced(rate)).expect("the stream starts");
+    let load = generator::start(a, b, &Stream::new(300.0).paced(rate)).expect("the stream starts");
     std::thread::sleep(Duration::from_millis(300));
     let t0 = Instant::now();
     changes(lab);
@@ -92,7 +76,9 @@ fn a_stream_loses_nothing_while_policies_and_pods_change() {
     let _g = setup();
     let mut lab = Topology::uniform(2, 1, Dataplane::Twill).up().expect("lab up");
     let (a, b) = (lab.pod("p1-n1").unwrap().clone(), lab.pod("p1-n2").unwrap().clone());
-    let ndr = no_drop_rate(&a, &b);
+    let flat = generator::run(&a, &b, &Stream::new(1.0)).expect("flat out");
+    let (ndr, probes) = bench::no_drop_rate(&a, &b, &flat, 1.0, 3).expect("the no-drop-rate search");
+    assert!(ndr > 0.0, "no paced rate was loss-free: {probes:?}");
     println!("no-drop rate about {ndr:.0} pps");
 
     under_load(&mut lab, &a, &b, ndr / 2.0, "100 policy changes", |lab| {

@@ -16,9 +16,9 @@ fn paced_streams_arrive_whole(dp: Dataplane) {
     let lab = Topology::uniform(2, 1, dp).up().expect("lab up");
     let (a, b) = traffic::cross_node_pair(lab.pods()).expect("a pod on n1 and on n2");
     for stream in [
-        Stream::flat_out(1.0).paced(20_000.0).flows(100),
-        Stream::flat_out(1.0).paced(10_000.0).frame(1400),
-        Stream::flat_out(1.0).paced(20_000.0).flows(10_000),
+        Stream::new(1.0).paced(20_000.0).flows(100),
+        Stream::new(1.0).paced(10_000.0).frame(1400),
+        Stream::new(1.0).paced(20_000.0).flows(10_000),
     ] {
         let s = generator::run(a, b, &stream).expect("the generator runs");
         println!("{dp}: {stream:?}\n  -> {s:?}");
@@ -32,7 +32,7 @@ fn paced_streams_arrive_whole(dp: Dataplane) {
         assert!((s.received_gbit_per_s - gbit).abs() < 0.05 * gbit, "{dp}: {} Gbit/s, {gbit} expected", s.received_gbit_per_s);
         assert!(s.cpu_ms_per_mpkt > 0.0, "{dp}: {s:?}");
     }
-    let s = generator::run(a, b, &Stream::flat_out(1.0)).expect("flat out");
+    let s = generator::run(a, b, &Stream::new(1.0)).expect("flat out");
     println!("{dp} flat out: {s:?}");
     assert!(s.received > 0 && s.received <= s.sent, "{dp}: {s:?}");
     down(lab);

@@ -152,24 +152,11 @@ fn pod_of<'a>(lab: &'a Lab, by_name: &BTreeMap<String, &Spec>, role: &str) -> &'
     lab.pod(name).expect("the pod is up")
 }
 
-/// Waits until both agents have compiled `policies` policies.
-fn wait_for_policies(lab: &Lab, policies: u64) {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let counts: Vec<u64> = ["n1", "n2"].iter().map(|n| stats(lab, n)["policies"]).collect();
-        if counts.iter().all(|c| *c == policies) {
-            return;
-        }
-        assert!(Instant::now() < deadline, "agents hold {counts:?} policies, expected {policies}");
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
-
 #[test]
 fn policy_matrix_in_both_dialects_and_a_change_under_traffic() {
     let _g = setup();
     let (lab, by_name) = build();
-    wait_for_policies(&lab, 7);
+    lab.wait_for_policies(7, Duration::from_secs(10)).unwrap();
 
     // Every ordered pair, TCP and UDP, exactly as the policies say.
     let pairs = check_all_pairs(lab.pods()).expect("probing pod pairs");
@@ -197,8 +184,8 @@ fn policy_matrix_in_both_dialects_and_a_change_under_traffic() {
     // Two allowed flows, web → api; then a policy cuts w1 → a1 only.
     let (w1, a1) = (pod_of(&lab, &by_name, "w1"), pod_of(&lab, &by_name, "a1"));
     let (w2, a2) = (pod_of(&lab, &by_name, "w2"), pod_of(&lab, &by_name, "a2"));
-    let cut = generator::start(w1, a1, &Stream::flat_out(60.0).paced(1000.0)).unwrap();
-    let kept = generator::start(w2, a2, &Stream::flat_out(60.0).paced(1000.0)).unwrap();
+    let cut = generator::start(w1, a1, &Stream::new(60.0).paced(1000.0)).unwrap();
+    let kept = generator::start(w2, a2, &Stream::new(60.0).paced(1000.0)).unwrap();
     std::thread::sleep(Duration::from_millis(700));
     let cut_policy = format!(
         "apiVersion: projectcalico.org/v3\nkind: GlobalNetworkPolicy\nmetadata: {{name: cut-w1}}\nspec:\n  order: 5\n  selector: twill-lab/pod == '{}'\n  types: [Egress]\n  egress:\n  - action: Deny\n    protocol: UDP\n    destination: {{selector: twill-lab/pod == '{}'}}\n",
@@ -216,6 +203,6 @@ fn policy_matrix_in_both_dialects_and_a_change_under_traffic() {
     assert!(cut.lost > 500, "the cut flow was not cut: {cut:?}");
     assert!(kept.sent > 1500, "{kept:?}");
     assert_eq!((kept.lost, kept.duplicates), (0, 0), "the unrelated flow was disturbed: {kept:?}");
-    wait_for_policies(&lab, 8);
+    lab.wait_for_policies(8, Duration::from_secs(10)).unwrap();
     down(lab);
 }

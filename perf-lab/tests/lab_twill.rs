@@ -153,7 +153,7 @@ fn a_third_node_joins_while_traffic_flows() {
     let mut lab = Topology::uniform(2, 1, Dataplane::Twill).up().unwrap();
     let pids: Vec<u32> = lab.nodes().iter().map(|n| n.agent.as_ref().unwrap().pid).collect();
     let (a, b) = (lab.pod("p1-n1").unwrap().clone(), lab.pod("p1-n2").unwrap().clone());
-    let flow = generator::start(&a, &b, &Stream::flat_out(60.0).paced(2000.0)).unwrap();
+    let flow = generator::start(&a, &b, &Stream::new(60.0).paced(2000.0)).unwrap();
     std::thread::sleep(Duration::from_millis(500));
     let idx = lab.add_node(Dataplane::Twill, 1).unwrap();
     assert_eq!(idx, 3);
