@@ -313,16 +313,16 @@ fn load_rules(lab: &Lab, dp: Dataplane, n: usize) -> Result<()> {
 
 /// The no-drop rate from `a` to `b`: a binary search of `steps` paced runs of `secs` each
 /// between 0.3× what arrived in the flat-out run `flat` and what its sender sent, for the
-/// highest rate with at most [`NDR_LOSS_PCT`] loss (0: none of the probes). Returns it and
-/// every probe as (rate, loss %).
-pub fn no_drop_rate(a: &PodState, b: &PodState, flat: &StreamStats, secs: f64, steps: usize) -> Result<(f64, Vec<(f64, f64)>)> {
+/// highest rate with at most `max_loss_pct` loss (the bench: [`NDR_LOSS_PCT`]; 0: none of
+/// the probes passed). Returns it and every probe as (rate, loss %).
+pub fn no_drop_rate(a: &PodState, b: &PodState, flat: &StreamStats, secs: f64, steps: usize, max_loss_pct: f64) -> Result<(f64, Vec<(f64, f64)>)> {
     let (mut lo, mut hi) = (0.3 * flat.received_pps, flat.sent_pps.max(flat.received_pps));
     let (mut ndr, mut probes) = (0.0, Vec::new());
     for _ in 0..steps {
         let rate = (lo + hi) / 2.0;
         let s = generator::run(a, b, &Stream::new(secs).paced(rate))?;
         probes.push((rate, s.loss_pct));
-        if s.loss_pct <= NDR_LOSS_PCT {
+        if s.loss_pct <= max_loss_pct {
             (ndr, lo) = (f64::max(ndr, rate), rate);
         } else {
             hi = rate;
@@ -336,7 +336,7 @@ fn measure(lab: &Lab, cfg: &BenchConfig, dp: Dataplane, trial: usize) -> Result<
     let d = cfg.duration_s;
     let run = |s: Stream| generator::run(a, b, &s);
     let flat = run(Stream::new(d))?;
-    let (ndr, probes) = no_drop_rate(a, b, &flat, d, cfg.ndr_steps)?;
+    let (ndr, probes) = no_drop_rate(a, b, &flat, d, cfg.ndr_steps, NDR_LOSS_PCT)?;
     let base = if ndr > 0.0 { ndr } else { 0.3 * flat.received_pps };
     Ok(Trial {
         dataplane: dp,
