@@ -17,8 +17,8 @@ use std::{
 use anyhow::{Context, bail};
 use encap::ethernet::EthernetAddress;
 use forwarder::{
-    Dataplane, DataplaneConfig, Endpoint, NodeConfig, Tunnel,
-    route::Ipv4Prefix,
+    Dataplane, DataplaneConfig, Endpoint, NodeConfig, RouteTarget, Tunnel,
+    route::{Ipv4Prefix, RouteTable},
     port::CopyMode,
     worker::IdleStrategy,
     xdp_hook::{AttachMode, HookMode},
@@ -73,6 +73,8 @@ pub struct AgentConfig {
     pub conntrack_flows: usize,
     /// `--pipeline`: the data plane, or the I/O ceiling for the lab.
     pub pipeline: forwarder::pipeline::Mode,
+    /// `--routes`: a file of networks outside the cluster (see [`crate::routes`]).
+    pub routes: Option<PathBuf>,
 }
 
 /// Everything the agent owns, behind one lock.
@@ -86,6 +88,8 @@ pub struct Agent {
     neighbours: calc::Neighbours,
     /// This node's underlay subnet (CrossSubnet compares peers against it).
     subnet: Option<Ipv4Prefix>,
+    /// `--routes`: networks outside the cluster, the start of every table version.
+    outside_routes: RouteTable<RouteTarget>,
     policy: PolicySync,
     policy_tables: Arc<policy_engine::compiler::PolicyTables>,
     version: u64,
@@ -150,8 +154,17 @@ impl Agent {
             conntrack_flows: cfg.conntrack_flows,
             pipeline: cfg.pipeline,
         };
+        let outside_routes = match &cfg.routes {
+            Some(path) => {
+                let t = crate::routes::read(path).map_err(anyhow::Error::msg)?;
+                tracing::info!(routes = t.len(), file = %path.display(), "outside routes loaded");
+                t
+            }
+            None => RouteTable::default(),
+        };
         let neighbours = calc::Neighbours::default();
-        let first = calc::snapshot(1, &node, &cfg.node, &cluster, [], &neighbours, |n| {
+        let this = calc::ThisNode { config: &node, name: &cfg.node, outside_routes: &outside_routes };
+        let first = calc::snapshot(1, this, &cluster, [], &neighbours, |n| {
             pool::tunnel_to(&cluster.pools, &cfg.encap, subnet, n.address, n.pod_cidr)
         });
         let dataplane = Dataplane::start(dp_cfg, first).context("starting the data plane")?;
@@ -166,6 +179,7 @@ impl Agent {
             endpoints: BTreeMap::new(),
             neighbours,
             subnet,
+            outside_routes,
             policy: PolicySync::new(),
             policy_tables: Arc::default(),
             version: 1,
@@ -204,10 +218,10 @@ impl Agent {
     /// every worker to take the version and cuts the tracked connections it now denies.
     fn publish(&mut self) {
         self.version += 1;
+        let me = calc::ThisNode { config: &self.node, name: &self.cfg.node, outside_routes: &self.outside_routes };
         let mut snap = calc::snapshot(
             self.version,
-            &self.node,
-            &self.cfg.node,
+            me,
             &self.cluster,
             self.endpoints.values().copied(),
             &self.neighbours,
@@ -312,8 +326,8 @@ impl Agent {
                 None => neighbour::nudge(n.address),
             }
         }
-        // The way out of the cluster, when a pool sends pods there.
-        if self.cluster.pools.values().any(|p| p.nat_outgoing)
+        // The way out of the cluster, when pods may take it.
+        if self.leaves_cluster()
             && let Some(gw) = neighbour::default_gateway(&self.cfg.uplink)
         {
             next.gateway = arp.get(&gw).copied();
@@ -330,11 +344,15 @@ impl Agent {
         }
     }
 
-    /// Whether a peer node's next hop, or the default gateway when a pool NATs, has no
-    /// MAC yet (the agent then looks again soon).
+    /// Whether pods may send out of the cluster: a pool NATs or there are outside routes.
+    fn leaves_cluster(&self) -> bool {
+        !self.outside_routes.is_empty() || self.cluster.pools.values().any(|p| p.nat_outgoing)
+    }
+
+    /// Whether a peer node's next hop, or the default gateway when pods may leave the
+    /// cluster, has no MAC yet (the agent then looks again soon).
     fn unresolved_peers(&self) -> bool {
-        let wants_gateway = self.cluster.pools.values().any(|p| p.nat_outgoing);
-        self.cluster.nodes.len().saturating_sub(1) > self.neighbours.peers.len() || (wants_gateway && self.neighbours.gateway.is_none())
+        self.cluster.nodes.len().saturating_sub(1) > self.neighbours.peers.len() || (self.leaves_cluster() && self.neighbours.gateway.is_none())
     }
 
     /// Allocates (or returns) the address of a container.
@@ -434,8 +452,9 @@ impl Agent {
                         .iter()
                         .map(|(p, t)| {
                             let via = match t {
-                                forwarder::RouteTarget::LocalPods => "local".to_string(),
-                                forwarder::RouteTarget::Node(i) => snap.nodes[*i as usize].name.clone(),
+                                RouteTarget::LocalPods => "local".to_string(),
+                                RouteTarget::Node(i) => snap.nodes[*i as usize].name.clone(),
+                                RouteTarget::Outside => "outside".to_string(),
                             };
                             json!({"prefix": p.to_string(), "via": via})
                         })

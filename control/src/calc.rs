@@ -1,12 +1,12 @@
 //! The calculation from cluster state to data-plane tables: this node's pod subnet to
 //! its local pods, every other node's subnet to that node (VTEP MAC, underlay address, the
 //! resolved next-hop MAC and the tunnel its IP pool and subnet call for), and the way out
-//! of the cluster (the pools with natOutgoing, the default gateway's MAC).
+//! of the cluster (the outside routes, the pools with natOutgoing, the default gateway's MAC).
 
 use std::{collections::HashMap, net::Ipv4Addr};
 
 use encap::ethernet::EthernetAddress;
-use forwarder::{Endpoint, NodeConfig, Outside, RemoteNode, RouteTarget, Snapshot, Tunnel};
+use forwarder::{Endpoint, NodeConfig, Outside, RemoteNode, RouteTarget, Snapshot, Tunnel, route::RouteTable};
 
 use crate::cluster::{ClusterState, NodeInfo};
 
@@ -19,26 +19,37 @@ pub struct Neighbours {
     pub gateway: Option<EthernetAddress>,
 }
 
+/// This node as the calculation sees it.
+#[derive(Debug, Clone, Copy)]
+pub struct ThisNode<'a> {
+    pub config: &'a NodeConfig,
+    /// Its Node manifest's name.
+    pub name: &'a str,
+    /// The networks outside the cluster it routes to (`--routes`), every version's start.
+    pub outside_routes: &'a RouteTable<RouteTarget>,
+}
+
 /// Builds table version `version` for node `me`; `tunnel_to` says how each other node is
 /// reached.
 pub fn snapshot(
     version: u64,
-    node: &NodeConfig,
-    me: &str,
+    me: ThisNode<'_>,
     cluster: &ClusterState,
     endpoints: impl IntoIterator<Item = Endpoint>,
     neighbours: &Neighbours,
     tunnel_to: impl Fn(&NodeInfo) -> Tunnel,
 ) -> Snapshot {
+    let node = me.config;
     let mut snap = Snapshot::new(version, node.clone());
-    if let Some(mine) = cluster.nodes.get(me) {
+    snap.routes = me.outside_routes.clone();
+    if let Some(mine) = cluster.nodes.get(me.name) {
         snap.routes.insert(mine.pod_cidr, RouteTarget::LocalPods);
     }
     for ep in endpoints {
         snap.add_endpoint(ep);
     }
     for (name, info) in &cluster.nodes {
-        if name == me {
+        if name == me.name {
             continue;
         }
         let next_hop = neighbours.peers.get(&info.address).copied();
@@ -78,7 +89,9 @@ mod tests {
             uplink_mtu: 1500,
         };
         let neigh = Neighbours { peers: HashMap::from([(Ipv4Addr::new(10, 100, 0, 12), EthernetAddress([2, 0, 0, 0, 0, 12]))]), gateway: None };
-        let snap = snapshot(7, &node, "n1", &cluster, [], &neigh, |n| if n.name == "n3" { Tunnel::Ipip } else { Tunnel::Vxlan });
+        let outside = crate::routes::parse("0.0.0.0/0\n10.244.2.0/23\n").unwrap();
+        let me = ThisNode { config: &node, name: "n1", outside_routes: &outside };
+        let snap = snapshot(7, me, &cluster, [], &neigh, |n| if n.name == "n3" { Tunnel::Ipip } else { Tunnel::Vxlan });
         assert_eq!(snap.version, 7);
         assert_eq!(snap.routes.lookup(Ipv4Addr::new(10, 244, 1, 5)), Some(RouteTarget::LocalPods));
         let RouteTarget::Node(i2) = snap.routes.lookup(Ipv4Addr::new(10, 244, 2, 5)).unwrap() else { panic!() };
@@ -86,6 +99,8 @@ mod tests {
         assert!(snap.nodes[i2 as usize].vxlan.is_some());
         assert_eq!(snap.nodes[i3 as usize].tunnel, Tunnel::Ipip);
         assert!(snap.nodes[i3 as usize].ipip.is_none(), "n3's next hop is unresolved");
-        assert_eq!(snap.routes.lookup(Ipv4Addr::new(10, 245, 0, 1)), None);
+        assert_eq!(snap.routes.lookup(Ipv4Addr::new(10, 245, 0, 1)), Some(RouteTarget::Outside));
+        assert_eq!(snap.routes.lookup(Ipv4Addr::new(10, 244, 4, 1)), Some(RouteTarget::Outside), "the pods' routes are longer");
+        assert_eq!(outside.len(), 2, "the outside table itself is not changed");
     }
 }

@@ -171,6 +171,11 @@ struct AgentArgs {
     /// frames routed by destination with MACs rewritten and nothing else.
     #[arg(long, default_value = "full", value_parser = parse_pipeline)]
     pipeline: forwarder::pipeline::Mode,
+    /// Networks outside the cluster, reached through the uplink's default gateway: a file
+    /// of IPv4 CIDRs, one per line (# comments; .gz read as gzip; a full BGP table is fine).
+    /// Pods send there with their own address, or the node's if their pool has natOutgoing.
+    #[arg(long)]
+    routes: Option<PathBuf>,
     /// Serve Prometheus metrics on this address (e.g. 127.0.0.1:9641).
     #[arg(long)]
     metrics: Option<String>,
@@ -357,6 +362,7 @@ fn run_agent(args: AgentArgs) -> anyhow::Result<()> {
         frames: args.frames,
         conntrack_flows: args.conntrack_flows,
         pipeline: args.pipeline,
+        routes: args.routes,
     };
     tracing::info!(node = %cfg.node, uplink = %cfg.uplink, cores = ?cfg.cores, "starting agent");
     let agent = Arc::new(Mutex::new(Agent::start(cfg)?));

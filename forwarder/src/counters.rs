@@ -108,6 +108,8 @@ pub struct WorkerCounters {
     pub nat_out: AtomicU64,
     /// Replies to them, turned back to the pod.
     pub nat_in: AtomicU64,
+    /// Pod packets that left the cluster by an outside route with the pod's own address.
+    pub routed_out: AtomicU64,
     pub snapshot_version: AtomicU64,
     pub idle_sleeps: AtomicU64,
     /// Packets of tracked connections (passed without a policy lookup).
@@ -156,6 +158,7 @@ impl WorkerCounters {
             ("decapsulated".to_string(), self.decapsulated.load(Relaxed)),
             ("icmp_errors_sent".to_string(), self.icmp_errors_sent.load(Relaxed)),
             ("nat_out".to_string(), self.nat_out.load(Relaxed)),
+            ("routed_out".to_string(), self.routed_out.load(Relaxed)),
             ("nat_in".to_string(), self.nat_in.load(Relaxed)),
             ("snapshot_version".to_string(), self.snapshot_version.load(Relaxed)),
             ("idle_sleeps".to_string(), self.idle_sleeps.load(Relaxed)),

@@ -304,10 +304,8 @@ enum Origin {
 fn route(snap: &Snapshot, fs: &FlowState, buf: &mut [u8], len: usize, from: Origin) -> Verdict {
     let from_uplink = matches!(from, Origin::Uplink);
     let dst = Ipv4Packet::new_unchecked(&buf[ETH_LEN..len]).dst_addr();
-    let target = match snap.routes.lookup(dst) {
-        Some(t) => t,
-        None if from_uplink => return Verdict::Drop(DropReason::NotLocal),
-        None => return to_outside(snap, fs, buf, len, from),
+    let Some(target) = snap.routes.lookup(dst) else {
+        return if from_uplink { Verdict::Drop(DropReason::NotLocal) } else { to_outside(snap, fs, buf, len, from, false) };
     };
     match target {
         RouteTarget::LocalPods => {
@@ -323,7 +321,8 @@ fn route(snap: &Snapshot, fs: &FlowState, buf: &mut [u8], len: usize, from: Orig
             set_macs(buf, snap.node.gateway_mac, ep.mac);
             Verdict::Forward { port: ep.port, worker: ep.worker, len, kind: Kind::Routed }
         }
-        RouteTarget::Node(_) if from_uplink => Verdict::Drop(DropReason::NotLocal),
+        RouteTarget::Node(_) | RouteTarget::Outside if from_uplink => Verdict::Drop(DropReason::NotLocal),
+        RouteTarget::Outside => to_outside(snap, fs, buf, len, from, true),
         RouteTarget::Node(idx) => {
             let Some(node) = snap.nodes.get(idx as usize) else {
                 return Verdict::Drop(DropReason::NoRoute);
@@ -383,13 +382,16 @@ fn to_node(snap: &Snapshot, fs: &FlowState, node: &RemoteNode, buf: &mut [u8], l
     }
 }
 
-/// Sends a pod's packet to an address outside the cluster, with the node's address and a
-/// port of the NAT table as its source, to the uplink's default gateway — when the pod's
-/// pool has natOutgoing and the destination is in no pool; otherwise there is no route.
-fn to_outside(snap: &Snapshot, fs: &FlowState, buf: &mut [u8], len: usize, from: Origin) -> Verdict {
+/// Sends a pod's packet to an address outside the cluster, to the uplink's default
+/// gateway: with the node's address and a port of the NAT table as its source when the
+/// pod's pool has natOutgoing and the destination is in no pool; otherwise, when an outside
+/// route (`routed`) covers the destination, with the pod's own address (the network beyond
+/// routes the pools back, as with Calico's BGP peering); otherwise there is no route.
+fn to_outside(snap: &Snapshot, fs: &FlowState, buf: &mut [u8], len: usize, from: Origin, routed: bool) -> Verdict {
     let ip = Ipv4Packet::new_unchecked(&buf[ETH_LEN..len]);
     let (src, dst, proto) = (ip.src_addr(), ip.dst_addr(), ip.protocol());
-    if !snap.outside.translates(src, dst) {
+    let translate = snap.outside.translates(src, dst);
+    if !translate && !routed {
         return Verdict::Drop(DropReason::NoRoute);
     }
     let Some(next_hop) = snap.outside.next_hop_mac else {
@@ -400,6 +402,17 @@ fn to_outside(snap: &Snapshot, fs: &FlowState, buf: &mut [u8], len: usize, from:
         return too_big(snap, buf, len, fits, from);
     }
     let packet = &buf[ETH_LEN..len];
+    if !translate {
+        if let Err(reason) = policy::admit(fs, &snap.policy, packet, true, false) {
+            return Verdict::Drop(reason);
+        }
+        if ipv4::decrement_ttl(&mut buf[ETH_LEN..len]).is_err() {
+            return Verdict::Drop(DropReason::TtlExpired);
+        }
+        set_macs(buf, snap.node.uplink_mac, next_hop);
+        bump(&fs.counters.routed_out, 1);
+        return Verdict::Forward { port: UPLINK, worker: u16::MAX, len, kind: Kind::Routed };
+    }
     let Some(e) = nat::ends(packet) else {
         return Verdict::Drop(DropReason::NatUnsupported);
     };

@@ -140,6 +140,10 @@ pub enum RouteTarget {
     LocalPods,
     /// A remote node's pod subnet: index into [`Snapshot::nodes`].
     Node(u32),
+    /// A network outside the cluster (the agent's `--routes`, such as a full BGP table),
+    /// reached through the uplink's default gateway: pods send there with their own
+    /// addresses, or with the node's when their pool has natOutgoing.
+    Outside,
 }
 
 /// One version of every table the pipeline reads.
@@ -160,15 +164,15 @@ pub struct Snapshot {
     pub outside: Outside,
 }
 
-/// Pod traffic to addresses outside every IP pool (Calico's `natOutgoing`): which pods'
-/// traffic leaves with the node's address, and through which next hop.
+/// Pod traffic to addresses outside every IP pool: which pods' traffic leaves with the
+/// node's address (Calico's `natOutgoing`), and through which next hop any of it leaves.
 #[derive(Debug, Clone, Default)]
 pub struct Outside {
     /// Pods whose connections to the outside are translated: the pools with natOutgoing.
     pub nat_sources: Vec<Ipv4Prefix>,
     /// Every pool: a destination inside one is never translated.
     pub pools: Vec<Ipv4Prefix>,
-    /// The MAC of the uplink's default gateway, through which translated traffic leaves;
+    /// The MAC of the uplink's default gateway, through which traffic leaves the cluster;
     /// `None` while it is unresolved (or there is no default route).
     pub next_hop_mac: Option<EthernetAddress>,
 }

@@ -154,6 +154,10 @@ struct TopoArgs {
     /// --encap for every agent.
     #[arg(long)]
     encap: Option<String>,
+    /// Routes to networks outside the cluster on every node (a file of IPv4 CIDRs, one per
+    /// line; .gz is read as gzip): the agents' --routes, the kernel nodes' FIB, via the router.
+    #[arg(long)]
+    routes: Option<std::path::PathBuf>,
     /// When up fails, leave what was built (agent logs in /run/twill-lab/n*/agent.log).
     #[arg(long)]
     keep_on_failure: bool,
@@ -185,6 +189,9 @@ impl TopoArgs {
         }
         if let Some(e) = &self.encap {
             t = t.encap(e);
+        }
+        if let Some(r) = &self.routes {
+            t = t.routes(r);
         }
         Ok(t)
     }

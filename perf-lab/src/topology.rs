@@ -5,9 +5,9 @@
 //! one and the guard that tears it down. Its state is kept in `/run/twill-lab/lab.json`
 //! after every step, so `twill-lab down` can clean up after a lab that failed halfway.
 
-use std::fmt;
+use std::fmt::{self, Write as _};
 use std::net::Ipv4Addr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::{Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -95,6 +95,9 @@ pub struct Topology {
     pub keep_on_failure: bool,
     /// MTU of the underlay and every node's uplink; default 1500.
     pub uplink_mtu: Option<u32>,
+    /// Routes to networks outside the cluster, via the lab's router, on every node but the
+    /// xdp-ceiling ones: the agents' `--routes FILE`, the kernel nodes' FIB.
+    pub routes: Option<PathBuf>,
 }
 
 impl Topology {
@@ -138,6 +141,12 @@ impl Topology {
     /// Underlay and uplink MTU (jumbo frames: 9000).
     pub fn uplink_mtu(mut self, mtu: u32) -> Self {
         self.uplink_mtu = Some(mtu);
+        self
+    }
+
+    /// Outside routes (a file of IPv4 CIDRs, as `twill agent --routes` reads) on every node.
+    pub fn routes(mut self, file: &Path) -> Self {
+        self.routes = Some(file.to_owned());
         self
     }
 
@@ -224,6 +233,9 @@ pub struct LabState {
     /// MTU of every node's uplink and the underlay (default 1500).
     #[serde(default)]
     pub uplink_mtu: Option<u32>,
+    /// The outside routes every node carries ([`Topology::routes`]).
+    #[serde(default)]
+    pub routes: Option<PathBuf>,
 }
 
 impl LabState {
@@ -256,6 +268,21 @@ pub const WORLD_IP: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 1);
 
 /// The router: one leg on the underlay bridge with the .1 address of every subnet, and
 /// [`WORLD_IP`] standing for the outside world; every node's default gateway.
+/// Puts the routes of `file` (IPv4 CIDRs, one per line, as `twill agent --routes` reads
+/// them) into the FIB of kernel node `ns`, via `gateway`, in one `ip -batch`.
+fn install_kernel_routes(ns: &str, file: &Path, gateway: &str, dir: &Path) -> Result<()> {
+    let text = policy_engine::dataset::read_text(file).map_err(anyhow::Error::msg)?;
+    let mut batch = String::new();
+    for line in text.lines().map(|l| l.split('#').next().unwrap_or("").trim()).filter(|l| !l.is_empty()) {
+        writeln!(batch, "route replace {line} via {gateway} dev eth0").expect("writing to a String");
+    }
+    std::fs::create_dir_all(dir)?;
+    let path = dir.join("routes.batch");
+    std::fs::write(&path, batch)?;
+    ip(ns, &["-batch", &path.to_string_lossy()]).with_context(|| format!("installing the routes of {} in {ns}", file.display()))?;
+    Ok(())
+}
+
 fn create_router(mtu: u32) -> Result<()> {
     netns::add(ROUTER_NS)?;
     let mtu = mtu.to_string();
@@ -319,6 +346,7 @@ impl Lab {
                 cores: topo.cores.clone(),
                 encap: topo.encap.clone(),
                 uplink_mtu: topo.uplink_mtu,
+                routes: topo.routes.clone(),
                 binaries,
                 ..Default::default()
             },
@@ -432,7 +460,6 @@ impl Lab {
         Ok(idx)
     }
 
-    /// `{"op":"stats"}` answered by the agent of twill node `name`.
     /// Waits until every twill agent of the lab holds `policies` compiled policies.
     pub fn wait_for_policies(&self, policies: u64, timeout: Duration) -> Result<()> {
         let deadline = std::time::Instant::now() + timeout;
@@ -453,6 +480,7 @@ impl Lab {
         }
     }
 
+    /// `{"op":"stats"}` answered by the agent of twill node `name`.
     pub fn agent_stats(&self, name: &str) -> Result<Value> {
         let n = self
             .node(name)
@@ -544,6 +572,9 @@ impl Lab {
         // Other subnets and the world outside through the lab's router (its address in
         // this node's subnet).
         ip(ns, &["route", "add", "default", "via", &format!("10.100.{subnet}.1")])?;
+        if let Some(file) = self.state.routes.clone().filter(|_| dataplane.is_kernel()) {
+            install_kernel_routes(ns, &file, &format!("10.100.{subnet}.1"), &lab_dir().join(&node.name))?;
+        }
         netns::sysctl(ns, "net.ipv4.ip_forward", "1")?;
         let mdir = manifests_dir();
         match dataplane {
@@ -585,6 +616,7 @@ impl Lab {
                     // veth takes native XDP only up to an MTU of about 3,500 bytes.
                     xdp_mode: (self.state.uplink_mtu.unwrap_or(1500) > 3500).then_some("generic"),
                     pipeline: (dataplane == Dataplane::XdpCeiling).then_some("ceiling"),
+                    routes: self.state.routes.as_deref().filter(|_| dataplane == Dataplane::Twill),
                 };
                 let pid = twill_node::start_agent(&bins, ns, &files, &cfg)?;
                 self.node_mut(i).agent = Some(AgentState { files, pid, cores });

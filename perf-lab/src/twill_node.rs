@@ -121,6 +121,8 @@ pub struct AgentConfig<'a> {
     pub xdp_mode: Option<&'a str>,
     /// `--pipeline` (full or ceiling); the agent's default when `None`.
     pub pipeline: Option<&'a str>,
+    /// `--routes FILE`: networks outside the cluster.
+    pub routes: Option<&'a Path>,
 }
 
 /// Starts `twill agent` in node namespace `ns`, detached; returns its pid (also written to
@@ -160,6 +162,9 @@ pub fn start_agent(
     }
     if let Some(p) = cfg.pipeline {
         cmd.args(["--pipeline", p]);
+    }
+    if let Some(r) = cfg.routes {
+        cmd.arg("--routes").arg(r);
     }
     if std::env::var_os("RUST_LOG").is_none() {
         cmd.env("RUST_LOG", "info");

@@ -4,7 +4,8 @@
 //! connection reaches the pod's socket; 1,000 concurrent UDP flows from
 //! one pod keep distinct ports and every reply finds its own socket; a datagram to a NAT
 //! port nobody holds is dropped and counted; a pool without natOutgoing leaves its pods no
-//! way out. Needs root.
+//! way out — unless the agents carry an outside route (`--routes`), which takes them out
+//! with their own addresses to a world that routes the pools back. Needs root.
 
 mod common;
 
@@ -91,6 +92,10 @@ impl World {
 
     fn seen(&self) -> BTreeSet<(Proto, SocketAddrV4)> {
         self.seen.lock().unwrap().clone()
+    }
+
+    fn clear(&self) {
+        self.seen.lock().unwrap().clear();
     }
 }
 
@@ -234,4 +239,45 @@ fn pods_reach_the_outside_world_through_nat_and_only_through_it() {
 
     drop(world);
     down(lab);
+}
+
+#[test]
+fn an_outside_route_takes_pods_out_with_their_own_addresses() {
+    let _g = setup();
+    let file = std::env::temp_dir().join(format!("twill-outside-routes-{}.txt", std::process::id()));
+    std::fs::write(&file, "# the world, as the router advertises it\n198.51.100.0/24\n").unwrap();
+    let lab = Topology::uniform(2, 1, Dataplane::Twill).routes(&file).up().unwrap();
+    let off = manifests::ip_pool(None).unwrap().replace("natOutgoing: true", "natOutgoing: false");
+    lab.apply_manifest(manifests::POOL_FILE, &off).unwrap();
+    // The world routes each node's pod subnet back to that node (as a BGP peer would).
+    for n in ["n1", "n2"] {
+        let node = lab.node(n).unwrap();
+        netns::ip(ROUTER_NS, &["route", "add", &node.pod_cidr, "via", &node.address.to_string()]).unwrap();
+    }
+    let world = World::start();
+    let pods: Vec<_> = [1, 2].map(|i| lab.pods_on(i).next().unwrap().clone()).into();
+    // The pool change reaches each agent within a poll: until then a pod still leaves
+    // through NAT. Wait until the world sees each pod as itself, then start afresh.
+    for p in &pods {
+        let t = Instant::now();
+        while !world.seen().iter().any(|(_, a)| *a.ip() == p.ip().unwrap()) {
+            assert!(t.elapsed() < Duration::from_secs(5), "the world never saw {} as itself: {:?}", p.name, world.seen());
+            let _ = netns::run_in(&p.netns, || tcp_exchange(WORLD_IP, TCP_PORT, Duration::from_millis(300)));
+        }
+    }
+    world.clear();
+    for p in &pods {
+        netns::run_in(&p.netns, || tcp_exchange(WORLD_IP, TCP_PORT, Duration::from_secs(3))).unwrap_or_else(|e| panic!("TCP from {}: {e:#}", p.name));
+        netns::run_in(&p.netns, || icmp_echo(WORLD_IP, 5, Duration::from_millis(500))).unwrap_or_else(|e| panic!("ping from {}: {e:#}", p.name));
+    }
+    let seen = world.seen();
+    let own: BTreeSet<Ipv4Addr> = pods.iter().map(|p| p.ip().unwrap()).collect();
+    assert_eq!(seen.iter().map(|(_, a)| *a.ip()).collect::<BTreeSet<_>>(), own, "the world saw {seen:?}");
+    for n in ["n1", "n2"] {
+        let s = stats(&lab, n);
+        assert!(s["routed_out"] > 0 && s["nat_out"] == 0, "{n}: {s:?}");
+    }
+    drop(world);
+    down(lab);
+    std::fs::remove_file(&file).ok();
 }

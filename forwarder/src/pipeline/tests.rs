@@ -637,6 +637,43 @@ fn an_icmp_error_about_a_translated_connection_reaches_the_pod() {
     assert_eq!(process(&sa, 0, UPLINK, &mut frame, 14 + n), Verdict::Drop(DropReason::NatNoMapping));
 }
 
+#[test]
+fn an_outside_route_carries_pods_out_with_their_own_address_and_brings_the_reply_back() {
+    // Node A's pool without natOutgoing, a BGP-style route to 198.51.100.0/24 and one
+    // covering everything, as a full table's default would.
+    let (mut sa, _) = vxlan_cluster();
+    sa.outside = Outside { nat_sources: vec![], pools: vec!["10.244.0.0/16".parse().unwrap()], next_hop_mac: Some(ROUTER_MAC) };
+    sa.routes.insert("198.51.100.0/24".parse().unwrap(), RouteTarget::Outside);
+    let (mut buf, len) = udp_ports_frame(MAC_A1, GW, (POD_A1, 40000), (WORLD, 53), 64, b"query");
+    let Verdict::Forward { port, len: out, kind: Kind::Routed, .. } = process(&sa, 0, P1, &mut buf, len) else { panic!("not forwarded") };
+    assert_eq!((port, out), (UPLINK, len));
+    let eth = EthernetFrame::new_checked(&buf[..out]).unwrap();
+    assert_eq!((eth.src_addr(), eth.dst_addr()), (A_MAC, ROUTER_MAC));
+    let ip = ip_of(&buf[..out]);
+    assert_eq!((ip.src_addr(), ip.dst_addr(), ip.ttl()), (POD_A1, WORLD, 63), "the pod's own address, one hop less");
+    assert!(ip.verify_checksum());
+    let udp = UdpPacket::new_checked(ip.payload()).unwrap();
+    assert_eq!((udp.src_port(), udp.dst_port()), (40000, 53));
+    assert_eq!((counter(A_IP, |c| &c.routed_out), counter(A_IP, |c| &c.nat_out)), (1, 0));
+
+    // The reply, routed to the pod's address by the network beyond, reaches the pod.
+    let (mut buf, len) = udp_ports_frame(ROUTER_MAC, A_MAC, (WORLD, 53), (POD_A1, 40000), 63, b"reply");
+    assert!(matches!(process(&sa, 0, UPLINK, &mut buf, len), Verdict::Forward { port: P1, .. }));
+
+    // Other nodes do not transit through A to the outside; an address no route covers has none.
+    let (mut buf, len) = udp_frame(B_MAC, A_MAC, POD_B1, WORLD, 64, b"transit");
+    assert_eq!(process(&sa, 0, UPLINK, &mut buf, len), Verdict::Drop(DropReason::NotLocal));
+    let (mut buf, len) = udp_frame(MAC_A1, GW, POD_A1, Ipv4Addr::new(203, 0, 113, 9), 64, b"x");
+    assert_eq!(process(&sa, 0, P1, &mut buf, len), Verdict::Drop(DropReason::NoRoute));
+
+    // With natOutgoing on the pool, the same route leaves through NAT instead.
+    sa.outside.nat_sources = sa.outside.pools.clone();
+    let (mut buf, len) = udp_ports_frame(MAC_A1, GW, (POD_A1, 40001), (WORLD, 53), 64, b"query");
+    let Verdict::Forward { len: out, .. } = process(&sa, 0, P1, &mut buf, len) else { panic!("not forwarded") };
+    assert_eq!(ip_of(&buf[..out]).src_addr(), A_IP);
+    assert_eq!(counter(A_IP, |c| &c.nat_out), 1);
+}
+
 /// The I/O ceiling on the frames of this file.
 fn ceiling(snap: &Snapshot, in_port: PortId, buf: &mut [u8], len: usize) -> Verdict {
     let f = flows(snap.node.node_ip);
