@@ -19,6 +19,11 @@
 //! rules ([`rules`]), 64-byte frames in 10,000 flows flat out (every flow's first packet
 //! meets the rules; later ones are established for both data paths).
 //!
+//! Then twill fully loaded ([`LoadedPoint`]: VXLAN, conntrack, 1,000 rules, the full BGP
+//! table) against the xdp-ceiling; then the topology sweeps: routes 10 / 10,000 / the full
+//! BGP table (twill and kernel-flannel, whose FIB kernel-calico shares), workers per node,
+//! pods per node, uplink MTU — 64-byte UDP flat out and one TCP stream each.
+//!
 //! The report gives every trial and, per data path, the medians; and twill's medians over
 //! each peer's (the ratios the README quotes).
 
@@ -54,7 +59,17 @@ pub struct BenchConfig {
     pub rules: Vec<usize>,
     /// Run the topology sweeps: workers per node, pods per node, uplink MTU.
     pub topologies: bool,
+    /// Route counts of the routes sweep, a random sample of the BGP table's IPv4 prefixes
+    /// ([`FULL_TABLE`]: all of them); none: no sweep.
+    pub routes: Vec<usize>,
+    /// Measure twill fully loaded ([`LoadedPoint`]).
+    pub loaded: bool,
 }
+
+/// The routes sweep's name for every IPv4 prefix of the BGP table.
+pub const FULL_TABLE: usize = usize::MAX;
+/// Rules of the fully loaded measurement.
+pub const LOADED_RULES: usize = 1_000;
 
 impl BenchConfig {
     /// Every data path and the rules sweep, `trials` trials of `duration_s` seconds.
@@ -66,13 +81,15 @@ impl BenchConfig {
             ndr_steps: 6,
             rules: vec![0, 100, 1_000, 10_000],
             topologies: true,
+            routes: vec![10, 10_000, FULL_TABLE],
+            loaded: true,
         }
     }
 
     /// `--quick`: every data path, 3 trials of 0.5 s, a coarse NDR, no sweep (about two
     /// minutes).
     pub fn quick() -> BenchConfig {
-        BenchConfig { ndr_steps: 2, rules: Vec::new(), topologies: false, ..BenchConfig::all(3, 0.5) }
+        BenchConfig { ndr_steps: 2, rules: Vec::new(), topologies: false, routes: Vec::new(), loaded: false, ..BenchConfig::all(3, 0.5) }
     }
 }
 
@@ -152,10 +169,34 @@ pub struct RulesSummary {
     pub of_no_rules: f64,
 }
 
+/// twill with everything on at once — VXLAN, conntrack, [`LOADED_RULES`] ClassBench rules
+/// and the full BGP table — in one trial: 64-byte UDP in [`MANY_FLOWS`] flows (every flow's
+/// first packet meets the rules, later ones the tracker), flat out and its no-drop rate.
+#[derive(Debug, Clone, Serialize)]
+pub struct LoadedPoint {
+    pub trial: usize,
+    pub routes: usize,
+    pub rules: usize,
+    pub flat: StreamStats,
+    pub ndr_pps: f64,
+    pub ndr_probes: Vec<(f64, f64)>,
+}
+
+/// Medians of the fully loaded trials, and over the xdp-ceiling's of the same run.
+#[derive(Debug, Clone, Serialize)]
+pub struct LoadedSummary {
+    pub flat_received_pps: f64,
+    pub ndr_pps: f64,
+    /// Over the ceiling's flat-out rate in [`MANY_FLOWS`] flows.
+    pub flat_of_ceiling: f64,
+    /// Over the ceiling's no-drop rate (one flow: the ceiling does nothing per flow).
+    pub ndr_of_ceiling: f64,
+}
+
 /// One lab of a topology sweep: 64-byte UDP flat out and one TCP stream.
 #[derive(Debug, Clone, Serialize)]
 pub struct TopologyPoint {
-    /// `workers per node`, `pods per node` or `uplink MTU`.
+    /// `workers per node`, `pods per node`, `uplink MTU` or `routes`.
     pub sweep: &'static str,
     pub value: u32,
     pub dataplane: Dataplane,
@@ -177,9 +218,19 @@ pub struct TopologySummary {
     pub tcp_gbit_per_s: f64,
 }
 
-/// The topology sweeps: (sweep, value, data path, the lab).
-fn topology_points() -> Vec<(&'static str, u32, Dataplane, Topology)> {
+/// The topology sweeps of `cfg`: (sweep, value, data path, the lab).
+fn topology_points(cfg: &BenchConfig) -> Result<Vec<(&'static str, u32, Dataplane, Topology)>> {
     let mut v = Vec::new();
+    // The kernel's FIB is the same for Flannel's and Calico's paths: one of them stands for both.
+    for &n in &cfg.routes {
+        let (file, count) = routes_file(n)?;
+        for dp in [Dataplane::Twill, Dataplane::KernelFlannel] {
+            v.push(("routes", count as u32, dp, Topology::uniform(2, 1, dp).routes(&file)));
+        }
+    }
+    if !cfg.topologies {
+        return Ok(v);
+    }
     for (workers, cores) in [(1, None), (2, Some("0,1"))] {
         let t = Topology::uniform(2, 1, Dataplane::Twill);
         v.push(("workers per node", workers, Dataplane::Twill, if let Some(c) = cores { t.cores(c) } else { t }));
@@ -192,7 +243,27 @@ fn topology_points() -> Vec<(&'static str, u32, Dataplane, Topology)> {
     for mtu in [1500, 9000] {
         v.push(("uplink MTU", mtu, Dataplane::Twill, Topology::uniform(2, 1, Dataplane::Twill).uplink_mtu(mtu)));
     }
-    v
+    Ok(v)
+}
+
+/// A file of `n` IPv4 prefixes of the BGP table (shared/data), a random sample of fixed
+/// seed, or all of them for [`FULL_TABLE`]; its path and how many it holds.
+pub fn routes_file(n: usize) -> Result<(std::path::PathBuf, usize)> {
+    let text = policy_engine::dataset::read("bgp/prefixes.txt.gz").map_err(anyhow::Error::msg)?;
+    let mut v4: Vec<&str> = text.lines().filter(|l| !l.is_empty() && !l.contains(':')).collect();
+    if n < v4.len() {
+        let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+        for i in (1..v4.len()).rev() {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            v4.swap(i, (x % (i as u64 + 1)) as usize);
+        }
+        v4.truncate(n);
+    }
+    let path = std::env::temp_dir().join(format!("twill-bench-routes-{}.txt", v4.len()));
+    std::fs::write(&path, v4.join("\n") + "\n").with_context(|| format!("writing {}", path.display()))?;
+    Ok((path, v4.len()))
 }
 
 /// A whole run.
@@ -208,6 +279,8 @@ pub struct BenchReport {
     pub rules_summary: Vec<RulesSummary>,
     pub topologies: Vec<TopologyPoint>,
     pub topologies_summary: Vec<TopologySummary>,
+    pub loaded: Vec<LoadedPoint>,
+    pub loaded_summary: Option<LoadedSummary>,
 }
 
 /// Where the run ran.
@@ -255,9 +328,14 @@ pub fn run(cfg: &BenchConfig) -> Result<BenchReport> {
             }
         }
     }
+    let mut loaded = Vec::new();
+    for trial in 1..=if cfg.loaded { cfg.trials } else { 0 } {
+        loaded.push(measure_loaded(cfg, trial).with_context(|| format!("twill fully loaded, trial {trial}"))?);
+    }
     let mut topologies = Vec::new();
-    for trial in 1..=if cfg.topologies { cfg.trials } else { 0 } {
-        for (sweep, value, dp, topo) in topology_points() {
+    let points = topology_points(cfg)?;
+    for trial in 1..=if points.is_empty() { 0 } else { cfg.trials } {
+        for (sweep, value, dp, topo) in points.iter().cloned() {
             let what = format!("{dp} with {sweep} {value}, trial {trial}");
             let lab = topo.up().with_context(|| format!("building the lab of {what}"))?;
             let measured = (|| {
@@ -279,7 +357,52 @@ pub fn run(cfg: &BenchConfig) -> Result<BenchReport> {
     };
     let rules_summary = summarize_rules(&sweep);
     let topologies_summary = summarize_topologies(&topologies);
-    Ok(BenchReport { machine: Machine::here(), config: cfg.clone(), seconds: t0.elapsed().as_secs_f64(), trials, paths, twill_over, rules: sweep, rules_summary, topologies, topologies_summary })
+    let loaded_summary = summarize_loaded(&loaded, &paths);
+    Ok(BenchReport {
+        machine: Machine::here(),
+        config: cfg.clone(),
+        seconds: t0.elapsed().as_secs_f64(),
+        trials,
+        paths,
+        twill_over,
+        rules: sweep,
+        rules_summary,
+        topologies,
+        topologies_summary,
+        loaded,
+        loaded_summary,
+    })
+}
+
+/// One trial of [`LoadedPoint`].
+fn measure_loaded(cfg: &BenchConfig, trial: usize) -> Result<LoadedPoint> {
+    let (file, routes) = routes_file(FULL_TABLE)?;
+    let lab = Topology::uniform(2, 1, Dataplane::Twill).routes(&file).up().context("building the loaded twill lab")?;
+    let measured = (|| {
+        load_rules(&lab, Dataplane::Twill, LOADED_RULES)?;
+        let (a, b) = traffic::cross_node_pair(lab.pods()).context("no pod on n1 and n2")?;
+        let stream = Stream::new(cfg.duration_s).flows(MANY_FLOWS);
+        let flat = generator::run(a, b, &stream)?;
+        let (ndr_pps, ndr_probes) = no_drop_rate(a, b, &flat, &stream, cfg.ndr_steps, NDR_LOSS_PCT)?;
+        Ok::<_, anyhow::Error>(LoadedPoint { trial, routes, rules: LOADED_RULES, flat, ndr_pps, ndr_probes })
+    })();
+    lab.down().context("tearing the loaded twill lab down")?;
+    measured
+}
+
+fn summarize_loaded(points: &[LoadedPoint], paths: &[PathSummary]) -> Option<LoadedSummary> {
+    if points.is_empty() {
+        return None;
+    }
+    let ceiling = paths.iter().find(|p| p.dataplane == Dataplane::XdpCeiling);
+    let flat_received_pps = median(points.iter().map(|p| p.flat.received_pps).collect());
+    let ndr_pps = median(points.iter().map(|p| p.ndr_pps).collect());
+    Some(LoadedSummary {
+        flat_received_pps,
+        ndr_pps,
+        flat_of_ceiling: ceiling.map_or(f64::NAN, |c| flat_received_pps / c.flows_received_pps),
+        ndr_of_ceiling: ceiling.map_or(f64::NAN, |c| ndr_pps / c.ndr_pps),
+    })
 }
 
 /// Builds a two-node lab of `dp`, runs `f` on it, tears it down (also when `f` failed).
@@ -311,16 +434,17 @@ fn load_rules(lab: &Lab, dp: Dataplane, n: usize) -> Result<()> {
     Ok(())
 }
 
-/// The no-drop rate from `a` to `b`: a binary search of `steps` paced runs of `secs` each
-/// between 0.3× what arrived in the flat-out run `flat` and what its sender sent, for the
-/// highest rate with at most `max_loss_pct` loss (the bench: [`NDR_LOSS_PCT`]; 0: none of
-/// the probes passed). Returns it and every probe as (rate, loss %).
-pub fn no_drop_rate(a: &PodState, b: &PodState, flat: &StreamStats, secs: f64, steps: usize, max_loss_pct: f64) -> Result<(f64, Vec<(f64, f64)>)> {
+/// The no-drop rate from `a` to `b`: a binary search of `steps` runs of `probe` (its
+/// frames, flows and duration) paced between 0.3× what arrived in the flat-out run `flat`
+/// and what its sender sent, for the highest rate with at most `max_loss_pct` loss (the
+/// bench: [`NDR_LOSS_PCT`]; 0: none of the probes passed). Returns it and every probe as
+/// (rate, loss %).
+pub fn no_drop_rate(a: &PodState, b: &PodState, flat: &StreamStats, probe: &Stream, steps: usize, max_loss_pct: f64) -> Result<(f64, Vec<(f64, f64)>)> {
     let (mut lo, mut hi) = (0.3 * flat.received_pps, flat.sent_pps.max(flat.received_pps));
     let (mut ndr, mut probes) = (0.0, Vec::new());
     for _ in 0..steps {
         let rate = (lo + hi) / 2.0;
-        let s = generator::run(a, b, &Stream::new(secs).paced(rate))?;
+        let s = generator::run(a, b, &probe.clone().paced(rate))?;
         probes.push((rate, s.loss_pct));
         if s.loss_pct <= max_loss_pct {
             (ndr, lo) = (f64::max(ndr, rate), rate);
@@ -336,7 +460,7 @@ fn measure(lab: &Lab, cfg: &BenchConfig, dp: Dataplane, trial: usize) -> Result<
     let d = cfg.duration_s;
     let run = |s: Stream| generator::run(a, b, &s);
     let flat = run(Stream::new(d))?;
-    let (ndr, probes) = no_drop_rate(a, b, &flat, d, cfg.ndr_steps, NDR_LOSS_PCT)?;
+    let (ndr, probes) = no_drop_rate(a, b, &flat, &Stream::new(d), cfg.ndr_steps, NDR_LOSS_PCT)?;
     let base = if ndr > 0.0 { ndr } else { 0.3 * flat.received_pps };
     Ok(Trial {
         dataplane: dp,
@@ -442,21 +566,8 @@ pub fn markdown(r: &BenchReport, plots: &[(String, String)]) -> String {
         "Machine: {} CPUs ({}), Linux {}. Two nodes, one pod each, traffic from p1-n1 to p1-n2 with the lab's generator (sequence numbers and send stamps; raw-socket sender, UDP sink); {} trials of {} s per measurement and data path, data paths alternating; medians. No-drop rate (NDR): highest paced rate with at most {NDR_LOSS_PCT} % loss, {} search steps. Run took {:.0} s.\n",
         r.machine.cpus, r.machine.cpu_model, r.machine.kernel, r.config.trials, r.config.duration_s, r.config.ndr_steps, r.seconds
     );
-    let _ = writeln!(s, "## Packet rate, 64-byte UDP\n\n| data path | flat out: sent (pps) | received (pps) | loss | NDR (pps) | at 2× NDR: offered | received | of NDR |\n|---|---|---|---|---|---|---|---|");
-    for p in &r.paths {
-        let _ = writeln!(
-            s,
-            "| {} | {:.0} | {:.0} | {:.1} % | {:.0} | {:.0} | {:.0} | {:.2} |",
-            p.dataplane, p.flat_sent_pps, p.flat_received_pps, p.flat_loss_pct, p.ndr_pps, p.overload_offered_pps, p.overload_received_pps, p.overload_over_ndr
-        );
-    }
-    let _ = writeln!(s, "\n## Latency, CPU, large frames, many flows, TCP\n\n| data path | at NDR/2: p50 (µs) | p99 | p99.9 | at {:.0} pps: p99 (µs) | machine CPU per Mpkt (ms) | {LARGE_FRAME}-byte flat out (pps) | Gbit/s | {MANY_FLOWS} flows (pps) | TCP (Gbit/s) |\n|---|---|---|---|---|---|---|---|---|---|", COMMON_PPS);
-    for p in &r.paths {
-        let _ = writeln!(
-            s,
-            "| {} | {:.1} | {:.1} | {:.1} | {:.1} | {:.0} | {:.0} | {:.2} | {:.0} | {:.2} |",
-            p.dataplane, p.half_p50_us, p.half_p99_us, p.half_p999_us, p.common_p99_us, p.common_cpu_ms_per_mpkt, p.large_received_pps, p.large_gbit_per_s, p.flows_received_pps, p.tcp_gbit_per_s
-        );
+    if !r.paths.is_empty() {
+        paths_tables(&mut s, r);
     }
     if !r.twill_over.is_empty() {
         let _ = writeln!(s, "\n## twill over each peer\n\n| peer | flat-out received | NDR | p99 at NDR/2 | CPU per Mpkt | {LARGE_FRAME}-byte Gbit/s | {MANY_FLOWS} flows | TCP |\n|---|---|---|---|---|---|---|---|");
@@ -480,6 +591,17 @@ pub fn markdown(r: &BenchReport, plots: &[(String, String)]) -> String {
             let _ = writeln!(s, "| {} | {} | {} | {} | {:.0} | {:.2} |", q.sweep, q.value, q.dataplane, q.pod_mtu, q.flat_received_pps, q.tcp_gbit_per_s);
         }
     }
+    if let Some(l) = &r.loaded_summary {
+        let _ = writeln!(
+            s,
+            "\n## twill fully loaded\n\nVXLAN, conntrack, {LOADED_RULES} ClassBench rules (one GlobalNetworkPolicy) and the full BGP table ({} IPv4 prefixes, `--routes`) at once; 64-byte UDP in {MANY_FLOWS} flows. Against the xdp-ceiling of this run: its flat-out rate in {MANY_FLOWS} flows and its NDR (one flow; the ceiling does nothing per flow).\n\n| | flat out received (pps) | NDR (pps) |\n|---|---|---|\n| twill, loaded | {:.0} | {:.0} |\n| of the xdp-ceiling | {:.2} | {:.2} |",
+            r.loaded.first().map_or(0, |p| p.routes),
+            l.flat_received_pps,
+            l.ndr_pps,
+            l.flat_of_ceiling,
+            l.ndr_of_ceiling
+        );
+    }
     for (title, file) in plots {
         let _ = writeln!(s, "\n![{title}]({file})");
     }
@@ -498,6 +620,26 @@ pub fn markdown(r: &BenchReport, plots: &[(String, String)]) -> String {
     s
 }
 
+/// The per-path tables: packet rate, then latency, CPU, large frames, many flows, TCP.
+fn paths_tables(s: &mut String, r: &BenchReport) {
+    let _ = writeln!(s, "## Packet rate, 64-byte UDP\n\n| data path | flat out: sent (pps) | received (pps) | loss | NDR (pps) | at 2× NDR: offered | received | of NDR |\n|---|---|---|---|---|---|---|---|");
+    for p in &r.paths {
+        let _ = writeln!(
+            s,
+            "| {} | {:.0} | {:.0} | {:.1} % | {:.0} | {:.0} | {:.0} | {:.2} |",
+            p.dataplane, p.flat_sent_pps, p.flat_received_pps, p.flat_loss_pct, p.ndr_pps, p.overload_offered_pps, p.overload_received_pps, p.overload_over_ndr
+        );
+    }
+    let _ = writeln!(s, "\n## Latency, CPU, large frames, many flows, TCP\n\n| data path | at NDR/2: p50 (µs) | p99 | p99.9 | at {:.0} pps: p99 (µs) | machine CPU per Mpkt (ms) | {LARGE_FRAME}-byte flat out (pps) | Gbit/s | {MANY_FLOWS} flows (pps) | TCP (Gbit/s) |\n|---|---|---|---|---|---|---|---|---|---|", COMMON_PPS);
+    for p in &r.paths {
+        let _ = writeln!(
+            s,
+            "| {} | {:.1} | {:.1} | {:.1} | {:.1} | {:.0} | {:.0} | {:.2} | {:.0} | {:.2} |",
+            p.dataplane, p.half_p50_us, p.half_p99_us, p.half_p999_us, p.common_p99_us, p.common_cpu_ms_per_mpkt, p.large_received_pps, p.large_gbit_per_s, p.flows_received_pps, p.tcp_gbit_per_s
+        );
+    }
+}
+
 /// One colour per data path in every chart.
 fn colour(dp: Dataplane) -> usize {
     match dp {
@@ -508,6 +650,19 @@ fn colour(dp: Dataplane) -> usize {
     }
 }
 
+/// One line per data path through its (x, y) points, in the order given.
+fn series_by_path(points: impl Iterator<Item = (Dataplane, f64, f64)>) -> Vec<plot::Series> {
+    let mut series: Vec<plot::Series> = Vec::new();
+    for (dp, x, y) in points {
+        let name = dp.to_string();
+        match series.iter_mut().find(|s| s.name == name) {
+            Some(s) => s.points.push((x, y)),
+            None => series.push(plot::Series { name, colour: colour(dp), points: vec![(x, y)] }),
+        }
+    }
+    series
+}
+
 /// The report's plots: (title, file name, SVG).
 pub fn plots(r: &BenchReport) -> Vec<(String, String, String)> {
     let mut out = Vec::new();
@@ -516,25 +671,25 @@ pub fn plots(r: &BenchReport) -> Vec<(String, String, String)> {
         .iter()
         .map(|p| plot::Series { name: p.dataplane.to_string(), colour: colour(p.dataplane), points: p.half_cdf.iter().filter(|(q, _)| *q < 1.0).map(|&(q, us)| (us, q * 100.0)).collect() })
         .collect();
-    out.push(("One-way latency at half each path's NDR (CDF)".to_owned(), "latency-cdf.svg".to_owned(), plot::lines("One-way latency at NDR/2", "µs (log)", "% of packets", &cdf, true)));
+    if !r.paths.is_empty() {
+        out.push(("One-way latency at half each path's NDR (CDF)".to_owned(), "latency-cdf.svg".to_owned(), plot::lines("One-way latency at NDR/2", "µs (log)", "% of packets", &cdf, true)));
+    }
     if !r.rules_summary.is_empty() {
-        let mut series: Vec<plot::Series> = Vec::new();
-        for q in &r.rules_summary {
-            let name = q.dataplane.to_string();
-            let x = (q.rules.max(1) as f64).log10();
-            match series.iter_mut().find(|s| s.name == name) {
-                Some(s) => s.points.push((x, q.received_pps / 1e3)),
-                None => series.push(plot::Series { name, colour: colour(q.dataplane), points: vec![(x, q.received_pps / 1e3)] }),
-            }
-        }
+        let series = series_by_path(r.rules_summary.iter().map(|q| (q.dataplane, (q.rules.max(1) as f64).log10(), q.received_pps / 1e3)));
         out.push(("Packet rate against policy rules".to_owned(), "rules.svg".to_owned(), plot::lines("64-byte UDP, 10k flows, flat out", "rules (log10; 0 rules at 0)", "kpps received", &series, false)));
+    }
+    let routes = series_by_path(r.topologies_summary.iter().filter(|q| q.sweep == "routes").map(|q| (q.dataplane, f64::from(q.value).log10(), q.flat_received_pps / 1e3)));
+    if !routes.is_empty() {
+        out.push(("Packet rate against routes".to_owned(), "routes.svg".to_owned(), plot::lines("64-byte UDP flat out", "routes (log10; BGP table sample)", "kpps received", &routes, false)));
     }
     let workers: Vec<(String, usize, f64)> = r.topologies_summary.iter().filter(|q| q.sweep == "workers per node").map(|q| (format!("{} worker(s)", q.value), colour(q.dataplane), q.flat_received_pps / 1e3)).collect();
     if !workers.is_empty() {
         out.push(("twill with one and two workers per node".to_owned(), "workers.svg".to_owned(), plot::bars("twill, 64-byte UDP flat out, by workers per node", "kpps received", &workers)));
     }
-    let bars: Vec<(String, usize, f64)> = r.paths.iter().map(|p| (p.dataplane.to_string(), colour(p.dataplane), p.ndr_pps / 1e3)).collect();
-    out.push(("No-drop rate per data path".to_owned(), "ndr.svg".to_owned(), plot::bars("No-drop rate, 64-byte UDP", "kpps", &bars)));
+    if !r.paths.is_empty() {
+        let bars: Vec<(String, usize, f64)> = r.paths.iter().map(|p| (p.dataplane.to_string(), colour(p.dataplane), p.ndr_pps / 1e3)).collect();
+        out.push(("No-drop rate per data path".to_owned(), "ndr.svg".to_owned(), plot::bars("No-drop rate, 64-byte UDP", "kpps", &bars)));
+    }
     out
 }
 

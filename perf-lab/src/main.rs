@@ -117,8 +117,10 @@ enum Cmd {
         #[arg(long)]
         duration: Option<f64>,
         /// Sections to run (default all): paths (every data path, every measurement),
-        /// rules (the rules sweep), topologies (workers per node, pods per node, MTU).
-        #[arg(long, value_delimiter = ',', value_parser = ["paths", "rules", "topologies"])]
+        /// rules (the rules sweep), topologies (workers per node, pods per node, MTU),
+        /// routes (10, 10,000 and every IPv4 prefix of the BGP table), loaded (twill with
+        /// the full table and 1,000 rules).
+        #[arg(long, value_delimiter = ',', value_parser = ["paths", "rules", "topologies", "routes", "loaded"])]
         only: Vec<String>,
         /// Also write the report as JSON to this file.
         #[arg(long)]
@@ -332,6 +334,10 @@ fn run(cli: Cli) -> Result<ExitCode> {
                     cfg.rules.clear();
                 }
                 cfg.topologies &= has("topologies");
+                cfg.loaded &= has("loaded");
+                if !has("routes") {
+                    cfg.routes.clear();
+                }
             }
             let r = perf_lab::bench::run(&cfg)?;
             let plots = perf_lab::bench::plots(&r);

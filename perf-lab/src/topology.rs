@@ -279,7 +279,13 @@ fn install_kernel_routes(ns: &str, file: &Path, gateway: &str, dir: &Path) -> Re
     std::fs::create_dir_all(dir)?;
     let path = dir.join("routes.batch");
     std::fs::write(&path, batch)?;
-    ip(ns, &["-batch", &path.to_string_lossy()]).with_context(|| format!("installing the routes of {} in {ns}", file.display()))?;
+    // A full table takes the kernel about half a minute per namespace.
+    let mut cmd = std::process::Command::new("ip");
+    cmd.args(["-n", ns, "-batch"]).arg(&path);
+    let out = crate::process::run_timeout(&mut cmd, None, Duration::from_secs(300))?;
+    if !out.status.success() {
+        bail!("installing the routes of {} in {ns}: `{}` failed ({}): {}", file.display(), crate::process::describe(&cmd), out.status, out.stderr.trim());
+    }
     Ok(())
 }
 

@@ -80,7 +80,7 @@ fn a_stream_loses_nothing_while_policies_and_pods_change() {
     let (a, b) = (lab.pod("p1-n1").unwrap().clone(), lab.pod("p1-n2").unwrap().clone());
     let flat = generator::run(&a, &b, &Stream::new(1.0)).expect("flat out");
     // Strictly no loss (the bench tolerates 0.01 %): the rate the changes run under.
-    let (ndr, probes) = bench::no_drop_rate(&a, &b, &flat, 1.0, 3, 0.0).expect("the no-drop-rate search");
+    let (ndr, probes) = bench::no_drop_rate(&a, &b, &flat, &Stream::new(1.0), 3, 0.0).expect("the no-drop-rate search");
     assert!(ndr > 0.0, "no paced rate was loss-free: {probes:?}");
     println!("no-drop rate about {ndr:.0} pps");
 
