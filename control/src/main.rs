@@ -176,6 +176,11 @@ struct AgentArgs {
     /// Pods send there with their own address, or the node's if their pool has natOutgoing.
     #[arg(long)]
     routes: Option<PathBuf>,
+    /// idle | normal: the scheduling class of the control thread and the API — idle (the
+    /// kernel's SCHED_IDLE: control work runs only on CPU time the workers leave, so a
+    /// policy recompile never stalls a worker sharing its core) or the default class.
+    #[arg(long, default_value = "idle", value_parser = ["idle", "normal"])]
+    control_sched: String,
     /// Serve Prometheus metrics on this address (e.g. 127.0.0.1:9641).
     #[arg(long)]
     metrics: Option<String>,
@@ -366,6 +371,10 @@ fn run_agent(args: AgentArgs) -> anyhow::Result<()> {
     };
     tracing::info!(node = %cfg.node, uplink = %cfg.uplink, cores = ?cfg.cores, "starting agent");
     let agent = Arc::new(Mutex::new(Agent::start(cfg)?));
+    // The workers are running: from here on this thread and those it starts are control.
+    if args.control_sched == "idle" {
+        forwarder::dataplane::yield_to_workers().context("--control-sched idle: sched_setscheduler(SCHED_IDLE)")?;
+    }
     server::serve(&args.socket, Arc::clone(&agent))?;
     if let Some(addr) = args.metrics {
         let listener = TcpListener::bind(&addr).with_context(|| format!("binding --metrics {addr}"))?;

@@ -309,3 +309,16 @@ impl Drop for Dataplane {
         self.shutdown();
     }
 }
+
+/// Moves the calling thread — the agent's control thread, and the threads it starts later
+/// — to the kernel's SCHED_IDLE class: on a core it shares with a worker it runs only on
+/// time the worker leaves, and a worker that wakes preempts it at once. Without it, a policy
+/// recompile or a manifest reload takes the worker's core for a scheduler slice or more, and
+/// the worker's rings overflow (measured: gaps of up to 31 ms at half the no-drop rate).
+/// The workers keep the class they were started with.
+pub fn yield_to_workers() -> std::io::Result<()> {
+    let param = libc::sched_param { sched_priority: 0 };
+    // SAFETY: sched_setscheduler reads `param` (a valid, initialized struct) for the calling
+    // thread (pid 0) and writes nothing.
+    if unsafe { libc::sched_setscheduler(0, libc::SCHED_IDLE, &param) } == 0 { Ok(()) } else { Err(std::io::Error::last_os_error()) }
+}
