@@ -21,15 +21,11 @@ pub fn read(path: &Path) -> Result<RouteTable<RouteTarget>, String> {
 /// The routes of `text` (the format of [`read`]); an error names the first bad line.
 pub fn parse(text: &str) -> Result<RouteTable<RouteTarget>, String> {
     let mut table = RouteTable::default();
-    for (n, line) in text.lines().enumerate() {
-        let line = line.split('#').next().unwrap_or("").trim();
-        if line.is_empty() {
-            continue;
-        }
+    for (n, line) in policy_engine::dataset::content_lines(text) {
         if line.contains(':') {
-            return Err(format!("line {}: {line:?} is an IPv6 prefix; twill routes IPv4 only (accepted: a.b.c.d/len)", n + 1));
+            return Err(format!("line {n}: {line:?} is an IPv6 prefix; twill routes IPv4 only (accepted: a.b.c.d/len)"));
         }
-        let prefix: Ipv4Prefix = line.parse().map_err(|e| format!("line {}: {e}", n + 1))?;
+        let prefix: Ipv4Prefix = line.parse().map_err(|e| format!("line {n}: {e}"))?;
         table.insert(prefix, RouteTarget::Outside);
     }
     Ok(table.compacted())
@@ -41,7 +37,7 @@ mod tests {
     use std::net::Ipv4Addr;
 
     #[test]
-    fn reads_prefixes_skipping_comments_and_names_a_bad_line() {
+    fn reads_prefixes_without_comments_and_names_a_bad_line() {
         let t = parse("# upstream\n198.51.100.0/24\n\n  203.0.113.0/25 # half\n0.0.0.0/0\n").unwrap();
         assert_eq!(t.len(), 3);
         assert_eq!(t.lookup(Ipv4Addr::new(203, 0, 113, 200)), Some(RouteTarget::Outside), "under the default");

@@ -27,7 +27,7 @@
 //! The report gives every trial and, per data path, the medians; and twill's medians over
 //! each peer's (the ratios the README quotes).
 
-use std::{fmt::Write as _, time::Duration, time::Instant};
+use std::{fmt::Write as _, path::PathBuf, time::Duration, time::Instant};
 
 use anyhow::{Context, Result, bail};
 use serde::Serialize;
@@ -218,18 +218,18 @@ pub struct TopologySummary {
     pub tcp_gbit_per_s: f64,
 }
 
-/// The topology sweeps of `cfg`: (sweep, value, data path, the lab).
-fn topology_points(cfg: &BenchConfig) -> Result<Vec<(&'static str, u32, Dataplane, Topology)>> {
+/// The topology sweeps of `cfg`: (sweep, value, data path, the lab); `routes` holds the
+/// route files of `cfg.routes` ([`routes_files`]).
+fn topology_points(cfg: &BenchConfig, routes: &[(PathBuf, usize)]) -> Vec<(&'static str, u32, Dataplane, Topology)> {
     let mut v = Vec::new();
     // The kernel's FIB is the same for Flannel's and Calico's paths: one of them stands for both.
-    for &n in &cfg.routes {
-        let (file, count) = routes_file(n)?;
+    for (file, count) in routes {
         for dp in [Dataplane::Twill, Dataplane::KernelFlannel] {
-            v.push(("routes", count as u32, dp, Topology::uniform(2, 1, dp).routes(&file)));
+            v.push(("routes", *count as u32, dp, Topology::uniform(2, 1, dp).routes(file)));
         }
     }
     if !cfg.topologies {
-        return Ok(v);
+        return v;
     }
     for (workers, cores) in [(1, None), (2, Some("0,1"))] {
         let t = Topology::uniform(2, 1, Dataplane::Twill);
@@ -243,27 +243,34 @@ fn topology_points(cfg: &BenchConfig) -> Result<Vec<(&'static str, u32, Dataplan
     for mtu in [1500, 9000] {
         v.push(("uplink MTU", mtu, Dataplane::Twill, Topology::uniform(2, 1, Dataplane::Twill).uplink_mtu(mtu)));
     }
-    Ok(v)
+    v
 }
 
-/// A file of `n` IPv4 prefixes of the BGP table (shared/data), a random sample of fixed
-/// seed, or all of them for [`FULL_TABLE`]; its path and how many it holds.
-pub fn routes_file(n: usize) -> Result<(std::path::PathBuf, usize)> {
-    let text = policy_engine::dataset::read("bgp/prefixes.txt.gz").map_err(anyhow::Error::msg)?;
-    let mut v4: Vec<&str> = text.lines().filter(|l| !l.is_empty() && !l.contains(':')).collect();
-    if n < v4.len() {
-        let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
-        for i in (1..v4.len()).rev() {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            v4.swap(i, (x % (i as u64 + 1)) as usize);
-        }
-        v4.truncate(n);
+/// For each count of `counts`, a file of that many IPv4 prefixes of the BGP table
+/// (shared/data) — the first of one random order of fixed seed, or all of them for
+/// [`FULL_TABLE`] — and how many it holds. The table is read once.
+pub fn routes_files(counts: &[usize]) -> Result<Vec<(PathBuf, usize)>> {
+    if counts.is_empty() {
+        return Ok(Vec::new());
     }
-    let path = std::env::temp_dir().join(format!("twill-bench-routes-{}.txt", v4.len()));
-    std::fs::write(&path, v4.join("\n") + "\n").with_context(|| format!("writing {}", path.display()))?;
-    Ok((path, v4.len()))
+    let text = policy_engine::dataset::read("bgp/prefixes.txt.gz").map_err(anyhow::Error::msg)?;
+    let mut v4: Vec<&str> = policy_engine::dataset::content_lines(&text).map(|(_, l)| l).filter(|l| !l.contains(':')).collect();
+    let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+    for i in (1..v4.len()).rev() {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        v4.swap(i, (x % (i as u64 + 1)) as usize);
+    }
+    counts
+        .iter()
+        .map(|&n| {
+            let sample = &v4[..n.min(v4.len())];
+            let path = std::env::temp_dir().join(format!("twill-bench-routes-{}.txt", sample.len()));
+            std::fs::write(&path, sample.join("\n") + "\n").with_context(|| format!("writing {}", path.display()))?;
+            Ok((path, sample.len()))
+        })
+        .collect()
 }
 
 /// A whole run.
@@ -329,11 +336,14 @@ pub fn run(cfg: &BenchConfig) -> Result<BenchReport> {
         }
     }
     let mut loaded = Vec::new();
-    for trial in 1..=if cfg.loaded { cfg.trials } else { 0 } {
-        loaded.push(measure_loaded(cfg, trial).with_context(|| format!("twill fully loaded, trial {trial}"))?);
+    if cfg.loaded {
+        let full = routes_files(&[FULL_TABLE])?.remove(0);
+        for trial in 1..=cfg.trials {
+            loaded.push(measure_loaded(cfg, trial, &full).with_context(|| format!("twill fully loaded, trial {trial}"))?);
+        }
     }
     let mut topologies = Vec::new();
-    let points = topology_points(cfg)?;
+    let points = topology_points(cfg, &routes_files(&cfg.routes)?);
     for trial in 1..=if points.is_empty() { 0 } else { cfg.trials } {
         for (sweep, value, dp, topo) in points.iter().cloned() {
             let what = format!("{dp} with {sweep} {value}, trial {trial}");
@@ -374,10 +384,10 @@ pub fn run(cfg: &BenchConfig) -> Result<BenchReport> {
     })
 }
 
-/// One trial of [`LoadedPoint`].
-fn measure_loaded(cfg: &BenchConfig, trial: usize) -> Result<LoadedPoint> {
-    let (file, routes) = routes_file(FULL_TABLE)?;
-    let lab = Topology::uniform(2, 1, Dataplane::Twill).routes(&file).up().context("building the loaded twill lab")?;
+/// One trial of [`LoadedPoint`] with the routes of `(file, routes)`.
+fn measure_loaded(cfg: &BenchConfig, trial: usize, (file, routes): &(PathBuf, usize)) -> Result<LoadedPoint> {
+    let routes = *routes;
+    let lab = Topology::uniform(2, 1, Dataplane::Twill).routes(file).up().context("building the loaded twill lab")?;
     let measured = (|| {
         load_rules(&lab, Dataplane::Twill, LOADED_RULES)?;
         let (a, b) = traffic::cross_node_pair(lab.pods()).context("no pod on n1 and n2")?;

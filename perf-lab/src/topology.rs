@@ -266,14 +266,12 @@ pub const ROUTER_SUBNETS: u8 = 4;
 /// loopback) and routes nothing back to the pods, so a pod reaches it only through NAT.
 pub const WORLD_IP: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 1);
 
-/// The router: one leg on the underlay bridge with the .1 address of every subnet, and
-/// [`WORLD_IP`] standing for the outside world; every node's default gateway.
 /// Puts the routes of `file` (IPv4 CIDRs, one per line, as `twill agent --routes` reads
 /// them) into the FIB of kernel node `ns`, via `gateway`, in one `ip -batch`.
 fn install_kernel_routes(ns: &str, file: &Path, gateway: &str, dir: &Path) -> Result<()> {
     let text = policy_engine::dataset::read_text(file).map_err(anyhow::Error::msg)?;
     let mut batch = String::new();
-    for line in text.lines().map(|l| l.split('#').next().unwrap_or("").trim()).filter(|l| !l.is_empty()) {
+    for (_, line) in policy_engine::dataset::content_lines(&text) {
         writeln!(batch, "route replace {line} via {gateway} dev eth0").expect("writing to a String");
     }
     std::fs::create_dir_all(dir)?;
@@ -289,6 +287,8 @@ fn install_kernel_routes(ns: &str, file: &Path, gateway: &str, dir: &Path) -> Re
     Ok(())
 }
 
+/// The router: one leg on the underlay bridge with the .1 address of every subnet, and
+/// [`WORLD_IP`] standing for the outside world; every node's default gateway.
 fn create_router(mtu: u32) -> Result<()> {
     netns::add(ROUTER_NS)?;
     let mtu = mtu.to_string();

@@ -44,6 +44,12 @@ pub fn read_text(path: &Path) -> Result<String, String> {
     }
 }
 
+/// The content lines of a one-item-per-line text file such as a route list: each with its
+/// 1-based line number, `#` comments cut and blanks trimmed, empty ones left out.
+pub fn content_lines(text: &str) -> impl Iterator<Item = (usize, &str)> {
+    text.lines().enumerate().map(|(n, l)| (n + 1, l.split('#').next().unwrap_or("").trim())).filter(|(_, l)| !l.is_empty())
+}
+
 /// Reads `relative` (such as `classbench/acl1_1k.gz`) from the data directory.
 pub fn read(relative: &str) -> Result<String, String> {
     read_text(&data_dir()?.join(relative))
