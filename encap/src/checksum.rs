@@ -1,7 +1,8 @@
 //! The Internet checksum.
 //!
 //! Owns the 16-bit one's-complement sum of RFC 1071 over byte slices, the IPv4
-//! pseudo-header sum that UDP (RFC 768) and TCP (RFC 793 §3.1) add to it, and the
+//! pseudo-header sum that UDP (RFC 768) and TCP (RFC 793 §3.1) add to it, its IPv6
+//! counterpart (RFC 8200 §8.1, which ICMPv6 covers too, RFC 4443 §2.3), and the
 //! incremental update of RFC 1624 (eqn. 3) that lets a router change one header word
 //! without summing the header again. The views in this crate call these; the forwarder calls
 //! [`update_u16`] / [`update_u32`] when it rewrites a field.
@@ -11,7 +12,7 @@
 //! and folds once at the end (RFC 1071 §2 (B), (C)): one add per 4 bytes, no carry handling
 //! in the loop. Nothing here allocates or panics.
 
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, Ipv6Addr};
 
 use crate::ipv4::IpProtocol;
 
@@ -61,6 +62,15 @@ pub fn pseudo_header(src: Ipv4Addr, dst: Ipv4Addr, protocol: IpProtocol, length:
             + u64::from(u8::from(protocol))
             + u64::from(length),
     )
+}
+
+/// The sum of the IPv6 pseudo header (RFC 8200 §8.1): source, destination, the 32-bit
+/// upper-layer packet length, three zero bytes and the next header (58 for ICMPv6).
+pub fn pseudo_header6(src: Ipv6Addr, dst: Ipv6Addr, next_header: u8, length: u32) -> u16 {
+    let s = u128::from(src);
+    let d = u128::from(dst);
+    let words = |a: u128| u64::from((a >> 96) as u32) + u64::from((a >> 64) as u32) + u64::from((a >> 32) as u32) + u64::from(a as u32);
+    fold(words(s) + words(d) + u64::from(length) + u64::from(next_header))
 }
 
 /// The checksum after one 16-bit word of the covered data changed from `old` to `new`:

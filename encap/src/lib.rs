@@ -15,16 +15,20 @@
 //!   (it is for building packets, not for the receive path).
 //! - Protocol numbers are enums with an `Unknown(_)` arm, so no wire value is lost.
 //!
-//! Modules: [`ethernet`], [`arp`] (RFC 826), [`ipv4`] (RFC 791), [`udp`] (RFC 768),
-//! [`tcp`] (RFC 793), [`icmpv4`] (RFC 792, RFC 1191, RFC 1812), [`checksum`] (RFC 1071,
-//! RFC 1624), [`vxlan`] (RFC 7348), [`ipip`] (RFC 2003), [`tunnel`] (the outer-header checks both share), [`nat`] (address and port rewriting for source NAT), [`direct`] (MAC rewrite for host-gw / BGP routing) and
+//! Modules: [`ethernet`], [`arp`] (RFC 826), [`ipv4`] (RFC 791), [`ipv6`] (RFC 8200),
+//! [`udp`] (RFC 768), [`tcp`] (RFC 793), [`icmpv4`] (RFC 792, RFC 1191, RFC 1812),
+//! [`icmpv6`] (RFC 4443, Neighbor Discovery of RFC 4861), [`checksum`] (RFC 1071,
+//! RFC 1624, RFC 8200 §8.1), [`vxlan`] (RFC 7348), [`vxlan6`] (VXLAN over an IPv6 underlay), [`ipip`] (RFC 2003), [`tunnel`] (the outer-header checks both share), [`nat`] (address and port rewriting for source NAT), [`direct`] (MAC rewrite for host-gw / BGP routing) and
 //! [`flow`] (the 5-tuple the pipeline classifies).
 //!
 //! Hot path: view accessors never allocate and never panic once `check_len` has succeeded;
 //! [`vxlan::decap`], [`vxlan::VxlanEncap::write`], [`vxlan::flow_src_port`],
+//! [`vxlan6::decap6`], [`vxlan6::VxlanEncap6::write`],
 //! [`ipip::decap`], [`ipip::IpipEncap::write`],
-//! [`ipv4::decrement_ttl`], [`arp::reply_in_place`], [`direct::rewrite_macs`],
-//! [`flow::parse_ipv4_flow`], [`nat::rewrite`] and [`icmpv4::emit_error`] never allocate and never panic,
+//! [`ipv4::decrement_ttl`], [`ipv6::decrement_hop_limit`], [`arp::reply_in_place`],
+//! [`icmpv6::advert_in_place`], [`icmpv6::message_type`], [`direct::rewrite_macs`],
+//! [`flow::parse_ipv4_flow`], [`flow::parse_flow_info6`], [`nat::rewrite`],
+//! [`icmpv4::emit_error`] and [`icmpv6::emit_error`] never allocate and never panic,
 //! whatever bytes they are given (`tests/robustness.rs` throws random and mutated frames
 //! at all of them).
 
@@ -36,13 +40,16 @@ pub mod direct;
 pub mod ethernet;
 pub mod flow;
 pub mod icmpv4;
+pub mod icmpv6;
 pub mod ipip;
 pub mod ipv4;
+pub mod ipv6;
 pub mod nat;
 pub mod tcp;
 pub mod tunnel;
 pub mod udp;
 pub mod vxlan;
+pub mod vxlan6;
 
 #[cfg(test)]
 mod fixtures;
@@ -70,8 +77,8 @@ pub enum Error {
     /// An IPv4 fragment where a whole datagram (or the first fragment) is required.
     #[error("IPv4 fragment: a whole datagram or the first fragment is required")]
     Fragmented,
-    /// TTL is 0 or 1: a router must not forward the packet (RFC 1812 §5.3.1); answer with
-    /// ICMP time exceeded instead.
+    /// TTL (IPv6: hop limit) is 0 or 1: a router must not forward the packet (RFC 1812
+    /// §5.3.1, RFC 8200 §3); answer with ICMP / ICMPv6 time exceeded instead.
     #[error("TTL expired: TTL is 0 or 1, the packet must not be forwarded")]
     TtlExpired,
     /// The result would not fit a 16-bit length field (IPv4 total length is at most 65535).

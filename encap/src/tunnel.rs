@@ -18,7 +18,10 @@ pub enum DecapError {
     /// The outer EtherType is not IPv4 (VLAN-tagged frames included).
     #[error("outer EtherType is not IPv4")]
     NotIpv4,
-    /// The outer IPv4 version is not 4 or its IHL is below 5.
+    /// The outer EtherType is not IPv6 (VXLAN over an IPv6 underlay).
+    #[error("outer EtherType is not IPv6")]
+    NotIpv6,
+    /// The outer IPv4 version is not 4 or its IHL is below 5 (IPv6: the version is not 6).
     #[error("outer IPv4 header invalid: version is not 4 or IHL is below 5")]
     BadIpHeader,
     /// The outer IPv4 header checksum is wrong.

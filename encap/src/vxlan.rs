@@ -26,7 +26,7 @@
 //! panic on any input; after [`VxlanPacket::check_len`] no accessor panics.
 
 use core::ops::Range;
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, Ipv6Addr};
 
 use crate::Error;
 use crate::checksum;
@@ -307,10 +307,12 @@ impl VxlanEncap {
 /// flows while keeping each flow on one path.
 ///
 /// The hash covers the inner IPv4 source, destination and protocol, plus the ports for
-/// TCP and UDP (not for fragments, so all fragments of a datagram hash alike). Like Linux's
-/// flow hash it is symmetric: both directions of a flow get the same port. Frames that
-/// are not IPv4 (ARP, IPv6) or whose IPv4 header is broken hash their Ethernet addresses
-/// and type, as Linux falls back to when it has no flow hash. The hash function itself is
+/// TCP and UDP (not for fragments, so all fragments of a datagram hash alike). An inner
+/// IPv6 frame hashes the same way, each address folded to 32 bits ([`flow_hash_of6`] of
+/// [`crate::flow::parse_flow_info6`]: extension headers are walked). Like Linux's flow hash
+/// it is symmetric: both directions of a flow get the same port. Frames that are neither
+/// (ARP, ...) or whose IP flow cannot be read hash their Ethernet addresses and type, as
+/// Linux falls back to when it has no flow hash. The hash function itself is
 /// not Linux's (that one is keyed by a random per-boot secret). Never panics.
 pub fn flow_src_port(inner_frame: &[u8]) -> u16 {
     scale_src_port(flow_hash(inner_frame))
@@ -326,7 +328,7 @@ fn scale_src_port(hash: u32) -> u16 {
 }
 
 fn flow_hash(frame: &[u8]) -> u32 {
-    ipv4_flow_hash(frame).unwrap_or_else(|| {
+    ipv4_flow_hash(frame).or_else(|| ipv6_flow_hash(frame)).unwrap_or_else(|| {
         // Ethernet fallback: destination, source and type, zero-padded if short.
         let mut key = [0u8; 16];
         let len = frame.len().min(ethernet::HEADER_LEN);
@@ -358,6 +360,14 @@ fn ipv4_flow_hash(frame: &[u8]) -> Option<u32> {
     Some(tuple_hash(u32::from(ip.src_addr()), u32::from(ip.dst_addr()), u8::from(protocol), src_port, dst_port))
 }
 
+fn ipv6_flow_hash(frame: &[u8]) -> Option<u32> {
+    let eth = EthernetFrame::new_checked(frame).ok()?;
+    if eth.ethertype() != EtherType::Ipv6 {
+        return None;
+    }
+    crate::flow::parse_flow_info6(eth.payload()).ok().map(|info| flow_hash_of6(&info))
+}
+
 /// The flow hash [`flow_src_port`] uses, of a flow the caller has parsed already: the
 /// stages before encapsulation parse the packet once and hand this on.
 #[inline]
@@ -368,7 +378,21 @@ pub fn flow_hash_of(info: &crate::flow::FlowInfo) -> u32 {
     tuple_hash(u32::from(t.src), u32::from(t.dst), t.proto, sp, dp)
 }
 
-/// [`flow_src_port`] from a [`flow_hash_of`]: the same port, without reading the frame
+/// [`flow_hash_of`] for an IPv6 flow: each address folded to 32 bits (the xor of its four
+/// words), then the same symmetric hash, ports only for whole TCP and UDP packets.
+#[inline]
+pub fn flow_hash_of6(info: &crate::flow::FlowInfo<Ipv6Addr>) -> u32 {
+    let fold = |a: Ipv6Addr| {
+        let a = u128::from(a);
+        (a >> 96) as u32 ^ (a >> 64) as u32 ^ (a >> 32) as u32 ^ a as u32
+    };
+    let t = &info.tuple;
+    let ported = matches!(IpProtocol::from(t.proto), IpProtocol::Tcp | IpProtocol::Udp) && info.fragment == crate::flow::Fragment::Whole;
+    let (sp, dp) = if ported { (t.src_port, t.dst_port) } else { (0, 0) };
+    tuple_hash(fold(t.src), fold(t.dst), t.proto, sp, dp)
+}
+
+/// [`flow_src_port`] from a [`flow_hash_of`] or [`flow_hash_of6`]: the same port, without reading the frame
 /// again.
 #[inline]
 pub fn src_port_of_hash(hash: u32) -> u16 {
@@ -404,10 +428,10 @@ fn fold_hash(a: u64, b: u64) -> u32 {
 
 /// What [`decap`] found in a valid VXLAN frame.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub struct Decapsulated {
-    /// Outer IPv4 source: the sending node's underlay address. The forwarder accepts only
+pub struct Decapsulated<A = Ipv4Addr> {
+    /// Outer IP source: the sending node's underlay address. The forwarder accepts only
     /// known nodes.
-    pub outer_src_ip: Ipv4Addr,
+    pub outer_src_ip: A,
     /// Outer Ethernet source: the underlay hop the frame came from.
     pub outer_src_mac: EthernetAddress,
     /// The VNI (equal to the profile's).
@@ -434,8 +458,22 @@ pub fn decap(
     profile: VxlanProfile,
 ) -> Result<Decapsulated, DecapError> {
     let outer = outer_ipv4(frame, local_ip, IpProtocol::Udp)?;
-    let ip_header_len = outer.header_len;
-    let udp_bytes = outer.payload;
+    let (vni, inner) = udp_vxlan(outer.payload, profile)?;
+    let at = ethernet::HEADER_LEN + outer.header_len;
+    Ok(Decapsulated {
+        outer_src_ip: outer.src_ip,
+        outer_src_mac: outer.src_mac,
+        vni,
+        inner: at + inner.start..at + inner.end,
+    })
+}
+
+/// The checks of a VXLAN datagram's UDP and VXLAN headers, over either underlay:
+/// destination port `profile.port`; 8 <= UDP length <= `udp_bytes` (bytes past the UDP
+/// length are ignored); VXLAN flags exactly 0x08 with zero reserved bits; VNI
+/// `profile.vni`; an inner frame of at least 14 bytes. Returns the VNI and the inner
+/// frame's range in `udp_bytes`.
+pub(crate) fn udp_vxlan(udp_bytes: &[u8], profile: VxlanProfile) -> Result<(u32, Range<usize>), DecapError> {
     if udp_bytes.len() < udp::HEADER_LEN {
         return Err(DecapError::Truncated);
     }
@@ -447,26 +485,15 @@ pub fn decap(
     if udp_len < udp::HEADER_LEN || udp_len > udp_bytes.len() {
         return Err(DecapError::BadLength);
     }
-
-    let vxlan = VxlanPacket::new_checked(udp.payload()).map_err(|_| DecapError::Truncated)?;
-    let vni = VxlanRepr::parse(&vxlan)
-        .map_err(|_| DecapError::BadVxlanFlags)?
-        .vni;
+    let vxlan = VxlanPacket::new_checked(&udp_bytes[udp::HEADER_LEN..udp_len]).map_err(|_| DecapError::Truncated)?;
+    let vni = VxlanRepr::parse(&vxlan).map_err(|_| DecapError::BadVxlanFlags)?.vni;
     if vni != profile.vni {
         return Err(DecapError::WrongVni);
     }
     if vxlan.payload().len() < ethernet::HEADER_LEN {
         return Err(DecapError::InnerTooShort);
     }
-
-    let start = ethernet::HEADER_LEN + ip_header_len + udp::HEADER_LEN + HEADER_LEN;
-    let end = ethernet::HEADER_LEN + ip_header_len + udp_len;
-    Ok(Decapsulated {
-        outer_src_ip: outer.src_ip,
-        outer_src_mac: outer.src_mac,
-        vni,
-        inner: start..end,
-    })
+    Ok((vni, udp::HEADER_LEN + HEADER_LEN..udp_len))
 }
 
 #[cfg(test)]
@@ -805,6 +832,45 @@ mod tests {
             let info = crate::flow::parse_flow_info(&f[14..]).expect("a flow");
             assert_eq!(src_port_of_hash(flow_hash_of(&info)), flow_src_port(f), "{info:?}");
         }
+    }
+
+    #[test]
+    fn src_port_of_inner_ipv6_frames() {
+        let echo = &fixtures::ICMPV6_ECHO_REQUEST;
+        let info = crate::flow::parse_flow_info6(&echo[14..]).unwrap();
+        let port = flow_src_port(echo);
+        assert!((SRC_PORT_MIN..SRC_PORT_MAX).contains(&port));
+        assert_eq!(src_port_of_hash(flow_hash_of6(&info)), port);
+        // Not the Ethernet fallback: other MACs, same port; other addresses, another.
+        let mut other_macs = *echo;
+        other_macs[..12].fill(0x02);
+        assert_eq!(flow_src_port(&other_macs), port);
+        let mut other_dst = *echo;
+        other_dst[53] ^= 0x01;
+        assert_ne!(flow_src_port(&other_dst), port);
+
+        // Symmetric: the reply takes the request's port (addresses and ident swapped).
+        let mut reply = *echo;
+        reply[22..38].copy_from_slice(&echo[38..54]);
+        reply[38..54].copy_from_slice(&echo[22..38]);
+        reply[54] = 129;
+        assert_eq!(flow_src_port(&reply), port);
+
+        // TCP/UDP ports count, and folding keeps each address word in play.
+        let mut a = [0u8; 14 + 40 + 8];
+        a[12..14].copy_from_slice(&[0x86, 0xdd]);
+        a[14] = 0x60;
+        a[19] = 8;
+        a[20] = 17;
+        a[54..58].copy_from_slice(&[0x9c, 0x40, 0x14, 0xe9]);
+        let mut b = a;
+        b[56] ^= 0x01;
+        assert_ne!(flow_src_port(&a), flow_src_port(&b));
+        let mut c = a;
+        c[25] ^= 0x01; // the second word of the source address
+        assert_ne!(flow_src_port(&a), flow_src_port(&c));
+        // A broken IPv6 header falls back to the Ethernet header.
+        assert!((SRC_PORT_MIN..SRC_PORT_MAX).contains(&flow_src_port(&echo[..50])));
     }
 
     #[test]

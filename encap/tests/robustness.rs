@@ -2,15 +2,18 @@
 //! captured / freshly built frames with bytes flipped and tails cut off. Where a function
 //! succeeds, what it returns must be consistent with the input.
 
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, Ipv6Addr};
 
 use encap::arp::{self, ArpPacket, ArpRepr, Operation};
 use encap::ethernet::{EthernetAddress, EthernetFrame};
 use encap::icmpv4::{self, IcmpError, Icmpv4Packet, Icmpv4Repr};
+use encap::icmpv6::{self, Icmpv6Error};
 use encap::ipv4::{self, Ipv4Packet, Ipv4Repr};
+use encap::ipv6::{self, Ipv6Packet};
 use encap::tcp::{TcpPacket, TcpRepr};
 use encap::udp::{UdpPacket, UdpRepr};
 use encap::vxlan::{self, VxlanEncap, VxlanPacket, VxlanProfile, VxlanRepr};
+use encap::vxlan6::{self, VxlanEncap6};
 use encap::{direct, flow, ipip};
 use proptest::prelude::*;
 
@@ -20,9 +23,12 @@ mod fixtures;
 const NODE_A: Ipv4Addr = Ipv4Addr::new(10, 99, 0, 1);
 const NODE_B: Ipv4Addr = Ipv4Addr::new(10, 99, 0, 2);
 const MAC: EthernetAddress = EthernetAddress([0x02, 0, 0, 0, 0, 1]);
+const NODE_A6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0x100, 0, 0, 0, 0, 0, 0x11);
+const NODE_B6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0x100, 0, 0, 0, 0, 0, 0x12);
+const GATEWAY6: Ipv6Addr = Ipv6Addr::new(0xfe80, 0, 0, 0, 0, 0, 0, 1);
 
 /// Valid frames to mutate: every capture, plus frames built by `VxlanEncap` for both
-/// profiles.
+/// profiles and by `VxlanEncap6`.
 fn seeds() -> Vec<Vec<u8>> {
     let mut seeds: Vec<Vec<u8>> = vec![
         fixtures::ARP_REQUEST_POD.to_vec(),
@@ -35,6 +41,9 @@ fn seeds() -> Vec<Vec<u8>> {
         fixtures::VXLAN_TCP_SYN.to_vec(),
         fixtures::VXLAN_TCP_RST.to_vec(),
         fixtures::frag_needed(),
+        fixtures::NDP_NEIGHBOR_SOLICIT.to_vec(),
+        fixtures::NDP_NEIGHBOR_ADVERT.to_vec(),
+        fixtures::ICMPV6_ECHO_REQUEST.to_vec(),
     ];
     for profile in [VxlanProfile::FLANNEL, VxlanProfile::CALICO] {
         let inner = &fixtures::VXLAN_TCP_RST[50..];
@@ -45,6 +54,11 @@ fn seeds() -> Vec<Vec<u8>> {
             .unwrap();
         seeds.push(frame);
     }
+    let inner = &fixtures::VXLAN_TCP_RST[50..];
+    let mut frame = vec![0; vxlan6::OVERHEAD + inner.len()];
+    frame[vxlan6::OVERHEAD..].copy_from_slice(inner);
+    VxlanEncap6::new(MAC, MAC, NODE_A6, NODE_B6, VxlanProfile::CALICO).write(&mut frame, inner.len(), 40_000, 1).unwrap();
+    seeds.push(frame);
     seeds
 }
 
@@ -94,6 +108,11 @@ fn exercise(frame: &[u8]) -> Result<(), TestCaseError> {
             prop_assert_eq!(ip.dst_addr(), NODE_B);
         }
     }
+    if let Ok(d) = vxlan6::decap6(frame, NODE_B6, VxlanProfile::CALICO) {
+        prop_assert!(d.inner.start <= d.inner.end && d.inner.end <= frame.len());
+        prop_assert!(d.inner.len() >= 14);
+        prop_assert_eq!(Ipv6Packet::new_checked(&frame[14..]).unwrap().dst_addr(), NODE_B6);
+    }
     if let Ok(d) = ipip::decap(frame, NODE_B) {
         prop_assert!(d.inner.start <= d.inner.end && d.inner.end <= frame.len());
         let inner = Ipv4Packet::new_checked(&frame[d.inner.clone()]).unwrap();
@@ -123,6 +142,18 @@ fn exercise(frame: &[u8]) -> Result<(), TestCaseError> {
     let mut copy = frame.to_vec();
     let _ = direct::rewrite_macs(&mut copy, MAC, MAC);
 
+    let mut copy = frame.to_vec();
+    copy.resize(frame.len().max(icmpv6::ADVERT_FRAME_LEN), 0);
+    match icmpv6::advert_in_place(&mut copy, GATEWAY6, MAC) {
+        Ok(len) => {
+            let ip = Ipv6Packet::new_checked(&copy[14..len]).unwrap();
+            prop_assert_eq!(ip.src_addr(), GATEWAY6);
+            prop_assert!(icmpv6::verify(GATEWAY6, ip.dst_addr(), ip.payload()));
+            prop_assert_eq!(EthernetFrame::new_checked(&copy[..]).unwrap().dst_addr(), EthernetFrame::new_checked(frame).unwrap().src_addr());
+        }
+        Err(_) => prop_assert_eq!(&copy[..frame.len()], frame),
+    }
+
     let _ = EthernetFrame::new_checked(frame)
         .map(|f| (f.src_addr(), f.dst_addr(), f.ethertype(), f.payload().len()));
     for ip_at in [0, 14, 64] {
@@ -130,6 +161,18 @@ fn exercise(frame: &[u8]) -> Result<(), TestCaseError> {
             continue;
         };
         let _ = flow::parse_ipv4_flow(bytes);
+        let _ = flow::parse_flow_info6(bytes);
+        let _ = icmpv6::message_type(bytes);
+        let _ = Ipv6Packet::new_checked(bytes).map(|p| (p.flow_label(), p.src_addr(), p.payload().len()));
+        let mut copy = bytes.to_vec();
+        if let Ok(hop_limit) = ipv6::decrement_hop_limit(&mut copy) {
+            prop_assert_eq!(copy[7], hop_limit);
+        }
+        let mut out = [0u8; ipv6::MIN_MTU];
+        if let Ok(len) = icmpv6::emit_error(&mut out, GATEWAY6, bytes, Icmpv6Error::PacketTooBig { mtu: 1280 }) {
+            let ip = Ipv6Packet::new_checked(&out[..len]).unwrap();
+            prop_assert!(icmpv6::verify(GATEWAY6, ip.dst_addr(), ip.payload()));
+        }
         let mut copy = bytes.to_vec();
         let before = Ipv4Packet::new_checked(bytes).map(|p| p.verify_checksum());
         if let Ok(ttl) = ipv4::decrement_ttl(&mut copy) {
@@ -191,6 +234,12 @@ fn every_seed_is_valid_before_mutation() {
         match frame.ethertype() {
             encap::EtherType::Arp => {
                 ArpRepr::parse(&ArpPacket::new_checked(frame.payload()).unwrap()).unwrap();
+            }
+            encap::EtherType::Ipv6 if vxlan6::decap6(&seed, NODE_B6, VxlanProfile::CALICO).is_ok() => {}
+            encap::EtherType::Ipv6 => {
+                let ip = Ipv6Packet::new_checked(frame.payload()).unwrap();
+                assert!(icmpv6::verify(ip.src_addr(), ip.dst_addr(), ip.payload()));
+                flow::parse_flow_info6(frame.payload()).unwrap();
             }
             _ => {
                 let ip =

@@ -4,7 +4,7 @@
 //! compared with what was meant. Requires `tshark` (`apt-get install tshark`); fails, never skips, without it.
 
 use std::collections::HashMap;
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, Ipv6Addr};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -15,6 +15,7 @@ use encap::tcp::{TcpFlags, TcpPacket, TcpRepr};
 use encap::udp::{UdpPacket, UdpRepr};
 use encap::ipip::{self, IpipEncap};
 use encap::vxlan::{OVERHEAD, VxlanEncap, VxlanProfile, flow_src_port};
+use encap::vxlan6::{self, VxlanEncap6};
 use encap::{EtherType, EthernetAddress, IpProtocol};
 
 const NODE_A_MAC: &str = "02:00:0a:63:00:01";
@@ -181,6 +182,11 @@ fn write_pcap(path: &Path, frames: &[Vec<u8>]) {
 
 /// Runs tshark over the file; one map field → comma-joined occurrences per frame.
 fn tshark_fields(path: &Path) -> Vec<HashMap<&'static str, String>> {
+    tshark_fields_of(path, FIELDS)
+}
+
+/// [`tshark_fields`] for the fields `fields`.
+fn tshark_fields_of(path: &Path, fields: &[&'static str]) -> Vec<HashMap<&'static str, String>> {
     let mut args: Vec<String> = [
         "-r",
         path.to_str().unwrap(),
@@ -206,7 +212,7 @@ fn tshark_fields(path: &Path) -> Vec<HashMap<&'static str, String>> {
     .iter()
     .map(|s| s.to_string())
     .collect();
-    for field in FIELDS {
+    for field in fields {
         args.push("-e".into());
         args.push((*field).into());
     }
@@ -231,10 +237,10 @@ fn tshark_fields(path: &Path) -> Vec<HashMap<&'static str, String>> {
             let values: Vec<&str> = line.split('\t').collect();
             assert_eq!(
                 values.len(),
-                FIELDS.len(),
+                fields.len(),
                 "unexpected tshark line: {line:?}"
             );
-            FIELDS
+            fields
                 .iter()
                 .copied()
                 .zip(values.into_iter().map(str::to_owned))
@@ -515,6 +521,71 @@ fn tshark_decodes_every_field_of_our_ipip_frames() {
         }
         let expert = &fields["_ws.expert"];
         assert!(!expert.contains("Error") && !expert.contains("Warning") && !expert.contains("Malformed"), "frame {i}: tshark complains: {expert}");
+    }
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// VXLAN over an IPv6 underlay (Calico's `vxlan-v6.calico`): tshark reads the outer IPv6
+/// and UDP headers as meant, finds the outer UDP checksum good (a Linux peer drops a wrong
+/// or zero one), and decodes the inner frame behind the VXLAN header.
+#[test]
+fn tshark_decodes_vxlan_over_an_ipv6_underlay() {
+    const FIELDS6: &[&str] = &[
+        "eth.src", "eth.dst", "eth.type", "ipv6.version", "ipv6.tclass", "ipv6.flow", "ipv6.plen", "ipv6.nxt", "ipv6.hlim", "ipv6.src", "ipv6.dst",
+        "udp.srcport", "udp.dstport", "udp.length", "udp.checksum.status", "vxlan.flags", "vxlan.vni", "ip.src", "ip.dst", "data.data", "_ws.expert",
+    ];
+    let (a, b) = ("fd00:100::11".parse::<Ipv6Addr>().unwrap(), "fd00:100::12".parse::<Ipv6Addr>().unwrap());
+    let inners = [
+        inner_frame(&Inner::Udp { src_port: 40000, dst_port: 31000, payload: b"twill over ipv6" }),
+        inner_frame(&Inner::IcmpEcho { ident: 9, seq_no: 1, data: b"odd length data" }),
+    ];
+    let frames: Vec<Vec<u8>> = inners
+        .iter()
+        .enumerate()
+        .map(|(i, inner)| {
+            let mut frame = vec![0u8; vxlan6::OVERHEAD + inner.len()];
+            frame[vxlan6::OVERHEAD..].copy_from_slice(inner);
+            let port = flow_src_port(inner);
+            VxlanEncap6::new(mac(NODE_A_MAC), mac(NODE_B_MAC), a, b, VxlanProfile::CALICO).write(&mut frame, inner.len(), port, 0x12345 + i as u32).unwrap();
+            frame
+        })
+        .collect();
+    let dir = temp_dir("vxlan6");
+    let path = dir.join("vxlan6.pcap");
+    write_pcap(&path, &frames);
+    let decoded = tshark_fields_of(&path, FIELDS6);
+    assert_eq!(decoded.len(), frames.len());
+    for (i, (inner, fields)) in inners.iter().zip(&decoded).enumerate() {
+        let outer_udp = |inner_value: Option<String>, outer: String| match (inner.get(23), inner_value) {
+            (Some(17), Some(v)) => format!("{outer},{v}"),
+            _ => outer,
+        };
+        let expected: Vec<(&str, String)> = vec![
+            ("eth.src", format!("{NODE_A_MAC},{VTEP_A_MAC}")),
+            ("eth.dst", format!("{NODE_B_MAC},{VTEP_B_MAC}")),
+            ("eth.type", "0x86dd,0x0800".into()),
+            ("ipv6.version", "6".into()),
+            ("ipv6.tclass", "0x00000000".into()),
+            ("ipv6.flow", format!("{:#08x}", 0x12345 + i)),
+            ("ipv6.plen", (16 + inner.len()).to_string()),
+            ("ipv6.nxt", "17".into()),
+            ("ipv6.hlim", "64".into()),
+            ("ipv6.src", a.to_string()),
+            ("ipv6.dst", b.to_string()),
+            ("udp.srcport", outer_udp(Some("40000".into()), flow_src_port(inner).to_string())),
+            ("udp.dstport", outer_udp(Some("31000".into()), "4789".into())),
+            ("udp.length", outer_udp(Some("23".into()), (16 + inner.len()).to_string())),
+            // 1 = good, for the outer checksum and an inner UDP one.
+            ("udp.checksum.status", outer_udp(Some("1".into()), "1".into())),
+            ("vxlan.flags", "0x0800".into()),
+            ("vxlan.vni", "4096".into()),
+            ("ip.src", POD_A.to_string()),
+            ("ip.dst", POD_B.to_string()),
+            ("_ws.expert", String::new()),
+        ];
+        for (field, want) in expected {
+            assert_eq!(fields[field], want, "frame {i}: {field}");
+        }
     }
     std::fs::remove_dir_all(&dir).unwrap();
 }
