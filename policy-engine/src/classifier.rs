@@ -82,7 +82,9 @@
 //!
 //! Each tree also has a budget of child and leaf entries per rule; once spent, nodes
 //! become leaves, which bounds memory and build time on any input at the price of longer
-//! leaves. Fields are 32-bit dimensions; an IPv6 address will enter as four of them.
+//! leaves. Fields are 32-bit dimensions; IPv6 addresses enter compressed to 32-bit points
+//! by the policy compiler (one point per IPv6 prefix of the rule set, see
+//! [`crate::compiler`]), so the same trees judge both families.
 //!
 //! No key can make a lookup panic or loop: every index is bounds-checked (`get`), a path
 //! has at most [`MAX_DEPTH`] cuts (a shared subtree is not reused where it would exceed
@@ -125,13 +127,13 @@ use crate::fxhash::FxBuildHasher;
 /// the caller's guard function passes for it (see [`Classifier::classify_with`]).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct ClassRule {
-    /// IPv4 source prefixes (host-order address, prefix length 0..=32).
+    /// Source prefixes (host-order IPv4 address or compressed IPv6 point, length 0..=32).
     pub src: Vec<(u32, u8)>,
-    /// IPv4 source prefixes the key must not be in.
+    /// Source prefixes the key must not be in.
     pub not_src: Vec<(u32, u8)>,
-    /// IPv4 destination prefixes (host-order address, prefix length 0..=32).
+    /// Destination prefixes (as `src`).
     pub dst: Vec<(u32, u8)>,
-    /// IPv4 destination prefixes the key must not be in.
+    /// Destination prefixes the key must not be in.
     pub not_dst: Vec<(u32, u8)>,
     /// Inclusive source-port ranges (ICMP: type).
     pub src_ports: Vec<(u16, u16)>,
@@ -187,12 +189,13 @@ impl ClassRule {
 /// Guard number stored for a rule without a guard.
 const NO_GUARD: u32 = u32::MAX;
 
-/// The five fields a packet is classified on (addresses in host order).
+/// The five fields a packet is classified on (addresses in host order; for IPv6, the
+/// compiler's compressed points).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
 pub struct Key {
-    /// Source IPv4 address.
+    /// Source IPv4 address (or compressed IPv6 point).
     pub src: u32,
-    /// Destination IPv4 address.
+    /// Destination IPv4 address (or compressed IPv6 point).
     pub dst: u32,
     /// IP protocol number.
     pub proto: u8,

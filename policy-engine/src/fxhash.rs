@@ -27,6 +27,11 @@ impl Hasher for FxHasher {
         self.write_u64(u64::from(i));
     }
     #[inline]
+    fn write_u128(&mut self, i: u128) {
+        self.write_u64(i as u64);
+        self.write_u64((i >> 64) as u64);
+    }
+    #[inline]
     fn write_u64(&mut self, i: u64) {
         self.0 = (self.0.rotate_left(5) ^ i).wrapping_mul(SEED);
     }

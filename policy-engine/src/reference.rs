@@ -17,21 +17,29 @@
 //!
 //! Replies to allowed connections are not evaluated here: the data plane's conntrack passes
 //! them (NetworkPolicy is stateful).
+//!
+//! IPv4 connections come as [`Packet`] ([`evaluate`]), IPv6 ones as [`Packet6`]
+//! ([`evaluate6`]); both families are judged by the same rules, with these family rules
+//! (as Felix renders a rule once per family): a rule with `ipVersion` matches only its
+//! family; nets and notNets of the other family never match (a side whose nets are all of
+//! the other family matches nothing, a side without nets matches both); a selector picks a
+//! pod by any of its addresses of the packet's family ([`World::endpoint_by_ip6`]). For
+//! IPv6 the ICMP protocol is ICMPv6 (58): `icmp` / `notICMP` type and code apply to it.
 
 use std::fmt;
-use std::net::{IpAddr, Ipv4Addr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use crate::model::{Action, Direction, EntityMatch, IcmpMatch, Policy, PortSpec, Rule, proto};
 use crate::world::{Endpoint, World};
 
 /// The first packet of a connection.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub struct Packet {
+pub struct Packet<A = Ipv4Addr> {
     /// Source address.
-    pub src_ip: Ipv4Addr,
+    pub src_ip: A,
     /// Destination address.
-    pub dst_ip: Ipv4Addr,
-    /// IP protocol number.
+    pub dst_ip: A,
+    /// IP protocol number (IPv6: the last next header: 6 TCP, 17 UDP, 58 ICMPv6, ...).
     pub protocol: u8,
     /// Source port (0 for protocols without ports).
     pub src_port: u16,
@@ -43,9 +51,12 @@ pub struct Packet {
     pub icmp_code: Option<u8>,
 }
 
-impl Packet {
+/// The first packet of an IPv6 connection.
+pub type Packet6 = Packet<Ipv6Addr>;
+
+impl<A: Copy> Packet<A> {
     /// A TCP SYN from `src:src_port` to `dst:dst_port`.
-    pub fn tcp(src: Ipv4Addr, src_port: u16, dst: Ipv4Addr, dst_port: u16) -> Packet {
+    pub fn tcp(src: A, src_port: u16, dst: A, dst_port: u16) -> Packet<A> {
         Packet {
             src_ip: src,
             dst_ip: dst,
@@ -58,20 +69,81 @@ impl Packet {
     }
 
     /// A UDP datagram.
-    pub fn udp(src: Ipv4Addr, src_port: u16, dst: Ipv4Addr, dst_port: u16) -> Packet {
+    pub fn udp(src: A, src_port: u16, dst: A, dst_port: u16) -> Packet<A> {
         Packet {
             protocol: proto::UDP,
             ..Packet::tcp(src, src_port, dst, dst_port)
         }
     }
 
-    /// An ICMP message of `icmp_type` / `code`.
-    pub fn icmp(src: Ipv4Addr, dst: Ipv4Addr, icmp_type: u8, code: u8) -> Packet {
+}
+
+/// An address family's ICMP: ICMP (1) for IPv4, ICMPv6 (58) for IPv6.
+pub trait IcmpFamily: Copy {
+    /// Its protocol number.
+    const ICMP: u8;
+}
+
+impl IcmpFamily for Ipv4Addr {
+    const ICMP: u8 = proto::ICMP;
+}
+
+impl IcmpFamily for Ipv6Addr {
+    const ICMP: u8 = proto::ICMPV6;
+}
+
+impl<A: IcmpFamily> Packet<A> {
+    /// An ICMP (for IPv6: ICMPv6, RFC 4443 §2.1) message of `icmp_type` / `code`.
+    pub fn icmp(src: A, dst: A, icmp_type: u8, code: u8) -> Packet<A> {
         Packet {
-            protocol: proto::ICMP,
+            protocol: A::ICMP,
             icmp_type: Some(icmp_type),
             icmp_code: Some(code),
             ..Packet::tcp(src, 0, dst, 0)
+        }
+    }
+}
+
+/// A packet of either family, as the evaluation reads it.
+#[derive(Debug, Clone, Copy)]
+struct Conn {
+    src: IpAddr,
+    dst: IpAddr,
+    /// 4 or 6.
+    version: u8,
+    protocol: u8,
+    src_port: u16,
+    dst_port: u16,
+    icmp_type: Option<u8>,
+    icmp_code: Option<u8>,
+}
+
+impl From<&Packet> for Conn {
+    fn from(p: &Packet) -> Conn {
+        Conn {
+            src: p.src_ip.into(),
+            dst: p.dst_ip.into(),
+            version: 4,
+            protocol: p.protocol,
+            src_port: p.src_port,
+            dst_port: p.dst_port,
+            icmp_type: p.icmp_type,
+            icmp_code: p.icmp_code,
+        }
+    }
+}
+
+impl From<&Packet6> for Conn {
+    fn from(p: &Packet6) -> Conn {
+        Conn {
+            src: p.src_ip.into(),
+            dst: p.dst_ip.into(),
+            version: 6,
+            protocol: p.protocol,
+            src_port: p.src_port,
+            dst_port: p.dst_port,
+            icmp_type: p.icmp_type,
+            icmp_code: p.icmp_code,
         }
     }
 }
@@ -249,14 +321,13 @@ fn port_in(list: &[PortSpec], port: u16, protocol: u8, ep: Option<&Endpoint>) ->
 /// for a GlobalNetworkPolicy) scopes the endpoint match as described in [`crate::world`].
 fn entity_matches(
     m: &EntityMatch,
-    ip: Ipv4Addr,
+    addr: IpAddr,
     port: u16,
     protocol: u8,
     world: &World,
     policy_ns: Option<&str>,
 ) -> bool {
-    let ep = world.endpoint_by_ip(ip);
-    let addr = IpAddr::V4(ip);
+    let ep = world.endpoint_by_addr(addr);
     if !m.nets.is_empty() && !m.nets.iter().any(|c| c.contains(addr)) {
         return false;
     }
@@ -280,7 +351,7 @@ fn entity_matches(
     true
 }
 
-fn icmp_matches(m: &IcmpMatch, pkt: &Packet) -> bool {
+fn icmp_matches(m: &IcmpMatch, pkt: &Conn) -> bool {
     matches!(pkt.protocol, proto::ICMP | proto::ICMPV6)
         && m.icmp_type.is_none_or(|t| pkt.icmp_type == Some(t))
         && m.code.is_none_or(|c| pkt.icmp_code == Some(c))
@@ -304,14 +375,23 @@ pub fn applicable_policies<'a>(
 
 /// Whether `rule` of a policy in `policy_ns` (None = global) matches `pkt`.
 pub fn rule_matches(rule: &Rule, pkt: &Packet, world: &World, policy_ns: Option<&str>) -> bool {
-    rule.ip_version.is_none_or(|v| v == 4)
+    conn_matches(rule, &pkt.into(), world, policy_ns)
+}
+
+/// Whether `rule` of a policy in `policy_ns` (None = global) matches the IPv6 `pkt`.
+pub fn rule_matches6(rule: &Rule, pkt: &Packet6, world: &World, policy_ns: Option<&str>) -> bool {
+    conn_matches(rule, &pkt.into(), world, policy_ns)
+}
+
+fn conn_matches(rule: &Rule, pkt: &Conn, world: &World, policy_ns: Option<&str>) -> bool {
+    rule.ip_version.is_none_or(|v| v == pkt.version)
         && rule.protocol.is_none_or(|p| p == pkt.protocol)
         && rule.not_protocol.is_none_or(|p| p != pkt.protocol)
         && rule.icmp.as_ref().is_none_or(|m| icmp_matches(m, pkt))
         && rule.not_icmp.as_ref().is_none_or(|m| !icmp_matches(m, pkt))
         && entity_matches(
             &rule.source,
-            pkt.src_ip,
+            pkt.src,
             pkt.src_port,
             pkt.protocol,
             world,
@@ -319,7 +399,7 @@ pub fn rule_matches(rule: &Rule, pkt: &Packet, world: &World, policy_ns: Option<
         )
         && entity_matches(
             &rule.destination,
-            pkt.dst_ip,
+            pkt.dst,
             pkt.dst_port,
             pkt.protocol,
             world,
@@ -335,6 +415,27 @@ pub fn evaluate_direction(
     ep: &Endpoint,
     dir: Direction,
 ) -> DirectionDecision {
+    conn_direction(policies, world, &pkt.into(), ep, dir)
+}
+
+/// Evaluates one direction of one endpoint for an IPv6 connection.
+pub fn evaluate_direction6(
+    policies: &[Policy],
+    world: &World,
+    pkt: &Packet6,
+    ep: &Endpoint,
+    dir: Direction,
+) -> DirectionDecision {
+    conn_direction(policies, world, &pkt.into(), ep, dir)
+}
+
+fn conn_direction(
+    policies: &[Policy],
+    world: &World,
+    pkt: &Conn,
+    ep: &Endpoint,
+    dir: Direction,
+) -> DirectionDecision {
     let applied = applicable_policies(policies, world, ep, dir);
     let mut logged = Vec::new();
     let mut outcome = if applied.is_empty() {
@@ -344,7 +445,7 @@ pub fn evaluate_direction(
     };
     'tier: for p in &applied {
         for (i, rule) in p.rules(dir).iter().enumerate() {
-            if !rule_matches(rule, pkt, world, p.namespace.as_deref()) {
+            if !conn_matches(rule, pkt, world, p.namespace.as_deref()) {
                 continue;
             }
             let r = RuleRef {
@@ -383,12 +484,22 @@ pub fn evaluate_direction(
 /// Evaluates a new connection: egress of the source endpoint, ingress of the destination
 /// endpoint.
 pub fn evaluate(policies: &[Policy], world: &World, pkt: &Packet) -> Decision {
+    conn_evaluate(policies, world, &pkt.into())
+}
+
+/// Evaluates a new IPv6 connection: egress of the endpoint owning the source address,
+/// ingress of the endpoint owning the destination address.
+pub fn evaluate6(policies: &[Policy], world: &World, pkt: &Packet6) -> Decision {
+    conn_evaluate(policies, world, &pkt.into())
+}
+
+fn conn_evaluate(policies: &[Policy], world: &World, pkt: &Conn) -> Decision {
     let egress = world
-        .endpoint_by_ip(pkt.src_ip)
-        .map(|ep| evaluate_direction(policies, world, pkt, ep, Direction::Egress));
+        .endpoint_by_addr(pkt.src)
+        .map(|ep| conn_direction(policies, world, pkt, ep, Direction::Egress));
     let ingress = world
-        .endpoint_by_ip(pkt.dst_ip)
-        .map(|ep| evaluate_direction(policies, world, pkt, ep, Direction::Ingress));
+        .endpoint_by_addr(pkt.dst)
+        .map(|ep| conn_direction(policies, world, pkt, ep, Direction::Ingress));
     let allowed = [&egress, &ingress]
         .iter()
         .all(|d| d.as_ref().is_none_or(|d| d.verdict == Verdict::Allow));
@@ -613,5 +724,46 @@ mod tests {
         let j = evaluate(&[], &w, &Packet::tcp(ip("1.1.1.1"), 1, ip("10.0.0.1"), 80)).to_json();
         assert!(j["egress"].is_null());
         assert_eq!(j["verdict"], "allow");
+    }
+
+    #[test]
+    fn ipv6_family_rules() {
+        let web6: Ipv6Addr = "fd00::1".parse().unwrap();
+        let client6: Ipv6Addr = "fd00::2".parse().unwrap();
+        let mut w = World::new();
+        w.add_endpoint(Endpoint::new("a", "web", &[("app", "web")], ip("10.0.0.1")).with_ip6(web6));
+        w.add_endpoint(Endpoint::new("b", "client", &[("app", "client")], ip("10.0.0.2")).with_ip6(client6));
+        let pkt = Packet6::tcp(client6, 40000, web6, 80);
+        let mut r = Rule::any(Action::Allow, 0);
+        assert!(rule_matches6(&r, &pkt, &w, None), "no nets: both families");
+        r.ip_version = Some(4);
+        assert!(!rule_matches6(&r, &pkt, &w, None), "ipVersion 4 never matches IPv6");
+        r.ip_version = Some(6);
+        assert!(rule_matches6(&r, &pkt, &w, None));
+        assert!(!rule_matches(&r, &Packet::tcp(ip("10.0.0.2"), 1, ip("10.0.0.1"), 80), &w, None), "ipVersion 6 never matches IPv4");
+        let mut r = Rule::any(Action::Allow, 0);
+        r.source.nets = vec![Cidr::parse("10.0.0.0/8", true).unwrap()];
+        assert!(!rule_matches6(&r, &pkt, &w, None), "only IPv4 nets: no IPv6 packet");
+        r.source.nets.push(Cidr::parse("fd00::/64", true).unwrap());
+        assert!(rule_matches6(&r, &pkt, &w, None));
+        r.source.not_nets = vec![Cidr::parse("fd00::2/128", true).unwrap()];
+        assert!(!rule_matches6(&r, &pkt, &w, None), "notNets in IPv6");
+        r.source.not_nets = vec![Cidr::parse("10.0.0.2/32", true).unwrap()];
+        assert!(rule_matches6(&r, &pkt, &w, None), "an IPv4 notNet never excludes IPv6");
+        let mut r = Rule::any(Action::Allow, 0);
+        r.source.selector = Some(Selector::Eq("app".into(), "client".into()));
+        assert!(rule_matches6(&r, &pkt, &w, None), "a selector picks the pod by its IPv6 address");
+        let outside = Packet6::tcp("2001:db8::2".parse().unwrap(), 1, web6, 80);
+        assert!(!rule_matches6(&r, &outside, &w, None));
+        let mut r = Rule::any(Action::Allow, 0);
+        r.protocol = Some(proto::ICMPV6);
+        r.icmp = Some(IcmpMatch { icmp_type: Some(128), code: None });
+        assert!(rule_matches6(&r, &Packet6::icmp(client6, web6, 128, 0), &w, None));
+        assert!(!rule_matches6(&r, &Packet6::icmp(client6, web6, 129, 0), &w, None));
+        let d = evaluate6(&[gnp("deny", Some(1.0), vec![Rule::any(Action::Deny, 0)])], &w, &pkt);
+        assert_eq!(d.verdict, Verdict::Deny);
+        assert_eq!(d.ingress.unwrap().endpoint, ("a".to_string(), "web".to_string()));
+        assert_eq!(d.egress.unwrap().decided_by, DecidedBy::NoPolicyApplies);
+        assert!(evaluate6(&[], &w, &outside).egress.is_none(), "not a pod: not evaluated");
     }
 }

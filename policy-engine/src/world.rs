@@ -1,5 +1,7 @@
 //! The cluster state that policy evaluation reads: namespaces with their labels and
-//! endpoints (pods) with their labels, IPv4 addresses and named container ports.
+//! endpoints (pods) with their labels, IPv4 and IPv6 addresses and named container ports.
+//! A dual-stack pod is one endpoint with addresses of both families; a selector that picks
+//! it picks all its addresses.
 //!
 //! Scoping rules the evaluator applies on top of this state: a peer `selector` in a
 //! namespaced policy selects endpoints of that policy's namespace unless a
@@ -13,7 +15,7 @@
 //! those labels work.
 
 use std::collections::BTreeMap;
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, Ipv6Addr};
 
 use crate::model::EntityMatch;
 use crate::selector::{Labels, Selector};
@@ -45,6 +47,8 @@ pub struct Endpoint {
     pub labels: Labels,
     /// The pod's IPv4 addresses.
     pub ips: Vec<Ipv4Addr>,
+    /// The pod's IPv6 addresses (empty for an IPv4-only pod).
+    pub ips6: Vec<Ipv6Addr>,
     /// The pod's named container ports.
     pub ports: Vec<NamedPort>,
 }
@@ -60,8 +64,15 @@ impl Endpoint {
                 .map(|(k, v)| (k.to_string(), v.to_string()))
                 .collect(),
             ips: vec![ip],
+            ips6: Vec::new(),
             ports: Vec::new(),
         }
+    }
+
+    /// Adds an IPv6 address (builder style): the pod becomes dual-stack.
+    pub fn with_ip6(mut self, ip: Ipv6Addr) -> Endpoint {
+        self.ips6.push(ip);
+        self
     }
 
     /// Adds a named port (builder style).
@@ -139,6 +150,19 @@ impl World {
     /// The endpoint owning `ip`, if any.
     pub fn endpoint_by_ip(&self, ip: Ipv4Addr) -> Option<&Endpoint> {
         self.endpoints.iter().find(|e| e.ips.contains(&ip))
+    }
+
+    /// The endpoint owning the IPv6 address `ip`, if any.
+    pub fn endpoint_by_ip6(&self, ip: Ipv6Addr) -> Option<&Endpoint> {
+        self.endpoints.iter().find(|e| e.ips6.contains(&ip))
+    }
+
+    /// The endpoint owning `ip` of either family, if any.
+    pub fn endpoint_by_addr(&self, ip: std::net::IpAddr) -> Option<&Endpoint> {
+        match ip {
+            std::net::IpAddr::V4(a) => self.endpoint_by_ip(a),
+            std::net::IpAddr::V6(a) => self.endpoint_by_ip6(a),
+        }
     }
 
     /// The endpoint `namespace/name`, if any.
@@ -257,6 +281,12 @@ mod tests {
         assert_eq!(web.named_port("http", 6), Some(8080));
         assert_eq!(web.named_port("http", 17), None);
         assert!(w.endpoint_by_ip(Ipv4Addr::new(10, 0, 0, 9)).is_none());
+        let v6: Ipv6Addr = "fd00::1".parse().unwrap();
+        assert!(w.endpoint_by_ip6(v6).is_none(), "IPv4-only pods own no IPv6 address");
+        w.add_endpoint(Endpoint::new("dev", "dual", &[], Ipv4Addr::new(10, 0, 0, 3)).with_ip6(v6));
+        assert_eq!(w.endpoint_by_ip6(v6).map(|e| e.name.as_str()), Some("dual"));
+        assert_eq!(w.endpoint_by_addr(v6.into()).map(|e| e.name.as_str()), Some("dual"));
+        assert_eq!(w.endpoint_by_addr(Ipv4Addr::new(10, 0, 0, 3).into()).map(|e| e.name.as_str()), Some("dual"));
         assert!(w.endpoint("dev", "db").is_some());
     }
 

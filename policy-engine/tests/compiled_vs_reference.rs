@@ -4,14 +4,23 @@
 //! on random worlds (namespaces, labelled pods with named ports), random policies of both
 //! dialects (order ties, Allow / Deny / Log / Pass, nets and notNets, selectors and
 //! notSelectors, namespace selectors, numeric, ranged and named ports and notPorts, ICMP and
-//! notICMP, protocol and notProtocol, IPv6 nets and ipVersion) and random packets.
+//! notICMP, protocol and notProtocol, IPv4 and IPv6 nets and ipVersion) and random packets
+//! of both families.
+//!
+//! The worlds are dual-stack: a pod has an IPv4 address, an IPv6 one or both, and the same
+//! policies judge both families. IPv6 nets nest (`::/0` ⊃ `fd00::/8` ⊃ `fd00:10::/64` ⊃
+//! `fd00:10::/120` ⊃ a pod's `/128`) and are disjoint (`2001:db8::/32`, `fd00:20::/64`);
+//! IPv6 packets come from and go to pods, addresses in no prefix, addresses inside a
+//! prefix but of no pod, and the IPv4-mapped address of a pod's IPv4 address (which no
+//! IPv4 net matches). The compiled tables must find the same record for a pod's two
+//! addresses.
 //!
 //! After the first check of a world, the world changes one step at a time — pods added,
 //! removed, relabelled; namespaces relabelled; policies added, replaced, removed — and the
 //! compiler applies each change incrementally; every step is checked again against a
 //! reference evaluation from scratch.
 //!
-//! At least 10^6 (world, packet) cases per run. The seed is random unless
+//! At least 10^6 (world, packet) cases of each family per run. The seed is random unless
 //! `TWILL_POLICY_SEED` is set; a failure prints the seed and the world number, and
 //! `TWILL_POLICY_SEED=<seed> TWILL_POLICY_WORLD=<n> cargo test -p policy-engine --test
 //! compiled_vs_reference` replays exactly that world.
@@ -19,11 +28,11 @@
 use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
-use policy_engine::compiler::{PolicyCompiler, key_of};
+use policy_engine::compiler::{PolicyCompiler, key_of, key6_of};
 use policy_engine::model::{
     Action, Cidr, Direction, EntityMatch, IcmpMatch, Policy, PolicyKind, PortSpec, Rule, proto,
 };
-use policy_engine::reference::{DecidedBy, Packet, Verdict, evaluate};
+use policy_engine::reference::{DecidedBy, Packet, Packet6, Verdict, evaluate, evaluate6};
 use policy_engine::selector::{Labels, Selector};
 use policy_engine::world::{Endpoint, World};
 
@@ -53,13 +62,28 @@ const NAMESPACES: [&str; 3] = ["ns0", "ns1", "ns2"];
 const KEYS: [&str; 4] = ["app", "tier", "env", "role"];
 const VALUES: [&str; 4] = ["web", "db", "prod", "x"];
 const PORT_NAMES: [&str; 3] = ["http", "dns", "metrics"];
-const PROTOCOLS: [u8; 8] = [proto::TCP, proto::UDP, proto::ICMP, proto::SCTP, 47, proto::TCP, proto::TCP, proto::UDP];
+const PROTOCOLS: [u8; 9] = [proto::TCP, proto::UDP, proto::ICMP, proto::SCTP, 47, proto::TCP, proto::TCP, proto::UDP, proto::ICMPV6];
 const PORTS: [u16; 7] = [53, 80, 443, 8080, 9090, 1024, 30000];
 /// Addresses that are no pod's.
 const OUTSIDE: [Ipv4Addr; 3] = [
     Ipv4Addr::new(192, 168, 1, 1),
     Ipv4Addr::new(10, 0, 0, 250),
     Ipv4Addr::new(8, 8, 8, 8),
+];
+
+/// Pod `i`'s IPv6 address (when it has one): in `fd00:10::/64`, and for the first 200 in
+/// `fd00:10::/120`.
+fn ip6_of(i: usize) -> Ipv6Addr {
+    Ipv6Addr::new(0xfd00, 0x10, 0, 0, 0, 0, (i / 200) as u16, 1 + (i % 200) as u16)
+}
+
+/// IPv6 addresses that are no pod's: inside the pods' prefixes, inside only `fd00::/8`,
+/// in the disjoint `2001:db8::/32`, and in no prefix of any rule but `::/0`.
+const OUTSIDE6: [Ipv6Addr; 4] = [
+    Ipv6Addr::new(0xfd00, 0x10, 0, 0, 0, 0, 0, 0xfa),
+    Ipv6Addr::new(0xfd00, 0x30, 0, 0, 0, 0, 0, 1),
+    Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 1),
+    Ipv6Addr::new(0x2606, 0x4700, 0, 0, 0, 0, 0, 0x1111),
 ];
 
 fn labels(rng: &mut Rng) -> Labels {
@@ -92,11 +116,18 @@ fn selector(rng: &mut Rng, depth: u32) -> Selector {
 
 fn endpoint(rng: &mut Rng, i: usize) -> Endpoint {
     let ns = *rng.pick(&NAMESPACES);
+    // IPv4 only, dual-stack or IPv6 only.
+    let (v4, v6) = match rng.below(20) {
+        0..6 => (true, false),
+        6..17 => (true, true),
+        _ => (false, true),
+    };
     let mut ep = Endpoint {
         namespace: ns.to_string(),
         name: format!("pod{i}"),
         labels: labels(rng),
-        ips: vec![Ipv4Addr::new(10, 0, (i / 200) as u8, 1 + (i % 200) as u8)],
+        ips: if v4 { vec![Ipv4Addr::new(10, 0, (i / 200) as u8, 1 + (i % 200) as u8)] } else { Vec::new() },
+        ips6: if v6 { vec![ip6_of(i)] } else { Vec::new() },
         ports: Vec::new(),
     };
     for name in PORT_NAMES {
@@ -109,14 +140,20 @@ fn endpoint(rng: &mut Rng, i: usize) -> Endpoint {
 }
 
 fn cidr(rng: &mut Rng) -> Cidr {
-    let (addr, prefix): (IpAddr, u8) = match rng.below(7) {
+    let (addr, prefix): (IpAddr, u8) = match rng.below(13) {
         0 => (Ipv4Addr::new(10, 0, 0, 0).into(), 24),
         1 => (Ipv4Addr::new(10, 0, 0, 0).into(), 29),
         2 => (Ipv4Addr::new(10, 0, 0, 1 + rng.below(12) as u8).into(), 32),
         3 => (Ipv4Addr::new(10, 0, 0, 0).into(), 8),
         4 => (Ipv4Addr::new(192, 168, 0, 0).into(), 16),
         5 => (Ipv4Addr::new(0, 0, 0, 0).into(), 0),
-        _ => (Ipv6Addr::new(0xfd00, 0, 0, 0, 0, 0, 0, 0).into(), 8),
+        6 => (Ipv6Addr::new(0xfd00, 0, 0, 0, 0, 0, 0, 0).into(), 8),
+        7 => (Ipv6Addr::new(0xfd00, 0x10, 0, 0, 0, 0, 0, 0).into(), 64),
+        8 => (Ipv6Addr::new(0xfd00, 0x10, 0, 0, 0, 0, 0, 0).into(), 120),
+        9 => (ip6_of(rng.below(12)).into(), 128),
+        10 => (Ipv6Addr::UNSPECIFIED.into(), 0),
+        11 => (Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 0).into(), 32),
+        _ => (Ipv6Addr::new(0xfd00, 0x10, 0, 0, 0, 0, 0, 8).into(), 125),
     };
     Cidr::parse(&format!("{addr}/{prefix}"), false).expect("generated CIDR parses")
 }
@@ -171,7 +208,7 @@ fn icmp(rng: &mut Rng) -> IcmpMatch {
 fn rule(rng: &mut Rng, action: Action, source_rule: usize) -> Rule {
     let protocol = if rng.chance(30) { None } else { Some(*rng.pick(&PROTOCOLS)) };
     let with_ports = protocol.is_some_and(proto::has_ports);
-    let is_icmp = protocol == Some(proto::ICMP);
+    let is_icmp = matches!(protocol, Some(proto::ICMP | proto::ICMPV6));
     Rule {
         action,
         protocol,
@@ -232,24 +269,46 @@ fn policy(rng: &mut Rng, i: usize) -> Policy {
     }
 }
 
-fn packet(rng: &mut Rng, world: &World) -> Packet {
-    let addr = |rng: &mut Rng| {
-        if rng.chance(85) && !world.endpoints.is_empty() {
-            rng.pick(&world.endpoints).ips[0]
-        } else {
-            *rng.pick(&OUTSIDE)
-        }
+/// An IPv4 or an IPv6 packet (half each).
+#[derive(Debug)]
+enum AnyPacket {
+    V4(Packet),
+    V6(Packet6),
+}
+
+fn packet(rng: &mut Rng, world: &World) -> AnyPacket {
+    let port = |rng: &mut Rng| if rng.chance(80) { *rng.pick(&PORTS) } else { rng.next() as u16 };
+    let protocol = *rng.pick(&PROTOCOLS);
+    let icmp_type = *rng.pick(&[0u8, 3, 8, 11, 128, 129, 135]);
+    let icmp_code = rng.below(3) as u8;
+    if rng.chance(50) {
+        let pods: Vec<Ipv4Addr> = world.endpoints.iter().flat_map(|e| e.ips.iter().copied()).collect();
+        let addr = |rng: &mut Rng| if rng.chance(85) && !pods.is_empty() { *rng.pick(&pods) } else { *rng.pick(&OUTSIDE) };
+        let (src, dst) = (addr(rng), addr(rng));
+        return AnyPacket::V4(match protocol {
+            proto::ICMP => Packet::icmp(src, dst, icmp_type, icmp_code),
+            proto::ICMPV6 => Packet { protocol, ..Packet::icmp(src, dst, icmp_type, icmp_code) },
+            p if proto::has_ports(p) => Packet { protocol: p, ..Packet::tcp(src, port(rng), dst, port(rng)) },
+            p => Packet { protocol: p, ..Packet::tcp(src, 0, dst, 0) },
+        });
+    }
+    let pods: Vec<Ipv6Addr> = world.endpoints.iter().flat_map(|e| e.ips6.iter().copied()).collect();
+    let mapped: Vec<Ipv6Addr> = world.endpoints.iter().flat_map(|e| e.ips.iter().map(Ipv4Addr::to_ipv6_mapped)).collect();
+    let addr = |rng: &mut Rng| match rng.below(100) {
+        0..85 if !pods.is_empty() => *rng.pick(&pods),
+        85..88 if !mapped.is_empty() => *rng.pick(&mapped),
+        _ => *rng.pick(&OUTSIDE6),
     };
     let (src, dst) = (addr(rng), addr(rng));
-    let protocol = *rng.pick(&PROTOCOLS);
-    match protocol {
-        proto::ICMP => Packet::icmp(src, dst, *rng.pick(&[0u8, 3, 8, 11]), rng.below(3) as u8),
-        p if proto::has_ports(p) => {
-            let port = |rng: &mut Rng| if rng.chance(80) { *rng.pick(&PORTS) } else { rng.next() as u16 };
-            Packet { protocol: p, ..Packet::tcp(src, port(rng), dst, port(rng)) }
-        }
-        p => Packet { protocol: p, ..Packet::tcp(src, 0, dst, 0) },
-    }
+    AnyPacket::V6(match protocol {
+        // The ICMP of IPv6 is ICMPv6; protocol 1 in an IPv6 packet is only a number (but
+        // the packet has an ICMP header, as the data plane's key would).
+        proto::ICMPV6 => Packet6::icmp(src, dst, icmp_type, icmp_code),
+        proto::ICMP if rng.chance(90) => Packet6::icmp(src, dst, icmp_type, icmp_code),
+        proto::ICMP => Packet6 { protocol: proto::ICMP, ..Packet6::icmp(src, dst, icmp_type, icmp_code) },
+        p if proto::has_ports(p) => Packet6 { protocol: p, ..Packet6::tcp(src, port(rng), dst, port(rng)) },
+        p => Packet6 { protocol: p, ..Packet6::tcp(src, 0, dst, 0) },
+    })
 }
 
 /// A world and its policies, kept as the reference evaluator wants them.
@@ -288,7 +347,7 @@ impl Case {
 
     /// One random change, applied to both the case and the compiler.
     fn mutate(&mut self, rng: &mut Rng, c: &mut PolicyCompiler) -> &'static str {
-        match rng.below(7) {
+        match rng.below(8) {
             0 => {
                 let ep = endpoint(rng, self.next_pod);
                 self.next_pod += 1;
@@ -310,6 +369,23 @@ impl Case {
                 self.world.endpoints[i] = ep.clone();
                 c.upsert_endpoint(ep).expect("endpoint compiles");
                 "pod relabelled"
+            }
+            7 if !self.world.endpoints.is_empty() => {
+                // A pod gains or loses its IPv6 address (keeping at least one address).
+                let i = rng.below(self.world.endpoints.len());
+                let mut ep = self.world.endpoints[i].clone();
+                if ep.ips6.is_empty() {
+                    ep.ips6.push(ip6_of(self.next_pod));
+                    self.next_pod += 1;
+                } else if !ep.ips.is_empty() {
+                    ep.ips6.clear();
+                } else {
+                    ep.ips6 = vec![ip6_of(self.next_pod)];
+                    self.next_pod += 1;
+                }
+                self.world.endpoints[i] = ep.clone();
+                c.upsert_endpoint(ep).expect("endpoint compiles");
+                "pod readdressed"
             }
             3 => {
                 let ns = *rng.pick(&NAMESPACES);
@@ -339,12 +415,15 @@ impl Case {
 #[derive(Default)]
 struct Tally {
     cases: u64,
+    cases6: u64,
     by_outcome: BTreeMap<&'static str, u64>,
+    by_outcome6: BTreeMap<&'static str, u64>,
 }
 
 impl Tally {
-    fn count(&mut self, d: &policy_engine::reference::Decision) {
-        self.cases += 1;
+    fn count(&mut self, d: &policy_engine::reference::Decision, v6: bool) {
+        let (cases, by_outcome) = if v6 { (&mut self.cases6, &mut self.by_outcome6) } else { (&mut self.cases, &mut self.by_outcome) };
+        *cases += 1;
         for dir in [&d.egress, &d.ingress].into_iter().flatten() {
             let k = match (&dir.decided_by, dir.verdict) {
                 (DecidedBy::Rule(_), Verdict::Allow) => "rule allows",
@@ -353,9 +432,9 @@ impl Tally {
                 (DecidedBy::EndOfTier, _) => "end of tier",
                 (DecidedBy::NoPolicyApplies, _) => "no policy",
             };
-            *self.by_outcome.entry(k).or_default() += 1;
+            *by_outcome.entry(k).or_default() += 1;
             if !dir.logged.is_empty() {
-                *self.by_outcome.entry("logged").or_default() += 1;
+                *by_outcome.entry("logged").or_default() += 1;
             }
         }
     }
@@ -363,12 +442,25 @@ impl Tally {
 
 fn check_packets(case: &Case, c: &mut PolicyCompiler, rng: &mut Rng, n: usize, tally: &mut Tally, at: &str) {
     let tables = c.tables().expect("tables compile");
+    // A pod's addresses of both families find one record.
+    for ep in &case.world.endpoints {
+        let records: Vec<*const policy_engine::compiler::Peer> = ep
+            .ips
+            .iter()
+            .map(|ip| tables.peer(*ip))
+            .chain(ep.ips6.iter().map(|ip| tables.peer6(*ip)))
+            .map(|p| p.map_or(std::ptr::null(), |p| p as *const _))
+            .collect();
+        assert!(records.iter().all(|r| !r.is_null() && *r == records[0]), "{at}: the records of {}/{}", ep.namespace, ep.name);
+    }
     for _ in 0..n {
         let pkt = packet(rng, &case.world);
-        let want = evaluate(&case.policies, &case.world, &pkt);
-        let got = tables.explain(&key_of(&pkt));
+        let (want, got) = match &pkt {
+            AnyPacket::V4(p) => (evaluate(&case.policies, &case.world, p), tables.explain(&key_of(p))),
+            AnyPacket::V6(p) => (evaluate6(&case.policies, &case.world, p), tables.explain6(&key6_of(p))),
+        };
         assert_eq!(got, want, "{at}: packet {pkt:?}\npolicies: {:#?}\nworld: {:#?}", case.policies, case.world);
-        tally.count(&want);
+        tally.count(&want, matches!(pkt, AnyPacket::V6(_)));
     }
 }
 
@@ -382,7 +474,7 @@ fn seed() -> u64 {
     }
 }
 
-const WORLDS: u64 = 1000;
+const WORLDS: u64 = 2000;
 const STEPS: usize = 8;
 const PACKETS_FIRST: usize = 600;
 const PACKETS_PER_STEP: usize = 60;
@@ -412,8 +504,12 @@ fn compiled_policy_agrees_with_reference() {
         match result {
             Ok(t) => {
                 tally.cases += t.cases;
+                tally.cases6 += t.cases6;
                 for (k, v) in t.by_outcome {
                     *tally.by_outcome.entry(k).or_default() += v;
+                }
+                for (k, v) in t.by_outcome6 {
+                    *tally.by_outcome6.entry(k).or_default() += v;
                 }
             }
             Err(e) => {
@@ -422,13 +518,19 @@ fn compiled_policy_agrees_with_reference() {
             }
         }
     }
-    eprintln!("compiled_vs_reference: {} cases, outcomes per direction {:?}", tally.cases, tally.by_outcome);
+    eprintln!("compiled_vs_reference: IPv4: {} cases, outcomes per direction {:?}", tally.cases, tally.by_outcome);
+    eprintln!("compiled_vs_reference: IPv6: {} cases, outcomes per direction {:?}", tally.cases6, tally.by_outcome6);
     if only.is_none() {
-        assert!(tally.cases >= 1_000_000, "only {} cases", tally.cases);
-        // The generator must reach every kind of outcome often, or the agreement says little.
-        for k in ["rule allows", "rule denies", "pass", "end of tier", "no policy", "logged"] {
-            let n = tally.by_outcome.get(k).copied().unwrap_or(0);
-            assert!(n >= tally.cases / 100, "outcome {k:?} only {n} times in {} cases", tally.cases);
+        let all = tally.cases + tally.cases6;
+        assert!(all >= 2_000_000, "only {all} cases");
+        // The generator must reach every kind of outcome often in both families, or the
+        // agreement says little.
+        for (family, cases, by_outcome) in [("IPv4", tally.cases, &tally.by_outcome), ("IPv6", tally.cases6, &tally.by_outcome6)] {
+            assert!(cases >= 1_000_000, "only {cases} {family} cases of {all}");
+            for k in ["rule allows", "rule denies", "pass", "end of tier", "no policy", "logged"] {
+                let n = by_outcome.get(k).copied().unwrap_or(0);
+                assert!(n >= cases / 100, "{family} outcome {k:?} only {n} times in {cases} cases");
+            }
         }
     }
 }
