@@ -9,8 +9,9 @@
  *                (IPv4 to node_ip, UDP to vxlan_port or IP-in-IP; IPv4 to the pod CIDR in
  *                direct mode) and replies to pods' NAT'd connections (TCP / UDP to
  *                node_ip at a port in nat_lo..nat_hi, ICMP echo replies with such an
- *                identifier, ICMP errors quoting a packet from such a port) go to the
- *                socket. Everything else - ARP, SSH, etcd, BGP,
+ *                identifier, ICMP errors quoting a packet from such a port), IPv6 UDP
+ *                to node_ip6 at vxlan_port (VXLAN over an IPv6 underlay) and IPv6 to the
+ *                IPv6 pod CIDR (direct mode) go to the socket. Everything else - ARP, Neighbor Discovery, SSH, etcd, BGP,
  *                the kubelet - is passed to the kernel untouched.
  *
  * Frames go to the socket bound to the receiving queue (`xsks[rx_queue_index]`); when no
@@ -21,6 +22,7 @@
 #include <linux/if_ether.h>
 #include <linux/in.h>
 #include <linux/ip.h>
+#include <linux/ipv6.h>
 #include <linux/udp.h>
 #include <bpf/bpf_helpers.h>
 #include <bpf/bpf_endian.h>
@@ -39,6 +41,9 @@ struct twill_cfg {
 	__u16 redirect_ipip; /* non-zero: IPv4 protocol 4 to node_ip goes to the socket */
 	__u16 nat_lo;        /* host byte order; 0 = no NAT */
 	__u16 nat_hi;
+	__u32 node_ip6[4];   /* network byte order; all zero = no IPv6 underlay */
+	__u32 pod_net6[4];   /* network byte order; direct mode only */
+	__u32 pod_mask6[4];  /* network byte order; all zero = off */
 };
 
 struct {
@@ -98,7 +103,33 @@ static __always_inline int nat_reply(struct iphdr *ip, void *data_end, struct tw
 	return port && port >= cfg->nat_lo && port <= cfg->nat_hi;
 }
 
-SEC("xdp")
+/* An IPv6 packet `ip6` on the uplink: to the IPv6 pod subnet (direct routing), or VXLAN
+ * to node_ip6 (UDP right behind the fixed header, to vxlan_port), goes to the socket; the
+ * rest - Neighbor Discovery above all - to the kernel. */
+static __always_inline int ipv6(struct xdp_md *ctx, struct ipv6hdr *ip6, void *data_end, struct twill_cfg *cfg)
+{
+	if ((void *)(ip6 + 1) > data_end)
+		return XDP_PASS;
+	__u32 *dst = ip6->daddr.in6_u.u6_addr32;
+	if ((cfg->pod_mask6[0] | cfg->pod_mask6[1] | cfg->pod_mask6[2] | cfg->pod_mask6[3]) &&
+	    (dst[0] & cfg->pod_mask6[0]) == cfg->pod_net6[0] && (dst[1] & cfg->pod_mask6[1]) == cfg->pod_net6[1] &&
+	    (dst[2] & cfg->pod_mask6[2]) == cfg->pod_net6[2] && (dst[3] & cfg->pod_mask6[3]) == cfg->pod_net6[3])
+		return to_socket(ctx);
+	if (!cfg->vxlan_port || ip6->nexthdr != IPPROTO_UDP)
+		return XDP_PASS;
+	if (!(cfg->node_ip6[0] | cfg->node_ip6[1] | cfg->node_ip6[2] | cfg->node_ip6[3]))
+		return XDP_PASS;
+	if (dst[0] != cfg->node_ip6[0] || dst[1] != cfg->node_ip6[1] || dst[2] != cfg->node_ip6[2] || dst[3] != cfg->node_ip6[3])
+		return XDP_PASS;
+	struct udphdr *udp = (void *)(ip6 + 1);
+	if ((void *)(udp + 1) > data_end || udp->dest != cfg->vxlan_port)
+		return XDP_PASS;
+	return to_socket(ctx);
+}
+
+/* "xdp.frags": the program takes multi-buffer frames (jumbo frames on veth and in generic
+ * mode); it reads only the headers, in the first buffer. */
+SEC("xdp.frags")
 int twill_xdp(struct xdp_md *ctx)
 {
 	void *data = (void *)(long)ctx->data;
@@ -112,7 +143,11 @@ int twill_xdp(struct xdp_md *ctx)
 		return to_socket(ctx);
 
 	struct ethhdr *eth = data;
-	if ((void *)(eth + 1) > data_end || eth->h_proto != bpf_htons(ETH_P_IP))
+	if ((void *)(eth + 1) > data_end)
+		return XDP_PASS;
+	if (eth->h_proto == bpf_htons(ETH_P_IPV6))
+		return ipv6(ctx, (void *)(eth + 1), data_end, cfg);
+	if (eth->h_proto != bpf_htons(ETH_P_IP))
 		return XDP_PASS;
 	struct iphdr *ip = (void *)(eth + 1);
 	if ((void *)(ip + 1) > data_end || ip->version != 4 || ip->ihl < 5)

@@ -22,9 +22,15 @@
 //!   lookups. The control thread calls [`Conntrack::sweep`] on a slice of the table now and
 //!   then (a full pass in well under the 6 days the timestamp range spans) so no expired
 //!   entry lives long enough for its timestamp to wrap: it never stops the workers.
-//! - **Seqlock slots.** A slot's second word is 0 when empty and [`BUSY`] while a writer
+//! - **Seqlock slots.** A slot's meta word is 0 when empty and [`BUSY`] while a writer
 //!   fills it; writers claim slots with a compare-and-swap, readers read the address word
-//!   between two loads of the second word and retry if it changed.
+//!   between two loads of the meta word and retry if it changed.
+//! - **One table, two families.** [`Table`] is generic over the [`Tuple`] it is keyed by:
+//!   [`Conntrack`] is the IPv4 table described here, [`Conntrack6`](crate::conntrack6::Conntrack6)
+//!   the IPv6 one (`conntrack6.rs`: a 64-byte slot per flow, one line per lookup all the
+//!   same). Only the slot layout and hashing of the key differ (`slot::Layout`); the code
+//!   is monomorphised per family: the IPv4 table's hot path compiles to the instructions
+//!   it had before the split, bar register allocation (compared by disassembly).
 //!
 //! Timeouts follow the kernel's conntrack defaults in spirit: unreplied flows expire fast
 //! (TCP SYN 60 s, UDP 30 s, ICMP 30 s), replied ones slowly (TCP established 1 h, UDP 180 s),
@@ -35,8 +41,11 @@ use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 
 use crate::{huge::HugeTable, route::Stage};
 
-/// Slots per bucket: four 16-byte slots fill one cache line.
-const WAYS: usize = 4;
+/// Slots per bucket: four 16-byte IPv4 slots fill one cache line.
+pub(crate) const WAYS: usize = 4;
+
+/// The IPv4 connection table of a node.
+pub type Conntrack = Table<Flow>;
 
 /// The 5-tuple of a packet, as seen on the wire.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -53,16 +62,137 @@ impl Flow {
     pub fn reversed(self) -> Flow {
         Flow { src: self.dst, dst: self.src, proto: self.proto, src_port: self.dst_port, dst_port: self.src_port }
     }
+}
 
-    /// The symmetric key, and whether this packet is sent by the "low" end.
-    #[inline]
-    fn key(&self) -> (Key, bool) {
+/// A 5-tuple a [`Table`] is keyed by: [`Flow`] (IPv4) or
+/// [`Flow6`](crate::conntrack6::Flow6) (IPv6). Sealed: how a tuple is laid out in a slot
+/// is this module's business.
+pub trait Tuple: slot::Layout {}
+
+impl Tuple for Flow {}
+
+/// How a [`Tuple`] is stored: the parts of a table that differ between address families.
+/// The rest of the table — state machine, deadlines, tags, two-choice placement, the
+/// seqlock protocol, sweeping — is written once, generic over this trait, and
+/// monomorphised per family, so the IPv4 table pays nothing for sharing it.
+pub(crate) mod slot {
+    use std::sync::atomic::AtomicU64;
+
+    use super::WAYS;
+    use crate::huge::{HugeTable, Zeroable};
+
+    /// A flow as a slot stores it: both addresses, low end's first, in `addrs`; both ports
+    /// and the protocol in the low 40 bits of `rest` (see [`rest`]).
+    #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+    pub struct Key<A> {
+        pub addrs: A,
+        pub rest: u64,
+    }
+
+    /// The `rest` of a key: the low end's port, the high end's port, the protocol.
+    #[inline(always)]
+    pub fn rest(lo_port: u16, hi_port: u16, proto: u8) -> u64 {
+        u64::from(lo_port) | (u64::from(hi_port) << 16) | (u64::from(proto) << 32)
+    }
+
+    /// The (low end's port, high end's port, protocol) of a key's `rest`.
+    #[inline(always)]
+    pub fn ports_proto(rest: u64) -> (u16, u16, u8) {
+        (rest as u16, (rest >> 16) as u16, (rest >> 32) as u8)
+    }
+
+    /// One address family's tuple and slot.
+    pub trait Layout: Copy {
+        /// A key's address words.
+        type Addrs: Copy + Eq + Default;
+        /// A slot: the address words, the meta word (see `pack`) and whatever the family
+        /// needs to read its address words consistently. All zero = empty.
+        type Slot: Zeroable + Sync + Send;
+        /// What [`Layout::read`] saw besides the addresses, for [`Layout::unchanged`].
+        type Version: Copy;
+
+        fn proto(&self) -> u8;
+        /// The symmetric key, and whether this packet is sent by the "low" end.
+        fn key(&self) -> (Key<Self::Addrs>, bool);
+        /// The flow of `key` as its opener sent it.
+        fn from_key(key: &Key<Self::Addrs>, opener_lo: bool) -> Self;
+        /// The key folded to 64 bits, before the table's multiply.
+        fn mix(key: &Key<Self::Addrs>) -> u64;
+        fn meta(slot: &Self::Slot) -> &AtomicU64;
+        /// The address words, read between two loads of the meta word (seqlock reader).
+        fn read(slot: &Self::Slot) -> (Self::Addrs, Self::Version);
+        /// After an acquire fence: whether the words [`Layout::read`] returned are one
+        /// writer's (the caller also checks the meta word is unchanged).
+        fn unchanged(slot: &Self::Slot, seen: Self::Version) -> bool;
+        /// Writes the address words of a slot whose meta word the caller holds BUSY.
+        fn write(slot: &Self::Slot, addrs: &Self::Addrs);
+        /// Prefetches the line a lookup of bucket `b` reads when `ways` match its tag.
+        fn prefetch(buckets: &HugeTable<[Self::Slot; WAYS]>, b: usize, ways: u32);
+    }
+}
+
+use slot::{Key, Layout};
+
+impl Layout for Flow {
+    type Addrs = u64;
+    /// Both addresses in one word, the meta word: 16 bytes.
+    type Slot = [AtomicU64; 2];
+    /// One word is read atomically: nothing to check.
+    type Version = ();
+
+    #[inline(always)]
+    fn proto(&self) -> u8 {
+        self.proto
+    }
+
+    #[inline(always)]
+    fn key(&self) -> (Key<u64>, bool) {
         let a = (u64::from(self.src) << 16) | u64::from(self.src_port);
         let b = (u64::from(self.dst) << 16) | u64::from(self.dst_port);
         let (lo, hi, from_lo) = if a <= b { (a, b, true) } else { (b, a, false) };
         let addrs = ((lo >> 16) << 32) | (hi >> 16);
-        let rest = (lo & 0xffff) | ((hi & 0xffff) << 16) | (u64::from(self.proto) << 32);
-        (Key { addrs, rest }, from_lo)
+        (Key { addrs, rest: slot::rest(lo as u16, hi as u16, self.proto) }, from_lo)
+    }
+
+    fn from_key(key: &Key<u64>, opener_lo: bool) -> Flow {
+        let (lo_addr, hi_addr) = ((key.addrs >> 32) as u32, key.addrs as u32);
+        let (lo_port, hi_port, proto) = slot::ports_proto(key.rest);
+        if opener_lo {
+            Flow { src: lo_addr, dst: hi_addr, proto, src_port: lo_port, dst_port: hi_port }
+        } else {
+            Flow { src: hi_addr, dst: lo_addr, proto, src_port: hi_port, dst_port: lo_port }
+        }
+    }
+
+    #[inline(always)]
+    fn mix(k: &Key<u64>) -> u64 {
+        k.addrs ^ k.rest.rotate_left(29)
+    }
+
+    #[inline(always)]
+    fn meta(slot: &[AtomicU64; 2]) -> &AtomicU64 {
+        &slot[1]
+    }
+
+    #[inline(always)]
+    fn read(slot: &[AtomicU64; 2]) -> (u64, ()) {
+        (slot[0].load(Ordering::Relaxed), ())
+    }
+
+    #[inline(always)]
+    fn unchanged(_: &[AtomicU64; 2], (): ()) -> bool {
+        true
+    }
+
+    #[inline(always)]
+    fn write(slot: &[AtomicU64; 2], addrs: &u64) {
+        slot[0].store(*addrs, Ordering::Relaxed);
+    }
+
+    /// A bucket is one line.
+    #[inline(always)]
+    fn prefetch(buckets: &HugeTable<[[AtomicU64; 2]; WAYS]>, b: usize, _: u32) {
+        buckets.prefetch(b);
     }
 }
 
@@ -142,28 +272,7 @@ impl Timeouts {
     }
 }
 
-/// A flow as a slot stores it: both addresses (low end's first) in one word; both ports
-/// and the protocol in the low 40 bits of the other.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-struct Key {
-    addrs: u64,
-    rest: u64,
-}
-
-impl Key {
-    fn flow(&self, opener_lo: bool) -> Flow {
-        let (lo_addr, hi_addr) = ((self.addrs >> 32) as u32, self.addrs as u32);
-        let (lo_port, hi_port) = (self.rest as u16, (self.rest >> 16) as u16);
-        let proto = (self.rest >> 32) as u8;
-        if opener_lo {
-            Flow { src: lo_addr, dst: hi_addr, proto, src_port: lo_port, dst_port: hi_port }
-        } else {
-            Flow { src: hi_addr, dst: lo_addr, proto, src_port: hi_port, dst_port: lo_port }
-        }
-    }
-}
-
-// The second word of a slot: key bits 0..39 | valid (40) | state (41..42) | opener is the
+// The meta word of a slot: key bits 0..39 | valid (40) | state (41..42) | opener is the
 // low end (43) | deadline in seconds modulo 2^20 (44..63). 0 = empty, BUSY = being written.
 const KEY_BITS: u64 = (1 << 40) - 1;
 const VALID: u64 = 1 << 40;
@@ -172,16 +281,16 @@ const DEADLINE_SHIFT: u32 = 44;
 pub(crate) const DEADLINE_MASK: u64 = (1 << 20) - 1;
 /// A deadline further ahead than this is in the past (modulo 2^20 s).
 const HORIZON: u64 = 1 << 19;
-/// Second word of a slot a writer is filling (not valid, not empty).
-const BUSY: u64 = 1 << 63;
+/// Meta word of a slot a writer is filling (not valid, not empty).
+pub(crate) const BUSY: u64 = 1 << 63;
 
-fn pack(key: &Key, deadline_s: u64, state: State, opener_lo: bool) -> u64 {
+fn pack(rest: u64, deadline_s: u64, state: State, opener_lo: bool) -> u64 {
     let s = match state {
         State::New => 1,
         State::Established => 2,
         State::Closing => 3,
     };
-    (key.rest & KEY_BITS)
+    (rest & KEY_BITS)
         | VALID
         | (s << 41)
         | (u64::from(opener_lo) << 43)
@@ -234,11 +343,41 @@ fn tag_ways(tags: u32, tag: u8) -> u32 {
     ((zero >> 7) & 1) | ((zero >> 14) & 2) | ((zero >> 21) & 4) | ((zero >> 28) & 8)
 }
 
-/// The connection table of a node.
+/// Reads a slot under its seqlock: its meta word and address words, if `wanted(meta)`.
+/// Retries while a writer changes the slot under it; the words returned are one writer's.
+#[inline(always)]
+pub(crate) fn read_slot<F: Layout>(slot: &F::Slot, wanted: impl Fn(u64) -> bool) -> Option<(u64, F::Addrs)> {
+    loop {
+        let m = F::meta(slot).load(Ordering::Acquire);
+        if !wanted(m) {
+            return None;
+        }
+        let (addrs, seen) = F::read(slot);
+        std::sync::atomic::fence(Ordering::Acquire);
+        if F::meta(slot).load(Ordering::Relaxed) != m || !F::unchanged(slot, seen) {
+            continue; // rewritten while we read: look again
+        }
+        return Some((m, addrs));
+    }
+}
+
+/// Fills a slot whose meta word the caller has set to [`BUSY`]: the address words, then
+/// `meta`, which makes the entry visible.
+#[inline(always)]
+pub(crate) fn fill_slot<F: Layout>(slot: &F::Slot, addrs: &F::Addrs, meta: u64) {
+    // BUSY before the address words, to a reader that sees any of them (for weakly ordered
+    // CPUs; on x86 the compare-and-swap that set BUSY is a barrier already).
+    std::sync::atomic::fence(Ordering::Release);
+    F::write(slot, addrs);
+    F::meta(slot).store(meta, Ordering::Release);
+}
+
+/// A connection table of a node, for the flows of one address family: [`Conntrack`] (IPv4)
+/// or [`Conntrack6`](crate::conntrack6::Conntrack6) (IPv6).
 #[derive(Debug)]
-pub struct Conntrack {
-    /// One cache line per bucket: `WAYS` slots of two words.
-    buckets: HugeTable<[[AtomicU64; 2]; WAYS]>,
+pub struct Table<F: Tuple> {
+    /// `WAYS` slots per bucket (one cache line for IPv4, one line per slot for IPv6).
+    buckets: HugeTable<[F::Slot; WAYS]>,
     /// Per bucket, one tag byte per way: a lookup reads this small array (4 bytes a
     /// bucket, mostly in cache) to know which of its two lines to read. A superset: set
     /// before a slot is filled, left behind when it empties.
@@ -247,11 +386,11 @@ pub struct Conntrack {
     timeouts: Timeouts,
 }
 
-impl Conntrack {
+impl<F: Tuple> Table<F> {
     /// A table for at least `flows` flows (rounded up to a power of two of buckets).
-    pub fn new(flows: usize, timeouts: Timeouts) -> Conntrack {
+    pub fn new(flows: usize, timeouts: Timeouts) -> Table<F> {
         let buckets = flows.div_ceil(WAYS).next_power_of_two().max(2);
-        Conntrack { buckets: HugeTable::zeroed(buckets), tags: HugeTable::zeroed(buckets), mask: buckets - 1, timeouts }
+        Table { buckets: HugeTable::zeroed(buckets), tags: HugeTable::zeroed(buckets), mask: buckets - 1, timeouts }
     }
 
     /// Flows the table can hold.
@@ -266,10 +405,10 @@ impl Conntrack {
 
     /// Two buckets from independent hash bits (two-choice hashing), and the tag.
     #[inline]
-    fn place(&self, k: &Key) -> Place {
+    fn place(&self, k: &Key<F::Addrs>) -> Place {
         // One multiply (Fibonacci hashing) and a fold: the key's bits reach the high half,
         // the fold brings them down to the bucket index.
-        let h = (k.addrs ^ k.rest.rotate_left(29)).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+        let h = F::mix(k).wrapping_mul(0x9e37_79b9_7f4a_7c15);
         let h = h ^ (h >> 32);
         let tag = ((h >> 24) as u8) | 1;
         Place { buckets: [h as usize & self.mask, (h >> 32) as usize & self.mask], tag }
@@ -281,10 +420,10 @@ impl Conntrack {
         place.buckets.map(|b| tag_ways(self.tags[b].load(Ordering::Acquire), place.tag))
     }
 
-    /// Finds the live entry of `k`: (bucket, way, second word). Only slots whose tag
+    /// Finds the live entry of `k`: (bucket, way, meta word). Only slots whose tag
     /// matches are read: usually one line.
     #[inline(always)]
-    fn find(&self, k: &Key, place: &Place, now_s: u64) -> Option<(usize, usize, u64)> {
+    fn find(&self, k: &Key<F::Addrs>, place: &Place, now_s: u64) -> Option<(usize, usize, u64)> {
         let masks = self.candidates(place);
         // The common case first, chosen without a branch: the first tag match of the first
         // bucket that has one (which bucket holds a key is a coin toss to a predictor).
@@ -310,36 +449,25 @@ impl Conntrack {
 
     /// Whether slot `w` of bucket `b` holds the live entry of `k` (read under its seqlock).
     #[inline(always)]
-    fn check_slot(&self, k: &Key, b: usize, w: usize, now_s: u64) -> Option<(usize, usize, u64)> {
-        let slot = &self.buckets[b][w];
-        loop {
-            let m = slot[1].load(Ordering::Acquire);
-            if m & KEY_BITS != k.rest || !live(m, now_s) {
-                return None;
-            }
-            let addrs = slot[0].load(Ordering::Relaxed);
-            std::sync::atomic::fence(Ordering::Acquire);
-            if slot[1].load(Ordering::Relaxed) != m {
-                continue; // rewritten while we read: look again
-            }
-            return (addrs == k.addrs).then_some((b, w, m));
-        }
+    fn check_slot(&self, k: &Key<F::Addrs>, b: usize, w: usize, now_s: u64) -> Option<(usize, usize, u64)> {
+        let (m, addrs) = read_slot::<F>(&self.buckets[b][w], |m| m & KEY_BITS == k.rest && live(m, now_s))?;
+        (addrs == k.addrs).then_some((b, w, m))
     }
 
     /// Looks up the packet `flow` at time `now` (ms) and refreshes the entry: a reply moves
     /// a new flow to established, TCP FIN/RST (`tcp_fin_rst`) to closing.
     #[inline]
-    pub fn track(&self, flow: &Flow, now: u64, tcp_fin_rst: bool) -> Option<Tracked> {
+    pub fn track(&self, flow: &F, now: u64, tcp_fin_rst: bool) -> Option<Tracked> {
         let (k, from_lo) = flow.key();
         let place = self.place(&k);
-        self.track_key(&k, &place, from_lo, flow.proto, secs(now), tcp_fin_rst)
+        self.track_key(&k, &place, from_lo, flow.proto(), secs(now), tcp_fin_rst)
     }
 
     /// Prefetches what a lookup of `flow` will read, so that a lookup soon after finds it in
     /// the cache (the pipeline's prefetch stages): [`Stage::First`] the tag words of both
-    /// buckets (no load of its own), [`Stage::Second`] the bucket line the tags point at.
+    /// buckets (no load of its own), [`Stage::Second`] the line the tags point at.
     #[inline]
-    pub fn prefetch(&self, flow: &Flow, stage: Stage) {
+    pub fn prefetch(&self, flow: &F, stage: Stage) {
         let place = self.place(&flow.key().0);
         match stage {
             Stage::First => {
@@ -351,29 +479,29 @@ impl Conntrack {
         }
     }
 
-    /// Prefetches the line a lookup of `place` will read: the first bucket whose tag matches.
+    /// Prefetches the line a lookup of `place` will read: the first slot whose tag matches.
     #[inline]
     fn prefetch_place(&self, place: &Place) {
         // Without a branch (where the key sits is a coin toss a branch would mispredict):
         // the first bucket if its tags match, else the second.
-        let [first, _] = self.candidates(place);
-        let b = if first != 0 { place.buckets[0] } else { place.buckets[1] };
-        self.buckets.prefetch(b);
+        let [first, second] = self.candidates(place);
+        let (b, ways) = if first != 0 { (place.buckets[0], first) } else { (place.buckets[1], second) };
+        F::prefetch(&self.buckets, b, ways);
     }
 
-    /// [`Conntrack::track`] for a vector of packets (no FIN/RST among them): `out[i]` for
+    /// [`Table::track`] for a vector of packets (no FIN/RST among them): `out[i]` for
     /// `flows[i]`, for as many as both hold. A software pipeline over the vector (VPP's
     /// prefetch stages): packet `i` has its tag words prefetched while packet `i - D` has
     /// the line its tag points at prefetched and packet `i - 2D` is tracked, so the cache
     /// misses of different packets overlap instead of queueing.
-    pub fn track_batch(&self, flows: &[Flow], now: u64, out: &mut [Option<Tracked>]) {
+    pub fn track_batch(&self, flows: &[F], now: u64, out: &mut [Option<Tracked>]) {
         /// Prefetch distance, in packets, between the stages.
         const D: usize = 12;
         /// Ring of the packets in flight (a power of two above 2 D).
         const RING: usize = 64;
         let n = flows.len().min(out.len());
         let now_s = secs(now);
-        let mut keys = [(Key { addrs: 0, rest: 0 }, false); RING];
+        let mut keys = [(Key::<F::Addrs>::default(), false); RING];
         let mut places = [Place { buckets: [0; 2], tag: 0 }; RING];
         for i in 0..n + 2 * D {
             if i < n {
@@ -388,13 +516,15 @@ impl Conntrack {
             }
             if let Some(j) = i.checked_sub(2 * D).filter(|j| *j < n) {
                 let (k, from_lo) = &keys[j % RING];
-                out[j] = self.track_key(k, &places[j % RING], *from_lo, flows[j].proto, now_s, false);
+                out[j] = self.track_key(k, &places[j % RING], *from_lo, flows[j].proto(), now_s, false);
             }
         }
     }
 
-    #[inline]
-    fn track_key(&self, k: &Key, place: &Place, from_lo: bool, proto: u8, now_s: u64, tcp_fin_rst: bool) -> Option<Tracked> {
+    /// Inlined into `track` and `track_batch` always: as a generic function it is weighed
+    /// differently by LLVM's inliner, which left it a call (checked on the IPv4 code).
+    #[inline(always)]
+    fn track_key(&self, k: &Key<F::Addrs>, place: &Place, from_lo: bool, proto: u8, now_s: u64, tcp_fin_rst: bool) -> Option<Tracked> {
         let (b, w, m) = self.find(k, place, now_s)?;
         let (state, opener_lo) = unpack(m);
         let reply = from_lo != opener_lo;
@@ -407,37 +537,37 @@ impl Conntrack {
         // Write only when something changed or the deadline moved: established flows do
         // not write a shared cache line more than once a second.
         if next != state || (m >> DEADLINE_SHIFT) != deadline & DEADLINE_MASK {
-            let _ = self.buckets[b][w][1].compare_exchange(m, pack(k, deadline, next, opener_lo), Ordering::AcqRel, Ordering::Relaxed);
+            let _ = F::meta(&self.buckets[b][w]).compare_exchange(m, pack(k.rest, deadline, next, opener_lo), Ordering::AcqRel, Ordering::Relaxed);
         }
         Some(Tracked { state: next, reply })
     }
 
     /// Whether `flow` (either direction) is tracked, without refreshing it.
     #[inline]
-    pub fn is_tracked(&self, flow: &Flow, now: u64) -> bool {
+    pub fn is_tracked(&self, flow: &F, now: u64) -> bool {
         let k = flow.key().0;
         self.find(&k, &self.place(&k), secs(now)).is_some()
     }
 
     /// Records a new flow opened by `flow`'s sender (after policy allowed it).
-    pub fn insert(&self, flow: &Flow, now: u64) -> Insert {
+    pub fn insert(&self, flow: &F, now: u64) -> Insert {
         let now_s = secs(now);
         let (k, from_lo) = flow.key();
         let place = self.place(&k);
         if self.find(&k, &place, now_s).is_some() {
             return Insert::Exists;
         }
-        let meta = pack(&k, now_s + self.timeouts.secs(flow.proto, State::New), State::New, from_lo);
+        let meta = pack(k.rest, now_s + self.timeouts.secs(flow.proto(), State::New), State::New, from_lo);
         // The emptier of the two buckets first (two-choice hashing keeps buckets even).
         let [b1, b2] = place.buckets;
         let order = if self.free_slots(b2, now_s) > self.free_slots(b1, now_s) { [b2, b1] } else { [b1, b2] };
         for b in order {
             for (w, slot) in self.buckets[b].iter().enumerate() {
-                let m = slot[1].load(Ordering::Acquire);
+                let m = F::meta(slot).load(Ordering::Acquire);
                 if m == BUSY || live(m, now_s) {
                     continue;
                 }
-                if slot[1].compare_exchange(m, BUSY, Ordering::Acquire, Ordering::Relaxed).is_err() {
+                if F::meta(slot).compare_exchange(m, BUSY, Ordering::Acquire, Ordering::Relaxed).is_err() {
                     continue;
                 }
                 // The tag first: a reader that sees the entry has seen its tag.
@@ -445,8 +575,7 @@ impl Conntrack {
                 let _ = self.tags[b].fetch_update(Ordering::Release, Ordering::Relaxed, |t| {
                     Some((t & !(0xff << shift)) | (u32::from(place.tag) << shift))
                 });
-                slot[0].store(k.addrs, Ordering::Relaxed);
-                slot[1].store(meta, Ordering::Release);
+                fill_slot::<F>(slot, &k.addrs, meta);
                 return Insert::Inserted;
             }
         }
@@ -457,38 +586,30 @@ impl Conntrack {
         self.buckets[b]
             .iter()
             .filter(|slot| {
-                let m = slot[1].load(Ordering::Relaxed);
+                let m = F::meta(slot).load(Ordering::Relaxed);
                 m != BUSY && !live(m, now_s)
             })
             .count()
     }
 
     /// Forgets `flow` (a policy change now denies it).
-    pub fn remove(&self, flow: &Flow, now: u64) -> bool {
+    pub fn remove(&self, flow: &F, now: u64) -> bool {
         let (k, _) = flow.key();
         match self.find(&k, &self.place(&k), secs(now)) {
-            Some((b, w, m)) => self.buckets[b][w][1].compare_exchange(m, 0, Ordering::AcqRel, Ordering::Relaxed).is_ok(),
+            Some((b, w, m)) => F::meta(&self.buckets[b][w]).compare_exchange(m, 0, Ordering::AcqRel, Ordering::Relaxed).is_ok(),
             None => false,
         }
     }
 
     /// Visits every live flow (opener's view) — for re-judging flows after a policy change.
     /// Runs beside the workers; it sees each flow that stays live during the walk once.
-    pub fn for_each_live(&self, now: u64, mut f: impl FnMut(Flow, State)) {
+    pub fn for_each_live(&self, now: u64, mut f: impl FnMut(F, State)) {
         let now_s = secs(now);
         for bucket in self.buckets.iter() {
             for slot in bucket {
-                let m = slot[1].load(Ordering::Acquire);
-                if !live(m, now_s) {
-                    continue;
-                }
-                let addrs = slot[0].load(Ordering::Relaxed);
-                std::sync::atomic::fence(Ordering::Acquire);
-                if slot[1].load(Ordering::Relaxed) != m {
-                    continue;
-                }
+                let Some((m, addrs)) = read_slot::<F>(slot, |m| live(m, now_s)) else { continue };
                 let (state, opener_lo) = unpack(m);
-                f(Key { addrs, rest: m & KEY_BITS }.flow(opener_lo), state);
+                f(F::from_key(&Key { addrs, rest: m & KEY_BITS }, opener_lo), state);
             }
         }
     }
@@ -501,9 +622,9 @@ impl Conntrack {
         let now_s = secs(now);
         for i in 0..count.min(self.buckets.len()) {
             for slot in &self.buckets[(start + i) & self.mask] {
-                let m = slot[1].load(Ordering::Relaxed);
+                let m = F::meta(slot).load(Ordering::Relaxed);
                 if m != 0 && m != BUSY && !live(m, now_s) {
-                    let _ = slot[1].compare_exchange(m, 0, Ordering::AcqRel, Ordering::Relaxed);
+                    let _ = F::meta(slot).compare_exchange(m, 0, Ordering::AcqRel, Ordering::Relaxed);
                 }
             }
         }
@@ -517,7 +638,7 @@ impl Conntrack {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use std::{collections::HashSet, sync::Arc};
 
@@ -555,9 +676,8 @@ mod tests {
         assert!(ct.track(&tcp, t.tcp_new * 10 + t.tcp_closing + 2000, false).is_none(), "closing TCP expired");
     }
 
-    #[test]
-    fn full_table_refuses_new_flows_and_reuses_expired_slots() {
-        let ct = Conntrack::new(64, Timeouts::default());
+    /// What every table must do when full: refuse, then take new flows into expired slots.
+    pub(crate) fn full_table_refuses_and_reuses<F: Tuple>(ct: &Table<F>, flow: impl Fn(u32, u8) -> F) {
         let mut inserted = 0;
         let mut full = 0;
         for i in 0..1000 {
@@ -575,10 +695,8 @@ mod tests {
     }
 
     /// Without moving entries, two choices of 4-way buckets refuse almost nothing at half
-    /// load and a little near 80 %.
-    #[test]
-    fn refuses_almost_nothing_at_half_load_and_little_at_eighty_percent() {
-        let ct = Conntrack::new(1 << 15, Timeouts::default());
+    /// load and a little near 80 % (which also says the family's hash spreads flows).
+    pub(crate) fn refuses_little_up_to_eighty_percent<F: Tuple>(ct: &Table<F>, flow: impl Fn(u32, u8) -> F) {
         let cap = ct.capacity() as u32;
         let refused = |range: std::ops::Range<u32>| range.filter(|i| ct.insert(&flow(*i, 17), 0) == Insert::Full).count();
         let half = refused(0..cap / 2);
@@ -587,6 +705,16 @@ mod tests {
         assert!((half + more) * 50 < cap as usize * 8 / 10, "{more} more refused on the way to 80 %");
         let found = (0..cap * 8 / 10).filter(|i| ct.track(&flow(*i, 17), 1, false).is_some()).count();
         assert_eq!(found, (cap * 8 / 10) as usize - half - more, "every accepted flow is found");
+    }
+
+    #[test]
+    fn full_table_refuses_new_flows_and_reuses_expired_slots() {
+        full_table_refuses_and_reuses(&Conntrack::new(64, Timeouts::default()), flow);
+    }
+
+    #[test]
+    fn refuses_almost_nothing_at_half_load_and_little_at_eighty_percent() {
+        refuses_little_up_to_eighty_percent(&Conntrack::new(1 << 15, Timeouts::default()), flow);
     }
 
     #[test]
@@ -610,7 +738,12 @@ mod tests {
     /// future: an entry left 2^20 s would otherwise come back to life.
     #[test]
     fn sweeping_empties_expired_entries_before_their_timestamp_wraps() {
-        let ct = Conntrack::new(64, Timeouts::default());
+        sweeps_before_wrapping_and_batches_agree(&Conntrack::new(64, Timeouts::default()), flow);
+    }
+
+    /// An expired entry swept away stays gone after its timestamp wraps (one slice per
+    /// bucket comes round), and a batched lookup finds what single lookups find.
+    pub(crate) fn sweeps_before_wrapping_and_batches_agree<F: Tuple>(ct: &Table<F>, flow: impl Fn(u32, u8) -> F) {
         let f = flow(3, 17);
         ct.insert(&f, 0);
         let wrapped = (DEADLINE_MASK + 1) * 1000;
@@ -619,8 +752,9 @@ mod tests {
         for _ in 0..ct.buckets() {
             at = ct.sweep(60_000, at, 1);
         }
+        assert_eq!(at, 0, "one slice per bucket comes round");
         assert!(ct.track(&f, wrapped, false).is_none(), "swept when expired, it stays gone");
-        let batch: Vec<Flow> = (0..40).map(|i| flow(i, 6)).collect();
+        let batch: Vec<F> = (0..40).map(|i| flow(i, 6)).collect();
         for f in &batch[..20] {
             ct.insert(f, 0);
         }

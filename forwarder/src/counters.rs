@@ -29,11 +29,15 @@ macro_rules! drop_reasons {
 drop_reasons! {
     /// Shorter than an Ethernet header, or than the header it announces.
     Truncated => "truncated",
-    /// An EtherType the pipeline does not carry (IPv6 arrives with its own issue).
+    /// An EtherType the pipeline does not carry (neither IPv4, IPv6 nor ARP; IPv6 on the
+    /// uplink outside VXLAN).
     UnsupportedEtherType => "unsupported_ethertype",
     /// ARP that is not a request for an address the forwarder answers for.
     ArpIgnored => "arp_ignored",
-    /// An IPv4 header that does not validate (version, IHL, total length, checksum).
+    /// Neighbor Discovery or MLD from a pod that is not a valid solicitation of its gateway
+    /// (router solicitations, duplicate address detection, listener reports, malformed NDP).
+    NdpIgnored => "ndp_ignored",
+    /// An IPv4 or IPv6 header that does not validate (version, IHL, lengths, checksum).
     BadIpHeader => "bad_ip_header",
     /// A frame from a pod port whose source MAC or IP is not that pod's.
     Spoofed => "spoofed",
@@ -49,6 +53,9 @@ drop_reasons! {
     /// ICMP fragmentation-needed (DF clear, or it came from another node): twill does not
     /// fragment.
     TooBig => "too_big",
+    /// An IPv6 packet for a node reached by IP-in-IP or direct routing: only VXLAN carries
+    /// IPv6 over the IPv4 underlay.
+    Ipv6NoTunnel => "ipv6_no_tunnel",
     /// Outer frame on the uplink that does not validate as VXLAN for this node.
     BadOuterHeader => "bad_outer_header",
     /// Outer IPv4 is a fragment (the kernel would reassemble; overlay peers set DF).
@@ -71,6 +78,11 @@ drop_reasons! {
     TxRingFull => "tx_ring_full",
     /// The cross-worker hand-off ring was full.
     HandoffFull => "handoff_full",
+    /// A frame spanning more UMEM chunks than a worker handles
+    /// ([`crate::dataplane::MAX_CHAIN`]): longer than any MTU the data plane sets.
+    TooLong => "too_long",
+    /// A frame that grew past its chunks (encapsulation) found no free frame for the rest.
+    NoFreeFrame => "no_free_frame",
     /// A new connection the source pod's egress policy denies.
     PolicyDeniedEgress => "policy_denied_egress",
     /// A new connection the destination pod's ingress policy denies.
@@ -100,6 +112,8 @@ pub struct WorkerCounters {
     pub tx_bytes: AtomicU64,
     pub rx_batches: AtomicU64,
     pub arp_replies: AtomicU64,
+    /// Neighbor Advertisements for the pods' IPv6 gateway.
+    pub ndp_replies: AtomicU64,
     pub encapsulated: AtomicU64,
     pub decapsulated: AtomicU64,
     /// ICMP errors the forwarder sent back to pods (fragmentation needed).
@@ -154,6 +168,7 @@ impl WorkerCounters {
             ("tx_bytes".to_string(), self.tx_bytes.load(Relaxed)),
             ("rx_batches".to_string(), self.rx_batches.load(Relaxed)),
             ("arp_replies".to_string(), self.arp_replies.load(Relaxed)),
+            ("ndp_replies".to_string(), self.ndp_replies.load(Relaxed)),
             ("encapsulated".to_string(), self.encapsulated.load(Relaxed)),
             ("decapsulated".to_string(), self.decapsulated.load(Relaxed)),
             ("icmp_errors_sent".to_string(), self.icmp_errors_sent.load(Relaxed)),

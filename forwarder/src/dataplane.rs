@@ -36,6 +36,14 @@ pub const FRAME_SIZE: u32 = 4096;
 /// front of the data (XDP_PACKET_HEADROOM).
 pub const MAX_FRAME: usize = FRAME_SIZE as usize - 256;
 
+/// UMEM chunks one frame may span on multi-buffer sockets (a chain of descriptors with
+/// XDP_PKT_CONTD on all but the last): room for a 9,216-byte jumbo frame and its tunnel
+/// headers, and well inside the kernel's 17 fragments per frame.
+pub const MAX_CHAIN: usize = 4;
+
+/// The longest frame a multi-buffer socket carries: [`MAX_CHAIN`] chunks.
+pub const MAX_CHAIN_FRAME: usize = MAX_CHAIN * MAX_FRAME;
+
 /// How to run the data plane.
 #[derive(Debug, Clone)]
 pub struct DataplaneConfig {
@@ -54,6 +62,8 @@ pub struct DataplaneConfig {
     pub fill_target: usize,
     /// Connections the node's tracker holds at most.
     pub conntrack_flows: usize,
+    /// IPv6 connections the node's tracker holds at most.
+    pub conntrack6_flows: usize,
     /// What the workers run on each frame.
     pub pipeline: crate::pipeline::Mode,
 }
@@ -81,8 +91,10 @@ pub struct Dataplane {
     free_ids: Vec<PortId>,
     copy_mode: CopyMode,
     attach: AttachMode,
+    /// Whether the uplink's sockets bound with multi-buffer ([`Dataplane::max_frame`]).
+    multi_buffer: bool,
     /// Where the next [`Dataplane::sweep_flows`] slice starts, per table.
-    sweep_at: [usize; 2],
+    sweep_at: [usize; 4],
 }
 
 /// Number of RX queues of `ifname`.
@@ -130,11 +142,12 @@ impl Dataplane {
             frame_count: descs.len(),
             pool,
             handoff: (0..workers_n).map(|_| ArrayQueue::new(4096)).collect(),
+            handoff_chains: (0..workers_n).map(|_| ArrayQueue::new(1024)).collect(),
             counters: (0..workers_n).map(|_| Arc::new(WorkerCounters::default())).collect(),
             stop: Default::default(),
             all_frames: descs,
             umem,
-            flows: FlowTables::new(cfg.conntrack_flows, workers_n),
+            flows: FlowTables::new(cfg.conntrack_flows, cfg.conntrack6_flows, workers_n),
         });
         let uplink_hook = XdpHook::attach(&cfg.uplink, cfg.uplink_hook, cfg.attach)?;
         let wcfg = WorkerConfig { batch: cfg.batch.clamp(1, 256), idle: cfg.idle, mode: cfg.pipeline, fill_target: cfg.fill_target };
@@ -146,7 +159,8 @@ impl Dataplane {
             free_ids: (MAX_UPLINK_QUEUES as PortId..MAX_PORTS as PortId).rev().collect(),
             copy_mode: cfg.copy_mode,
             attach: cfg.attach,
-            sweep_at: [0; 2],
+            multi_buffer: true,
+            sweep_at: [0; 4],
         };
         for (i, &core) in cfg.cores.iter().enumerate() {
             let (tx, rx) = bounded(64);
@@ -164,6 +178,7 @@ impl Dataplane {
         // go to a socket bound to that queue), queue q served by worker q mod workers.
         for q in 0..queues.min(MAX_UPLINK_QUEUES) {
             let port = Port::bind(q as PortId, &shared.umem, &cfg.uplink, q as u32, cfg.copy_mode)?;
+            dp.multi_buffer &= port.multi_buffer;
             if let Some(hook) = &dp.uplink_hook {
                 hook.register_socket(q as u32, port.fd())?;
             }
@@ -179,6 +194,12 @@ impl Dataplane {
         done_rx.recv_timeout(Duration::from_secs(5)).map_err(|_| Error::WorkerGone(worker))?;
         w.ports += 1;
         Ok(())
+    }
+
+    /// The longest Ethernet frame the data plane carries: [`MAX_CHAIN_FRAME`] when the
+    /// kernel took multi-buffer sockets, else what one UMEM chunk holds ([`MAX_FRAME`]).
+    pub fn max_frame(&self) -> usize {
+        if self.multi_buffer { MAX_CHAIN_FRAME } else { MAX_FRAME }
     }
 
     /// Attaches a pod's host-side veth: XDP hook, AF_XDP socket on the least loaded worker.
@@ -257,7 +278,11 @@ impl Dataplane {
     pub fn rejudge(&self) -> usize {
         let snap = self.shared.tables.load_full();
         let flows = &self.shared.flows;
-        policy::rejudge(&flows.conntrack, &snap.policy, |ip| snap.endpoints.contains_key(&ip), flows.now_ms())
+        let is_local = |ip: std::net::IpAddr| match ip {
+            std::net::IpAddr::V4(v4) => snap.endpoints.contains_key(&v4),
+            std::net::IpAddr::V6(v6) => snap.endpoints6.contains_key(&v6),
+        };
+        policy::rejudge(flows, &snap.policy, is_local, flows.now_ms())
     }
 
     /// Hands every queued Log event to `f` (the control thread writes them out).
@@ -274,9 +299,14 @@ impl Dataplane {
     pub fn sweep_flows(&mut self) {
         let flows = &self.shared.flows;
         let now = flows.now_ms();
-        for (table, at) in [&flows.conntrack, &flows.fragments].into_iter().zip(self.sweep_at.iter_mut()) {
+        fn slice<F: crate::conntrack::Tuple>(table: &crate::conntrack::Table<F>, now: u64, at: &mut usize) {
             *at = table.sweep(now, *at, table.buckets().div_ceil(1024));
         }
+        let [at, frag_at, at6, frag6_at] = &mut self.sweep_at;
+        slice(&flows.conntrack, now, at);
+        slice(&flows.fragments, now, frag_at);
+        slice(&flows.conntrack6, now, at6);
+        slice(&flows.fragments6, now, frag6_at);
     }
 
     /// Connections the tracker can hold.

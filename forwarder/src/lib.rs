@@ -9,6 +9,7 @@
 //! TX. `counters` has a reason for every drop; `dataplane` is the control thread's handle.
 
 pub mod conntrack;
+pub mod conntrack6;
 pub mod counters;
 pub mod dataplane;
 pub mod huge;

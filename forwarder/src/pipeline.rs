@@ -6,11 +6,14 @@
 //! and it never panics on any input: every frame it refuses has a [`DropReason`].
 //!
 //! From a pod:   ARP for the gateway → reply on the same port; IPv4 → anti-spoofing (the
-//!               source MAC and IP must be the pod's) → [`route`].
-//! From uplink:  by the outer headers: VXLAN decapsulation (outer frame validated, VNI
+//!               source MAC and IP must be the pod's) → [`route`]; IPv6 → `pipeline/ipv6.rs`
+//!               (Neighbor Discovery for the gateway, anti-spoofing, its own routing step).
+//! From uplink:  by the outer headers: VXLAN decapsulation over the IPv4 or the IPv6
+//!               underlay (outer frame validated, VNI
 //!               checked, sender must be a known node, inner destination MAC must be our
-//!               VTEP MAC), IP-in-IP decapsulation (outer validated, known sender), or a
-//!               plain IPv4 packet routed directly → [`route`] (local pods only).
+//!               VTEP MAC; an inner IPv6 frame goes on in `pipeline/ipv6.rs`), IP-in-IP
+//!               decapsulation (outer validated, known sender), or a plain IPv4 (IPv6)
+//!               packet routed directly → [`route`] (local pods only).
 //! [`route`]:    LPM on the destination → local pod (MAC rewrite) or remote node through
 //!               its tunnel (VXLAN with the node's VTEP MAC as inner destination, IP-in-IP,
 //!               or MAC rewrite to the next hop), or — no route, from a pod of a NAT pool to
@@ -30,6 +33,7 @@ use encap::{
     ipv4::{self, Ipv4Packet},
     nat::{self, End},
     vxlan::{self, DecapError},
+    vxlan6,
 };
 
 use crate::{
@@ -37,7 +41,7 @@ use crate::{
     nat::PodEnd,
     route::Stage,
     policy::{self, FlowState},
-    snapshot::{GATEWAY_IP, PortId, RemoteNode, RouteTarget, Snapshot, Tunnel, UPLINK, is_uplink},
+    snapshot::{GATEWAY_IP, PortId, RemoteNode, RouteTarget, Snapshot, Tunnel, UPLINK, Underlay6, is_uplink},
 };
 
 const ETH_LEN: usize = 14;
@@ -57,6 +61,8 @@ pub enum Kind {
     Encapsulated,
     Decapsulated,
     ArpReply,
+    /// A Neighbor Advertisement for the IPv6 gateway, back to the pod that solicited it.
+    NdpReply,
     /// An ICMP error the forwarder built, back to the pod that sent the packet.
     IcmpError,
 }
@@ -99,6 +105,17 @@ pub enum Mode {
     Full,
     /// [`ceiling`]: the I/O ceiling the lab measures twill against (`xdp-ceiling`).
     Ceiling,
+}
+
+impl Mode {
+    /// Runs this mode's function ([`process`] or [`ceiling`]) on the frame `buf[..len]`.
+    #[inline]
+    pub fn run(self, snap: &Snapshot, fs: &FlowState, worker: u16, in_port: PortId, buf: &mut [u8], len: usize) -> Verdict {
+        match self {
+            Mode::Full => process(snap, fs, worker, in_port, buf, len),
+            Mode::Ceiling => ceiling(snap, fs, worker, in_port, buf, len),
+        }
+    }
 }
 
 /// The least work that still delivers a frame, for measuring the I/O ceiling of the
@@ -151,6 +168,7 @@ fn from_pod(snap: &Snapshot, fs: &FlowState, worker: u16, in_port: PortId, buf: 
     match eth.ethertype() {
         EtherType::Ipv4 => {}
         EtherType::Arp => return arp_for_gateway(snap, worker, in_port, ep.ip, &mut buf[..len]),
+        EtherType::Ipv6 => return ipv6::from_pod(snap, fs, worker, in_port, ep.ip6, buf, len),
         _ => return Verdict::Drop(DropReason::UnsupportedEtherType),
     }
     let src = match Ipv4Packet::new_checked(&buf[ETH_LEN..len]) {
@@ -187,6 +205,10 @@ fn arp_for_gateway(snap: &Snapshot, worker: u16, in_port: PortId, pod_ip: std::n
 enum Outer {
     /// UDP to this node's VXLAN port.
     Vxlan,
+    /// The same over the IPv6 underlay, to this node's IPv6 address.
+    Vxlan6(std::net::Ipv6Addr),
+    /// A plain IPv6 packet (direct routing over the IPv6 underlay).
+    Plain6,
     /// IPv4 protocol 4 to this node.
     Ipip,
     /// A plain IPv4 packet (direct routing from another node).
@@ -195,8 +217,16 @@ enum Outer {
 
 fn outer_kind(snap: &Snapshot, frame: &[u8]) -> Result<Outer, DropReason> {
     let eth = EthernetFrame::new_checked(frame).map_err(|_| DropReason::Truncated)?;
-    if eth.ethertype() != EtherType::Ipv4 {
-        return Err(DropReason::UnsupportedEtherType);
+    match eth.ethertype() {
+        EtherType::Ipv4 => {}
+        // The hook passes VXLAN to this node's IPv6 address (decap6 checks it all) and IPv6
+        // to its pods.
+        EtherType::Ipv6 => {
+            let me = snap.node.node_ip6.ok_or(DropReason::UnsupportedEtherType)?;
+            let to_us = eth.payload().get(24..40) == Some(&me.octets()[..]);
+            return Ok(if to_us { Outer::Vxlan6(me) } else { Outer::Plain6 });
+        }
+        _ => return Err(DropReason::UnsupportedEtherType),
     }
     let ip = Ipv4Packet::new_checked(eth.payload()).map_err(|e| match e {
         encap::Error::Truncated => DropReason::Truncated,
@@ -211,7 +241,7 @@ fn outer_kind(snap: &Snapshot, frame: &[u8]) -> Result<Outer, DropReason> {
 }
 
 fn from_uplink(snap: &Snapshot, fs: &FlowState, buf: &mut [u8], len: usize) -> Verdict {
-    let inner_len = match outer_kind(snap, &buf[..len]) {
+    let inner = match outer_kind(snap, &buf[..len]) {
         Err(reason) => return Verdict::Drop(reason),
         Ok(Outer::Plain) => {
             let ip = Ipv4Packet::new_unchecked(&buf[ETH_LEN..len]);
@@ -224,41 +254,67 @@ fn from_uplink(snap: &Snapshot, fs: &FlowState, buf: &mut [u8], len: usize) -> V
             return route(snap, fs, buf, len, Origin::Uplink);
         }
         Ok(Outer::Vxlan) => match vxlan_decap(snap, buf, len) {
-            Ok(n) => n,
+            Ok(inner) => inner,
+            Err(reason) => return Verdict::Drop(reason),
+        },
+        Ok(Outer::Plain6) => return ipv6::from_tunnel(snap, fs, buf, len),
+        Ok(Outer::Vxlan6(me)) => match vxlan6_decap(snap, me, buf, len) {
+            Ok(inner) => inner,
             Err(reason) => return Verdict::Drop(reason),
         },
         Ok(Outer::Ipip) => match ipip_decap(snap, buf, len) {
-            Ok(n) => n,
+            Ok(n) => (n, EtherType::Ipv4),
             Err(reason) => return Verdict::Drop(reason),
         },
     };
-    match Ipv4Packet::new_checked(&buf[ETH_LEN..inner_len]) {
-        Ok(ip) if ip.verify_checksum() => {}
-        _ => return Verdict::Drop(DropReason::BadIpHeader),
-    }
-    match route(snap, fs, buf, inner_len, Origin::Uplink) {
+    let (inner_len, inner_type) = inner;
+    let routed = if inner_type == EtherType::Ipv6 {
+        ipv6::from_tunnel(snap, fs, buf, inner_len)
+    } else {
+        match Ipv4Packet::new_checked(&buf[ETH_LEN..inner_len]) {
+            Ok(ip) if ip.verify_checksum() => {}
+            _ => return Verdict::Drop(DropReason::BadIpHeader),
+        }
+        route(snap, fs, buf, inner_len, Origin::Uplink)
+    };
+    match routed {
         Verdict::Forward { port, worker, len, .. } => Verdict::Forward { port, worker, len, kind: Kind::Decapsulated },
         drop => drop,
     }
 }
 
 /// Validates a VXLAN frame from a known node and moves its inner Ethernet frame to the
-/// front of the buffer; returns the inner frame's length.
-fn vxlan_decap(snap: &Snapshot, buf: &mut [u8], len: usize) -> Result<usize, DropReason> {
+/// front of the buffer; returns the inner frame's length and EtherType (IPv4 or IPv6).
+fn vxlan_decap(snap: &Snapshot, buf: &mut [u8], len: usize) -> Result<(usize, EtherType), DropReason> {
     let d = vxlan::decap(&buf[..len], snap.node.node_ip, snap.node.vxlan).map_err(decap_reason)?;
     if !snap.nodes_by_ip.contains_key(&d.outer_src_ip) {
         return Err(DropReason::UnknownVtep);
     }
-    let inner_len = d.inner.len();
-    buf.copy_within(d.inner, 0);
+    inner_frame(snap, buf, d.inner)
+}
+
+/// [`vxlan_decap`] over the IPv6 underlay, to this node's IPv6 address `me`.
+fn vxlan6_decap(snap: &Snapshot, me: std::net::Ipv6Addr, buf: &mut [u8], len: usize) -> Result<(usize, EtherType), DropReason> {
+    let d = vxlan6::decap6(&buf[..len], me, snap.node.vxlan).map_err(decap_reason)?;
+    if !snap.nodes_by_ip6.contains_key(&d.outer_src_ip) {
+        return Err(DropReason::UnknownVtep);
+    }
+    inner_frame(snap, buf, d.inner)
+}
+
+/// Moves the decapsulated inner Ethernet frame `inner` to the front of the buffer and checks
+/// it is for this node's VTEP and IPv4 or IPv6; returns its length and EtherType.
+fn inner_frame(snap: &Snapshot, buf: &mut [u8], inner: std::ops::Range<usize>) -> Result<(usize, EtherType), DropReason> {
+    let inner_len = inner.len();
+    buf.copy_within(inner, 0);
     let eth = EthernetFrame::new_checked(&buf[..inner_len]).map_err(|_| DropReason::Truncated)?;
     if eth.dst_addr() != snap.node.vtep_mac {
         return Err(DropReason::WrongInnerMac);
     }
-    if eth.ethertype() != EtherType::Ipv4 {
-        return Err(DropReason::UnsupportedEtherType);
+    match eth.ethertype() {
+        t @ (EtherType::Ipv4 | EtherType::Ipv6) => Ok((inner_len, t)),
+        _ => Err(DropReason::UnsupportedEtherType),
     }
-    Ok(inner_len)
 }
 
 /// Validates an IP-in-IP frame from a known node and moves its inner IPv4 packet behind an
@@ -284,6 +340,7 @@ fn decap_reason(e: DecapError) -> DropReason {
         DecapError::WrongVni => DropReason::WrongVni,
         DecapError::BadInner => DropReason::BadIpHeader,
         DecapError::NotIpv4
+        | DecapError::NotIpv6
         | DecapError::BadIpHeader
         | DecapError::BadIpChecksum
         | DecapError::BadLength
@@ -352,18 +409,7 @@ fn to_node(snap: &Snapshot, fs: &FlowState, node: &RemoteNode, buf: &mut [u8], l
         return Verdict::Drop(DropReason::TtlExpired);
     }
     match node.tunnel {
-        Tunnel::Vxlan => {
-            let Some(encap) = node.vxlan.as_ref() else {
-                return Verdict::Drop(DropReason::NeighbourUnresolved);
-            };
-            set_macs(buf, snap.node.vtep_mac, node.vtep_mac);
-            let src_port = vxlan::src_port_of_hash(flow_hash);
-            buf.copy_within(..len, vxlan::OVERHEAD);
-            if encap.write(&mut buf[..vxlan::OVERHEAD], len, src_port).is_err() {
-                return Verdict::Drop(DropReason::TooBig);
-            }
-            Verdict::Forward { port: UPLINK, worker: u16::MAX, len: len + vxlan::OVERHEAD, kind: Kind::Encapsulated }
-        }
+        Tunnel::Vxlan => vxlan_to(snap, node, buf, len, flow_hash),
         Tunnel::Ipip => {
             let Some(encap) = node.ipip.as_ref() else {
                 return Verdict::Drop(DropReason::NeighbourUnresolved);
@@ -477,10 +523,45 @@ fn too_big(snap: &Snapshot, buf: &mut [u8], len: usize, fits: usize, from: Origi
     if !Ipv4Packet::new_unchecked(&buf[ETH_LEN..len]).dont_frag() {
         return Verdict::Drop(DropReason::TooBig);
     }
+    let error = IcmpError::FragNeeded { next_hop_mtu: fits.min(usize::from(u16::MAX)) as u16 };
+    error_to_pod(snap, buf, len, (port, worker), |out, packet| icmpv4::emit_error(out, GATEWAY_IP, packet, error))
+}
+
+/// Sends the pod's packet `buf[..len]` (Ethernet) inside VXLAN to `node`, the outer UDP
+/// source port from the flow hash. IPv4 and IPv6 alike: the inner frame is opaque here.
+fn vxlan_to(snap: &Snapshot, node: &RemoteNode, buf: &mut [u8], len: usize, flow_hash: u32) -> Verdict {
+    let Some(encap) = node.vxlan.as_ref() else {
+        return Verdict::Drop(DropReason::NeighbourUnresolved);
+    };
+    set_macs(buf, snap.node.vtep_mac, node.vtep_mac);
+    buf.copy_within(..len, vxlan::OVERHEAD);
+    if encap.write(&mut buf[..vxlan::OVERHEAD], len, vxlan::src_port_of_hash(flow_hash)).is_err() {
+        return Verdict::Drop(DropReason::TooBig);
+    }
+    Verdict::Forward { port: UPLINK, worker: u16::MAX, len: len + vxlan::OVERHEAD, kind: Kind::Encapsulated }
+}
+
+/// [`vxlan_to`] over the node's IPv6 underlay `u` (the caller checked it is resolved and that
+/// the frame fits).
+fn vxlan6_to(snap: &Snapshot, u: &Underlay6, buf: &mut [u8], len: usize, flow_hash: u32) -> Verdict {
+    let Some(encap) = u.vxlan.as_ref() else {
+        return Verdict::Drop(DropReason::NeighbourUnresolved);
+    };
+    set_macs(buf, snap.node.vtep_mac, u.vtep_mac);
+    buf.copy_within(..len, vxlan6::OVERHEAD);
+    if encap.write(buf, len, vxlan::src_port_of_hash(flow_hash), flow_hash).is_err() {
+        return Verdict::Drop(DropReason::TooBig);
+    }
+    Verdict::Forward { port: UPLINK, worker: u16::MAX, len: len + vxlan6::OVERHEAD, kind: Kind::Encapsulated }
+}
+
+/// Replaces the pod's packet `buf[..len]` with the ICMP (ICMPv6) error `emit` writes about
+/// it (an IP packet, built in the buffer's tailroom, then moved behind the Ethernet header),
+/// sent back from the gateway MAC to the pod on `(port, worker)`.
+fn error_to_pod(snap: &Snapshot, buf: &mut [u8], len: usize, (port, worker): (PortId, u16), emit: impl FnOnce(&mut [u8], &[u8]) -> Result<usize, encap::Error>) -> Verdict {
     let pod_mac = EthernetFrame::new_unchecked(&buf[..ETH_LEN]).src_addr();
     let (head, tail) = buf.split_at_mut(len);
-    let error = IcmpError::FragNeeded { next_hop_mtu: fits.min(usize::from(u16::MAX)) as u16 };
-    let Ok(n) = icmpv4::emit_error(tail, GATEWAY_IP, &head[ETH_LEN..], error) else {
+    let Ok(n) = emit(tail, &head[ETH_LEN..]) else {
         return Verdict::Drop(DropReason::TooBig);
     };
     buf.copy_within(len..len + n, ETH_LEN);
@@ -494,5 +575,6 @@ fn set_macs(buf: &mut [u8], src: EthernetAddress, dst: EthernetAddress) {
     let _ = rewrite_macs(buf, src, dst);
 }
 
+mod ipv6;
 #[cfg(test)]
 mod tests;

@@ -2,7 +2,9 @@
 //! connections (NetworkPolicy is stateful: replies to an allowed connection pass).
 //!
 //! For an IPv4 packet between a local pod and anything (the pipeline calls [`admit`] once
-//! it knows where the packet goes, before rewriting it):
+//! it knows where the packet goes, before rewriting it; for an IPv6 packet [`admit6`], the
+//! same steps on the IPv6 tables — ICMPv6 echo in place of ICMP echo, the fragment header's
+//! identification — and the IPv6 judgement of the same rule sets):
 //!
 //! 1. A later fragment (no L4 header) passes only if the first fragment of its datagram
 //!    was admitted (the fragment table remembers (addresses, protocol, IP id) for a few
@@ -24,30 +26,32 @@
 //!
 //! No allocation, locks or system calls; every refusal is a [`DropReason`].
 
-use std::{net::Ipv4Addr, sync::Arc, time::Instant};
+use std::{
+    net::{IpAddr, Ipv4Addr, Ipv6Addr},
+    sync::Arc,
+    time::Instant,
+};
 
 use crossbeam::queue::ArrayQueue;
-use encap::flow::{self, FiveTuple, FlowInfo, Fragment};
+use encap::flow::{self, FiveTuple, FlowAddress, FlowInfo, Fragment};
 use policy_engine::{
     classifier::Key,
-    compiler::{PolicyTables, RuleSet},
+    compiler::{Judgement, Key6, PolicyTables, RuleSet},
     model::{Direction, proto},
     reference::Verdict,
 };
 
 use crate::{
-    conntrack::{Conntrack, Flow, Insert, Timeouts},
+    conntrack::{Conntrack, Flow, Insert, Table, Timeouts, Tuple},
+    conntrack6::{Conntrack6, Flow6},
     counters::{DropReason, WorkerCounters, bump},
     nat::Nat,
 };
 
-/// ICMP echo request: the ICMP message that opens a tracked connection.
-const ECHO_REQUEST: (u8, u8) = (8, 0);
-
 /// A Log rule matched a new connection.
 #[derive(Debug, Clone)]
 pub struct PolicyLog {
-    pub tuple: FiveTuple,
+    pub tuple: FiveTuple<IpAddr>,
     /// Whose policy logged: egress = the source pod's, ingress = the destination pod's.
     pub direction: Direction,
     /// What the policy then decided.
@@ -59,17 +63,19 @@ pub struct PolicyLog {
 
 /// Events a worker's Log ring holds.
 pub const LOG_RING: usize = 1024;
-/// First fragments remembered at once.
+/// First fragments remembered at once (per family).
 const FRAGMENTS: usize = 4096;
 /// How long a first fragment's admission holds for the rest (Linux's `ipfrag_time`).
 const FRAGMENT_TIMEOUT_MS: u64 = 30_000;
 
-/// A node's flow tables: its connections, its admitted first fragments, one Log ring per
-/// worker, and the clock they run on.
+/// A node's flow tables: its connections and admitted first fragments (IPv4 and IPv6), one
+/// Log ring per worker, and the clock they run on.
 #[derive(Debug)]
 pub struct FlowTables {
     pub conntrack: Conntrack,
     pub fragments: Conntrack,
+    pub conntrack6: Conntrack6,
+    pub fragments6: Conntrack6,
     /// Source NAT for connections leaving the cluster.
     pub nat: Nat,
     pub logs: Vec<ArrayQueue<PolicyLog>>,
@@ -77,11 +83,13 @@ pub struct FlowTables {
 }
 
 impl FlowTables {
-    /// Tables for at least `flows` connections and `workers` workers.
-    pub fn new(flows: usize, workers: usize) -> FlowTables {
+    /// Tables for at least `flows` IPv4 and `flows6` IPv6 connections and `workers` workers.
+    pub fn new(flows: usize, flows6: usize, workers: usize) -> FlowTables {
         FlowTables {
             conntrack: Conntrack::new(flows, Timeouts::default()),
             fragments: Conntrack::new(FRAGMENTS, Timeouts::uniform(FRAGMENT_TIMEOUT_MS)),
+            conntrack6: Conntrack6::new(flows6, Timeouts::default()),
+            fragments6: Conntrack6::new(FRAGMENTS, Timeouts::uniform(FRAGMENT_TIMEOUT_MS)),
             nat: Nat::new(),
             logs: (0..workers.max(1)).map(|_| ArrayQueue::new(LOG_RING)).collect(),
             epoch: Instant::now(),
@@ -98,6 +106,8 @@ impl FlowTables {
         FlowState {
             conntrack: &self.conntrack,
             fragments: &self.fragments,
+            conntrack6: &self.conntrack6,
+            fragments6: &self.fragments6,
             nat: &self.nat,
             now_ms,
             counters,
@@ -113,6 +123,9 @@ pub struct FlowState<'a> {
     pub conntrack: &'a Conntrack,
     /// First fragments admitted, by (addresses, protocol, IP id).
     pub fragments: &'a Conntrack,
+    /// The same for IPv6.
+    pub conntrack6: &'a Conntrack6,
+    pub fragments6: &'a Conntrack6,
     /// The node's NAT table (shared by its workers).
     pub nat: &'a Nat,
     /// Milliseconds on the node's clock (never 0).
@@ -129,29 +142,99 @@ impl From<FiveTuple> for Flow {
     }
 }
 
-fn fragment_key(info: &FlowInfo) -> Flow {
-    Flow {
-        src: u32::from(info.tuple.src),
-        dst: u32::from(info.tuple.dst),
-        proto: info.tuple.proto,
-        src_port: info.ident,
-        dst_port: 0,
+/// What the stage needs of an address family: its parser, its connection and fragment
+/// tables, its classifier key and its echo request.
+trait Family: FlowAddress + Into<IpAddr> {
+    type Flow: Tuple;
+    /// The ICMP (ICMPv6) protocol number.
+    const ICMP: u8;
+    /// The ICMP (ICMPv6) echo request and echo reply types.
+    const ECHO: (u8, u8);
+    fn parse(ip: &[u8]) -> Result<FlowInfo<Self>, encap::Error>;
+    fn flow(t: &FiveTuple<Self>) -> Self::Flow;
+    fn tuple(f: &Self::Flow) -> FiveTuple<Self>;
+    fn fragment_key(info: &FlowInfo<Self>) -> Self::Flow;
+    fn tables<'a>(fs: &FlowState<'a>) -> (&'a Table<Self::Flow>, &'a Table<Self::Flow>);
+    fn flow_hash(info: &FlowInfo<Self>) -> u32;
+    /// The pod's rule set judgement of a packet with classifier fields `t` (ICMP type and
+    /// code already in the ports).
+    fn judge(policy: &PolicyTables, rules: &RuleSet, t: &FiveTuple<Self>) -> Judgement;
+    fn rules(policy: &PolicyTables, pod: Self, dir: Direction) -> Option<&Arc<RuleSet>>;
+}
+
+impl Family for Ipv4Addr {
+    type Flow = Flow;
+    const ICMP: u8 = proto::ICMP;
+    const ECHO: (u8, u8) = (8, 0);
+    fn parse(ip: &[u8]) -> Result<FlowInfo, encap::Error> {
+        flow::parse_flow_info(ip)
+    }
+    fn flow(t: &FiveTuple) -> Flow {
+        Flow::from(*t)
+    }
+    fn tuple(f: &Flow) -> FiveTuple {
+        FiveTuple { src: Ipv4Addr::from(f.src), dst: Ipv4Addr::from(f.dst), proto: f.proto, src_port: f.src_port, dst_port: f.dst_port }
+    }
+    fn fragment_key(info: &FlowInfo) -> Flow {
+        Flow { src: u32::from(info.tuple.src), dst: u32::from(info.tuple.dst), proto: info.tuple.proto, src_port: info.ident, dst_port: 0 }
+    }
+    fn tables<'a>(fs: &FlowState<'a>) -> (&'a Conntrack, &'a Conntrack) {
+        (fs.conntrack, fs.fragments)
+    }
+    fn flow_hash(info: &FlowInfo) -> u32 {
+        encap::vxlan::flow_hash_of(info)
+    }
+    fn judge(policy: &PolicyTables, rules: &RuleSet, t: &FiveTuple) -> Judgement {
+        rules.judge(policy, &Key { src: u32::from(t.src), dst: u32::from(t.dst), proto: t.proto, src_port: t.src_port, dst_port: t.dst_port })
+    }
+    fn rules(policy: &PolicyTables, pod: Ipv4Addr, dir: Direction) -> Option<&Arc<RuleSet>> {
+        policy.peer(pod).and_then(|p| p.rules(dir))
     }
 }
 
-/// The classifier key of a packet: ICMP type and code in the port fields for ICMP.
-fn key_of(tuple: &FiveTuple, icmp: Option<(u8, u8)>) -> Key {
-    let (src_port, dst_port) = match icmp {
-        Some((t, c)) => (u16::from(t), u16::from(c)),
-        None => (tuple.src_port, tuple.dst_port),
-    };
-    Key { src: u32::from(tuple.src), dst: u32::from(tuple.dst), proto: tuple.proto, src_port, dst_port }
+impl Family for Ipv6Addr {
+    type Flow = Flow6;
+    const ICMP: u8 = encap::icmpv6::NEXT_HEADER;
+    const ECHO: (u8, u8) = (128, 129);
+    fn parse(ip: &[u8]) -> Result<FlowInfo<Ipv6Addr>, encap::Error> {
+        flow::parse_flow_info6(ip)
+    }
+    fn flow(t: &FiveTuple<Ipv6Addr>) -> Flow6 {
+        Flow6 { src: t.src.to_bits(), dst: t.dst.to_bits(), proto: t.proto, src_port: t.src_port, dst_port: t.dst_port }
+    }
+    fn tuple(f: &Flow6) -> FiveTuple<Ipv6Addr> {
+        FiveTuple { src: Ipv6Addr::from_bits(f.src), dst: Ipv6Addr::from_bits(f.dst), proto: f.proto, src_port: f.src_port, dst_port: f.dst_port }
+    }
+    fn fragment_key(info: &FlowInfo<Ipv6Addr>) -> Flow6 {
+        let t = &info.tuple;
+        Flow6 { src: t.src.to_bits(), dst: t.dst.to_bits(), proto: t.proto, src_port: (info.ident >> 16) as u16, dst_port: info.ident as u16 }
+    }
+    fn tables<'a>(fs: &FlowState<'a>) -> (&'a Conntrack6, &'a Conntrack6) {
+        (fs.conntrack6, fs.fragments6)
+    }
+    fn flow_hash(info: &FlowInfo<Ipv6Addr>) -> u32 {
+        encap::vxlan::flow_hash_of6(info)
+    }
+    fn judge(policy: &PolicyTables, rules: &RuleSet, t: &FiveTuple<Ipv6Addr>) -> Judgement {
+        rules.judge6(policy, &Key6 { src: t.src, dst: t.dst, proto: t.proto, src_port: t.src_port, dst_port: t.dst_port })
+    }
+    fn rules(policy: &PolicyTables, pod: Ipv6Addr, dir: Direction) -> Option<&Arc<RuleSet>> {
+        policy.peer6(pod).and_then(|p| p.rules(dir))
+    }
+}
+
+/// The classifier fields of a packet: ICMP type and code in the port fields for ICMP.
+fn key_of<A: Copy>(tuple: &FiveTuple<A>, icmp: Option<(u8, u8)>) -> FiveTuple<A> {
+    match icmp {
+        Some((t, c)) => FiveTuple { src_port: u16::from(t), dst_port: u16::from(c), ..*tuple },
+        None => *tuple,
+    }
 }
 
 /// Judges a new connection for the local ends; `on_log` hears of matched Log rules.
-fn judge(
+fn judge<A: Family>(
     policy: &PolicyTables,
-    key: &Key,
+    key: &FiveTuple<A>,
     src_local: bool,
     dst_local: bool,
     mut on_log: impl FnMut(Direction, Verdict, &Arc<RuleSet>, u32),
@@ -164,8 +247,8 @@ fn judge(
         if !local {
             continue;
         }
-        let Some(rules) = policy.peer(Ipv4Addr::from(ip)).and_then(|p| p.rules(dir)) else { continue };
-        let j = rules.judge(policy, key);
+        let Some(rules) = A::rules(policy, ip, dir) else { continue };
+        let j = A::judge(policy, rules, key);
         if let Some(entry) = j.logged {
             on_log(dir, j.verdict, rules, entry);
         }
@@ -182,45 +265,62 @@ fn judge(
 /// (the VXLAN source port), so none parses the packet again.
 #[inline]
 pub fn admit(fs: &FlowState, policy: &PolicyTables, ip: &[u8], src_local: bool, dst_local: bool) -> Result<u32, DropReason> {
-    let info = flow::parse_flow_info(ip).map_err(|e| match e {
+    admit_family::<Ipv4Addr>(fs, policy, ip, src_local, dst_local)
+}
+
+/// [`admit`] for the IPv6 packet `ip` (IPv6 connection and fragment tables, the IPv6
+/// judgement of the same rule sets; ICMPv6 echo opens a connection).
+#[inline]
+pub fn admit6(fs: &FlowState, policy: &PolicyTables, ip: &[u8], src_local: bool, dst_local: bool) -> Result<u32, DropReason> {
+    admit_family::<Ipv6Addr>(fs, policy, ip, src_local, dst_local)
+}
+
+#[inline]
+fn admit_family<A: Family>(fs: &FlowState, policy: &PolicyTables, ip: &[u8], src_local: bool, dst_local: bool) -> Result<u32, DropReason> {
+    let info = A::parse(ip).map_err(|e| match e {
         encap::Error::Truncated => DropReason::Truncated,
         _ => DropReason::BadIpHeader,
     })?;
+    let (conntrack, fragments) = A::tables(fs);
     if info.fragment == Fragment::Later {
-        return if fs.fragments.is_tracked(&fragment_key(&info), fs.now_ms) {
-            Ok(encap::vxlan::flow_hash_of(&info))
+        return if fragments.is_tracked(&A::fragment_key(&info), fs.now_ms) {
+            Ok(A::flow_hash(&info))
         } else {
             Err(DropReason::FragmentUnmatched)
         };
     }
     if let Some(quoted) = info.related
-        && fs.conntrack.is_tracked(&Flow::from(quoted), fs.now_ms)
+        && conntrack.is_tracked(&A::flow(&quoted), fs.now_ms)
     {
         bump(&fs.counters.ct_related, 1);
-        return Ok(encap::vxlan::flow_hash_of(&info));
+        return Ok(A::flow_hash(&info));
     }
-    let flow = Flow::from(info.tuple);
+    let flow = A::flow(&info.tuple);
+    // Echo requests and replies are tracked; other ICMP (errors above all) is not.
+    let echo = |icmp: (u8, u8)| icmp == (A::ECHO.0, 0) || icmp.0 == A::ECHO.1;
     let tracked = info.related.is_none()
-        && !matches!(info.icmp, Some(icmp) if icmp != ECHO_REQUEST && icmp.0 != 0)
-        && fs.conntrack.track(&flow, fs.now_ms, info.closes()).is_some();
+        && info.icmp.is_none_or(echo)
+        && conntrack.track(&flow, fs.now_ms, info.closes()).is_some();
     if tracked {
         bump(&fs.counters.ct_established, 1);
     } else {
         let key = key_of(&info.tuple, info.icmp);
         judge(policy, &key, src_local, dst_local, |direction, verdict, rules, entry| {
             bump(&fs.counters.policy_logged, 1);
-            let event = PolicyLog { tuple: info.tuple, direction, verdict, rules: Arc::clone(rules), entry };
+            let t = info.tuple;
+            let tuple = FiveTuple { src: t.src.into(), dst: t.dst.into(), proto: t.proto, src_port: t.src_port, dst_port: t.dst_port };
+            let event = PolicyLog { tuple, direction, verdict, rules: Arc::clone(rules), entry };
             if fs.log.push(event).is_err() {
                 bump(&fs.counters.policy_log_dropped, 1);
             }
         })?;
         // ICMP errors and ICMP other than echo are judged one by one, never tracked.
         let opens = match info.icmp {
-            Some(icmp) => icmp == ECHO_REQUEST,
+            Some(icmp) => icmp == (A::ECHO.0, 0),
             None => true,
         };
         if opens {
-            match fs.conntrack.insert(&flow, fs.now_ms) {
+            match conntrack.insert(&flow, fs.now_ms) {
                 Insert::Inserted => bump(&fs.counters.ct_new, 1),
                 Insert::Exists => {}
                 Insert::Full => return Err(DropReason::ConntrackFull),
@@ -229,28 +329,26 @@ pub fn admit(fs: &FlowState, policy: &PolicyTables, ip: &[u8], src_local: bool, 
     }
     if info.fragment == Fragment::First {
         // A full fragment table only costs the later fragments, which count as unmatched.
-        let _ = fs.fragments.insert(&fragment_key(&info), fs.now_ms);
+        let _ = fragments.insert(&A::fragment_key(&info), fs.now_ms);
     }
-    Ok(encap::vxlan::flow_hash_of(&info))
+    Ok(A::flow_hash(&info))
 }
 
-/// Forgets the tracked connections that `policy` denies now; `is_local` says which
-/// addresses are pods of this node. Returns how many were forgotten. Runs on the control
-/// thread beside the workers.
-pub fn rejudge(conntrack: &Conntrack, policy: &PolicyTables, is_local: impl Fn(Ipv4Addr) -> bool, now_ms: u64) -> usize {
+/// Forgets the tracked connections (IPv4 and IPv6) that `policy` denies now; `is_local`
+/// says which addresses are pods of this node. Returns how many were forgotten. Runs on the
+/// control thread beside the workers.
+pub fn rejudge(flows: &FlowTables, policy: &PolicyTables, is_local: impl Fn(IpAddr) -> bool, now_ms: u64) -> usize {
+    rejudge_family::<Ipv4Addr>(&flows.conntrack, policy, &is_local, now_ms) + rejudge_family::<Ipv6Addr>(&flows.conntrack6, policy, &is_local, now_ms)
+}
+
+fn rejudge_family<A: Family>(conntrack: &Table<A::Flow>, policy: &PolicyTables, is_local: &impl Fn(IpAddr) -> bool, now_ms: u64) -> usize {
     let mut denied = Vec::new();
     conntrack.for_each_live(now_ms, |flow, _| {
-        let tuple = FiveTuple {
-            src: Ipv4Addr::from(flow.src),
-            dst: Ipv4Addr::from(flow.dst),
-            proto: flow.proto,
-            src_port: flow.src_port,
-            dst_port: flow.dst_port,
-        };
+        let tuple = A::tuple(&flow);
         // A tracked ICMP connection was opened by an echo request.
-        let icmp = (flow.proto == proto::ICMP).then_some(ECHO_REQUEST);
+        let icmp = (tuple.proto == A::ICMP).then_some((A::ECHO.0, 0));
         let key = key_of(&tuple, icmp);
-        if judge(policy, &key, is_local(tuple.src), is_local(tuple.dst), |_, _, _, _| {}).is_err() {
+        if judge(policy, &key, is_local(tuple.src.into()), is_local(tuple.dst.into()), |_, _, _, _| {}).is_err() {
             denied.push(flow);
         }
     });

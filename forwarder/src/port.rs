@@ -39,6 +39,9 @@ pub struct Port {
     pub fill: FillQueue,
     pub comp: CompQueue,
     pub zero_copy: bool,
+    /// Bound with XDP_USE_SG: a frame larger than a UMEM chunk comes and goes as a chain of
+    /// descriptors (XDP_PKT_CONTD; Linux ≥ 6.6).
+    pub multi_buffer: bool,
 }
 
 fn config(bind: BindFlags) -> SocketConfig {
@@ -52,13 +55,15 @@ fn config(bind: BindFlags) -> SocketConfig {
         .build()
 }
 
-/// The bind flags to try, in order, for `mode`.
-pub fn bind_attempts(mode: CopyMode) -> &'static [BindFlags] {
-    match mode {
+/// The bind flags to try, in order, for `mode`: each copy mode with multi-buffer first,
+/// then without (kernels before 6.6, zero-copy drivers without it).
+pub fn bind_attempts(mode: CopyMode) -> Vec<BindFlags> {
+    let modes: &[BindFlags] = match mode {
         CopyMode::Auto => &[BindFlags::XDP_ZEROCOPY, BindFlags::XDP_COPY],
         CopyMode::Copy => &[BindFlags::XDP_COPY],
         CopyMode::ZeroCopy => &[BindFlags::XDP_ZEROCOPY],
-    }
+    };
+    modes.iter().flat_map(|&m| [m | BindFlags::XDP_USE_SG, m]).collect()
 }
 
 impl Port {
@@ -66,14 +71,15 @@ impl Port {
     pub fn bind(id: PortId, umem: &Umem, ifname: &str, queue: u32, mode: CopyMode) -> Result<Port, Error> {
         let iface: Interface = ifname.parse().map_err(|_| Error::NoSuchInterface(ifname.to_string()))?;
         let mut last_err = None;
-        for &flags in bind_attempts(mode) {
+        for flags in bind_attempts(mode) {
             // SAFETY: every socket of this UMEM is bound to a distinct (interface, queue)
             // pair (the dataplane keeps one port per pair) and INHIBIT_PROG_LOAD is set, which
             // is what Socket::new requires for a shared UMEM.
             match unsafe { Socket::new(config(flags), umem, &iface, queue) } {
                 Ok((tx, rx, Some((fill, comp)))) => {
                     let zero_copy = flags.contains(BindFlags::XDP_ZEROCOPY);
-                    return Ok(Port { id, ifname: ifname.to_string(), queue, tx, rx, fill, comp, zero_copy });
+                    let multi_buffer = flags.contains(BindFlags::XDP_USE_SG);
+                    return Ok(Port { id, ifname: ifname.to_string(), queue, tx, rx, fill, comp, zero_copy, multi_buffer });
                 }
                 Ok((_, _, None)) => {
                     return Err(Error::Bind {
@@ -99,11 +105,11 @@ mod tests {
     use super::*;
 
     #[test]
-    fn auto_mode_tries_zero_copy_first_then_copy() {
+    fn auto_mode_tries_zero_copy_first_then_copy_each_with_multi_buffer_first() {
         let bits = |m| bind_attempts(m).iter().map(|f| f.bits()).collect::<Vec<_>>();
-        let (zc, copy) = (BindFlags::XDP_ZEROCOPY.bits(), BindFlags::XDP_COPY.bits());
-        assert_eq!(bits(CopyMode::Auto), [zc, copy]);
-        assert_eq!(bits(CopyMode::Copy), [copy]);
-        assert_eq!(bits(CopyMode::ZeroCopy), [zc]);
+        let (zc, copy, sg) = (BindFlags::XDP_ZEROCOPY.bits(), BindFlags::XDP_COPY.bits(), BindFlags::XDP_USE_SG.bits());
+        assert_eq!(bits(CopyMode::Auto), [zc | sg, zc, copy | sg, copy]);
+        assert_eq!(bits(CopyMode::Copy), [copy | sg, copy]);
+        assert_eq!(bits(CopyMode::ZeroCopy), [zc | sg, zc]);
     }
 }

@@ -112,6 +112,11 @@ impl Ipv4Prefix {
     pub fn contains(&self, ip: Ipv4Addr) -> bool {
         u32::from(ip) & mask4(self.len) == self.addr
     }
+
+    /// The netmask: the prefix length's leading one bits.
+    pub fn mask(&self) -> Ipv4Addr {
+        Ipv4Addr::from(mask4(self.len))
+    }
 }
 
 impl fmt::Display for Ipv4Prefix {
@@ -170,6 +175,11 @@ impl Ipv6Prefix {
 
     pub fn contains(&self, ip: Ipv6Addr) -> bool {
         u128::from(ip) & mask6(self.len) == self.addr
+    }
+
+    /// The netmask: the prefix length's leading one bits.
+    pub fn mask(&self) -> Ipv6Addr {
+        Ipv6Addr::from(mask6(self.len))
     }
 }
 

@@ -7,7 +7,7 @@
 
 use std::{
     collections::HashMap,
-    net::Ipv4Addr,
+    net::{Ipv4Addr, Ipv6Addr},
     sync::{Arc, Mutex},
 };
 
@@ -16,11 +16,12 @@ use encap::{
     ethernet::EthernetAddress,
     ipip::IpipEncap,
     vxlan::{VxlanEncap, VxlanProfile},
+    vxlan6::VxlanEncap6,
 };
 
 use policy_engine::{compiler::PolicyTables, fxhash::FxBuildHasher};
 
-use crate::route::{Ipv4Prefix, RouteTable};
+use crate::route::{Ipv4Prefix, Route6Table, RouteTable};
 
 /// An interface socket the forwarder serves, as the tables name it. Ids below
 /// [`MAX_UPLINK_QUEUES`] are the uplink's sockets (id = queue); pod ports follow. In a
@@ -45,6 +46,10 @@ pub const MAX_PORTS: usize = 1024;
 /// The address pods use as their default gateway (they ARP for it; the forwarder answers).
 pub const GATEWAY_IP: Ipv4Addr = Ipv4Addr::new(169, 254, 1, 1);
 
+/// The IPv6 default gateway of dual-stack pods, a link-local address as the ecosystem uses
+/// (they solicit it by Neighbor Discovery; the forwarder advertises [`NodeConfig::gateway_mac`]).
+pub const GATEWAY_IP6: Ipv6Addr = Ipv6Addr::new(0xfe80, 0, 0, 0, 0, 0, 0, 1);
+
 /// How traffic to one other node is carried (the control plane decides per node, from
 /// the IP pool of its pods and whether it shares this node's underlay subnet).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -59,6 +64,15 @@ pub enum Tunnel {
 }
 
 impl Tunnel {
+    /// Its name in the agent's reports: `vxlan`, `ipip`, `direct`.
+    pub const fn name(self) -> &'static str {
+        match self {
+            Tunnel::Vxlan => "vxlan",
+            Tunnel::Ipip => "ipip",
+            Tunnel::None => "direct",
+        }
+    }
+
     /// Bytes the tunnel adds to a pod's IPv4 packet on the wire.
     pub const fn overhead(self) -> usize {
         match self {
@@ -73,6 +87,9 @@ impl Tunnel {
 #[derive(Debug, Clone)]
 pub struct NodeConfig {
     pub node_ip: Ipv4Addr,
+    /// The node's IPv6 underlay address, when it has one: IPv6 pod traffic to a node that
+    /// has one too goes inside VXLAN over IPv6 ([`Underlay6`]).
+    pub node_ip6: Option<Ipv6Addr>,
     pub uplink_mac: EthernetAddress,
     /// Inner source MAC of encapsulated frames and inner destination MAC accepted on decap.
     pub vtep_mac: EthernetAddress,
@@ -88,6 +105,8 @@ pub struct NodeConfig {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Endpoint {
     pub ip: Ipv4Addr,
+    /// The pod's IPv6 address, when it is dual-stack.
+    pub ip6: Option<Ipv6Addr>,
     pub mac: EthernetAddress,
     pub port: PortId,
     /// The worker that owns `port`.
@@ -108,6 +127,27 @@ pub struct RemoteNode {
     /// needs them.
     pub vxlan: Option<VxlanEncap>,
     pub ipip: Option<IpipEncap>,
+    /// Its IPv6 underlay, when both it and this node have one and its pods are reached
+    /// through VXLAN or directly.
+    pub underlay6: Option<Underlay6>,
+}
+
+/// Another node's IPv6 underlay: IPv6 pod traffic to it goes inside VXLAN over IPv6, as
+/// Calico's `vxlan-v6.calico` and Flannel's `flannel-v6.1` carry it, or directly to its
+/// IPv6 address (host-gw, BGP mode) (IPv4 pod traffic stays on the IPv4 underlay).
+#[derive(Debug, Clone)]
+pub struct Underlay6 {
+    pub ip: Ipv6Addr,
+    /// How IPv6 pod traffic to it is carried over this underlay: VXLAN or directly (its
+    /// IPv6 pool's vxlanMode, or as its IPv4 pods are).
+    pub tunnel: Tunnel,
+    /// Inner destination MAC of its IPv6 VXLAN (Calico: `vxlanTunnelMACAddrV6`).
+    pub vtep_mac: EthernetAddress,
+    /// MAC of the IPv6 underlay next hop, from the neighbour table; `None` while unresolved.
+    pub next_hop_mac: Option<EthernetAddress>,
+    /// Precomputed outer headers, present when the next hop is resolved and the node is
+    /// reached through VXLAN.
+    pub vxlan: Option<VxlanEncap6>,
 }
 
 impl RemoteNode {
@@ -129,7 +169,20 @@ impl RemoteNode {
             (Tunnel::Ipip, Some(mac)) => Some(IpipEncap::new(local.uplink_mac, mac, local.node_ip, underlay_ip)),
             _ => None,
         };
-        RemoteNode { name, underlay_ip, vtep_mac, next_hop_mac, tunnel, vxlan, ipip }
+        RemoteNode { name, underlay_ip, vtep_mac, next_hop_mac, tunnel, vxlan, ipip, underlay6: None }
+    }
+
+    /// This node with the IPv6 underlay address `ip` (VXLAN inner destination `vtep_mac`,
+    /// next hop `next_hop_mac`), its IPv6 pods reached through `tunnel`: kept only when
+    /// `local` has an IPv6 underlay address too and `tunnel` is VXLAN or direct (IP-in-IP
+    /// carries no IPv6).
+    pub fn with_underlay6(mut self, local: &NodeConfig, ip: Ipv6Addr, vtep_mac: EthernetAddress, next_hop_mac: Option<EthernetAddress>, tunnel: Tunnel) -> Self {
+        let Some(local_ip) = local.node_ip6.filter(|_| tunnel != Tunnel::Ipip) else {
+            return self;
+        };
+        let vxlan = next_hop_mac.filter(|_| tunnel == Tunnel::Vxlan).map(|mac| VxlanEncap6::new(local.uplink_mac, mac, local_ip, ip, local.vxlan));
+        self.underlay6 = Some(Underlay6 { ip, tunnel, vtep_mac, next_hop_mac, vxlan });
+        self
     }
 }
 
@@ -152,11 +205,16 @@ pub struct Snapshot {
     pub version: u64,
     pub node: NodeConfig,
     pub routes: RouteTable<RouteTarget>,
+    /// The IPv6 pod subnets (dual stack): the same targets as [`Snapshot::routes`].
+    pub routes6: Route6Table<RouteTarget>,
     pub endpoints: HashMap<Ipv4Addr, Endpoint, FxBuildHasher>,
+    pub endpoints6: HashMap<Ipv6Addr, Endpoint, FxBuildHasher>,
     /// The endpoint behind each port, for anti-spoofing; indexed by [`PortId`].
     pub ports: Vec<Option<Endpoint>>,
     pub nodes: Vec<RemoteNode>,
     pub nodes_by_ip: HashMap<Ipv4Addr, u32, FxBuildHasher>,
+    /// The nodes with an IPv6 underlay ([`RemoteNode::underlay6`]), by that address.
+    pub nodes_by_ip6: HashMap<Ipv6Addr, u32, FxBuildHasher>,
     /// Compiled network policy: every endpoint of the cluster with its address sets and,
     /// for the pipeline's new connections, its rule sets.
     pub policy: Arc<PolicyTables>,
@@ -192,10 +250,13 @@ impl Snapshot {
             version,
             node,
             routes: RouteTable::default(),
+            routes6: Route6Table::default(),
             endpoints: HashMap::default(),
+            endpoints6: HashMap::default(),
             ports: vec![None; MAX_PORTS],
             nodes: Vec::new(),
             nodes_by_ip: HashMap::default(),
+            nodes_by_ip6: HashMap::default(),
             policy: Arc::default(),
             outside: Outside::default(),
         }
@@ -204,6 +265,9 @@ impl Snapshot {
     /// Adds a local pod.
     pub fn add_endpoint(&mut self, ep: Endpoint) {
         self.endpoints.insert(ep.ip, ep);
+        if let Some(ip6) = ep.ip6 {
+            self.endpoints6.insert(ip6, ep);
+        }
         if let Some(slot) = self.ports.get_mut(ep.port as usize) {
             *slot = Some(ep);
         }
@@ -213,6 +277,9 @@ impl Snapshot {
     pub fn add_node(&mut self, node: RemoteNode) -> u32 {
         let idx = self.nodes.len() as u32;
         self.nodes_by_ip.insert(node.underlay_ip, idx);
+        if let Some(u) = &node.underlay6 {
+            self.nodes_by_ip6.insert(u.ip, idx);
+        }
         self.nodes.push(node);
         idx
     }

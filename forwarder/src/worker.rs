@@ -8,9 +8,18 @@
 //! workers of a node share one UMEM). No locks, no allocation, no system calls on this path
 //! except the TX wakeups copy-mode AF_XDP needs and, when idle, poll(2).
 //!
+//! A frame larger than a UMEM chunk (jumbo frames on multi-buffer sockets) arrives as a
+//! chain of descriptors, XDP_PKT_CONTD on all but the last, possibly split across two RX
+//! batches. The worker copies the chain into one buffer, runs the same pipeline on it and
+//! copies the result out into as many chunks as it needs (the chain's own, one more from
+//! the free list when encapsulation outgrows them), which go to a TX ring or a hand-off
+//! together. Frames that fill their chunk take the same way, so encapsulation always has
+//! room; the rest are processed in place.
+//!
 //! Frames are accounted for exactly: every UMEM frame is in the node's free pool, a
-//! worker's free list, a port's fill/RX/TX/completion ring (recorded in `owner`), or in
-//! flight inside one turn. Removing a port returns all frames its rings held.
+//! worker's free list, a port's fill/RX/TX/completion ring (recorded in `owner`), a port's
+//! partly received chain, or in flight inside one turn. Removing a port returns all frames
+//! its rings and its partial chain held.
 
 use std::{
     sync::{
@@ -25,6 +34,7 @@ use xsk_rs::{FrameDesc, Umem};
 
 use crate::{
     counters::{DropReason, WorkerCounters, bump},
+    dataplane::{MAX_CHAIN, MAX_CHAIN_FRAME, MAX_FRAME},
     pipeline::{self, Kind, Verdict},
     policy::FlowTables,
     port::Port,
@@ -56,6 +66,46 @@ const MIN_POD_FILL: usize = 64;
 /// Empty turns before an adaptive worker sleeps.
 const SPIN_TURNS: u32 = 256;
 
+/// Descriptor option: more of this frame follows (if_xdp.h).
+const XDP_PKT_CONTD: u32 = 1;
+
+/// A frame shorter than this leaves its chunk room for tunnel headers and an ICMP error's
+/// quote, and is processed in place; a longer one is copied out like a chain.
+const IN_PLACE_MAX: usize = MAX_FRAME - 256;
+
+/// The descriptors of one frame that spans several UMEM chunks, with its egress port: what
+/// a hand-off of such a frame carries.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Chain {
+    descs: [FrameDesc; MAX_CHAIN],
+    n: u8,
+    port: PortId,
+}
+
+impl Chain {
+    fn descs(&self) -> &[FrameDesc] {
+        &self.descs[..usize::from(self.n)]
+    }
+}
+
+/// Whether `desc` is a frame's last (or only) descriptor.
+fn ends_frame(desc: &FrameDesc) -> bool {
+    desc.options() & XDP_PKT_CONTD == 0
+}
+
+/// The packets among `descs`: the descriptors that end a frame.
+fn packets(descs: &[FrameDesc]) -> usize {
+    descs.iter().filter(|d| ends_frame(d)).count()
+}
+
+/// A worker's shared state and counters, held once for the thread's life apart from the
+/// worker, so that a batch's view of the flow tables can borrow them while the per-frame
+/// steps take `&mut self` (no reference-count traffic on the node's shared block per batch).
+struct Held {
+    shared: Arc<Shared>,
+    counters: Arc<WorkerCounters>,
+}
+
 /// State shared by the workers of a node and the control thread.
 #[derive(Debug)]
 pub struct Shared {
@@ -67,6 +117,8 @@ pub struct Shared {
     pub pool: ArrayQueue<FrameDesc>,
     /// Inbound hand-off ring of each worker: (frame, egress port).
     pub handoff: Vec<ArrayQueue<(FrameDesc, PortId)>>,
+    /// The same for frames that span several chunks.
+    pub handoff_chains: Vec<ArrayQueue<Chain>>,
     pub counters: Vec<Arc<WorkerCounters>>,
     pub stop: AtomicBool,
     /// The descriptor of every frame as the UMEM was created, by frame index.
@@ -115,6 +167,10 @@ pub struct Worker {
     free: Vec<FrameDesc>,
     owner: Vec<PortId>,
     batch: Vec<FrameDesc>,
+    /// Each port's chain received so far (its last descriptor not yet seen).
+    rx_chain: Vec<Vec<FrameDesc>>,
+    /// A chain's frame, copied into one piece for the pipeline.
+    scratch: Box<[u8]>,
     pollfds: Vec<libc::pollfd>,
     /// Frames each port's fill ring is kept at (see [`Worker::initial_fill`]).
     fill_target: Vec<usize>,
@@ -146,6 +202,8 @@ impl Worker {
             free: Vec::with_capacity(frames),
             owner: vec![NO_OWNER; frames],
             batch: vec![FrameDesc::default(); cfg.batch.max(1)],
+            rx_chain: (0..MAX_PORTS).map(|_| Vec::new()).collect(),
+            scratch: vec![0; MAX_CHAIN_FRAME].into_boxed_slice(),
             pollfds: Vec::new(),
             fill_target: vec![0; MAX_PORTS],
             fill_targets_sum: 0,
@@ -159,6 +217,7 @@ impl Worker {
 
     /// Runs until the dataplane stops.
     pub fn run(mut self) {
+        let held = Held { shared: Arc::clone(&self.shared), counters: Arc::clone(&self.counters) };
         let mut turn: u64 = 0;
         let mut empty_turns: u32 = 0;
         while !self.shared.stop.load(Ordering::Relaxed) {
@@ -169,7 +228,7 @@ impl Worker {
                 }
             }
             turn += 1;
-            let work = self.turn();
+            let work = self.turn(&held);
             if work > 0 {
                 empty_turns = 0;
                 continue;
@@ -197,6 +256,8 @@ impl Worker {
                     }
                     self.ports[id as usize] = Some(*port);
                     self.tx_pending[id as usize].reserve(self.cfg.batch * 4);
+                    // The kernel's limit of fragments per frame, so a chain never allocates.
+                    self.rx_chain[id as usize].reserve(32);
                     self.active.push(id);
                     if is_uplink(id) && self.uplink_tx.is_none_or(|t| id < t) {
                         self.uplink_tx = Some(id);
@@ -260,7 +321,7 @@ impl Worker {
             }
         }
         self.filled[id as usize] = 0;
-        for desc in self.tx_pending[id as usize].drain(..) {
+        for desc in self.tx_pending[id as usize].drain(..).chain(self.rx_chain[id as usize].drain(..)) {
             self.free.push(desc);
         }
     }
@@ -286,7 +347,7 @@ impl Worker {
     }
 
     /// One pass over everything; returns the number of frames moved.
-    fn turn(&mut self) -> usize {
+    fn turn(&mut self, held: &Held) -> usize {
         let tables = &self.shared.tables;
         let snap = tables.load();
         if self.counters.snapshot_version.load(Ordering::Relaxed) != snap.version {
@@ -296,23 +357,22 @@ impl Worker {
         let mut work = 0;
 
         // Frames other workers routed to our ports.
-        let inbound = &self.shared.handoff[self.index as usize];
         for _ in 0..self.cfg.batch {
-            let Some((desc, port)) = inbound.pop() else { break };
+            let Some((desc, port)) = self.shared.handoff[self.index as usize].pop() else { break };
             work += 1;
-            if self.ports[port as usize].is_some() {
-                self.tx_pending[port as usize].push(desc);
-            } else {
-                self.counters.count_drop(DropReason::NoSuchPort);
-                self.free.push(desc);
-            }
+            self.queue_tx(port, &[desc]);
+        }
+        for _ in 0..self.cfg.batch {
+            let Some(chain) = self.shared.handoff_chains[self.index as usize].pop() else { break };
+            work += 1;
+            self.queue_tx(chain.port, chain.descs());
         }
 
         for i in 0..self.active.len() {
             let id = self.active[i];
             self.reclaim_completions(id);
             self.refill(id);
-            work += self.receive(id, &snap, now_ms);
+            work += self.receive(id, &snap, held, now_ms);
         }
         self.flush_tx();
         self.balance_free_list();
@@ -382,59 +442,60 @@ impl Worker {
         }
     }
 
-    fn receive(&mut self, id: PortId, snap: &crate::snapshot::Snapshot, now_ms: u64) -> usize {
+    fn receive(&mut self, id: PortId, snap: &crate::snapshot::Snapshot, held: &Held, now_ms: u64) -> usize {
         let Some(port) = self.ports[id as usize].as_mut() else { return 0 };
-        let fs = self.shared.flows.state(self.index as usize, &self.counters, now_ms);
         // SAFETY: the RX ring returns frames of this UMEM that the kernel has filled.
         let n = unsafe { port.rx.consume(&mut self.batch) };
         if n == 0 {
             return 0;
         }
+        let fs = held.shared.flows.state(self.index as usize, &held.counters, now_ms);
         self.filled[id as usize] = self.filled[id as usize].saturating_sub(n);
         bump(&self.counters.rx_batches, 1);
-        bump(&self.counters.rx_packets, n as u64);
+        bump(&self.counters.rx_packets, packets(&self.batch[..n]) as u64);
         let mut rx_bytes = 0u64;
         // The pipeline's two prefetch stages run ahead of it over the batch (the I/O
         // ceiling reads neither table).
         let full = self.cfg.mode == pipeline::Mode::Full;
         let (first, second) = (pipeline::PREFETCH_FIRST, pipeline::PREFETCH_SECOND);
-        let prefetch = |batch: &[FrameDesc], j: usize, stage: Stage| {
-            if !full {
+        let prefetch = |w: &Self, j: usize, stage: Stage| {
+            if !full || j >= n {
                 return;
             }
-            if let Some(desc) = batch.get(j) {
-                // SAFETY: the frame is on no ring (just consumed) and only read here.
-                let data = unsafe { self.shared.umem.data(desc) };
-                pipeline::prefetch(snap, &fs, data.contents(), stage);
-            }
+            // SAFETY: the frame is on no ring (just consumed) and only read here.
+            let data = unsafe { w.shared.umem.data(&w.batch[j]) };
+            pipeline::prefetch(snap, &fs, data.contents(), stage);
         };
         for j in 0..first {
-            prefetch(&self.batch[..n], j, Stage::First);
+            prefetch(self, j, Stage::First);
         }
         for j in 0..second {
-            prefetch(&self.batch[..n], j, Stage::Second);
+            prefetch(self, j, Stage::Second);
         }
         for i in 0..n {
-            prefetch(&self.batch[..n], i + first, Stage::First);
-            prefetch(&self.batch[..n], i + second, Stage::Second);
+            prefetch(self, i + first, Stage::First);
+            prefetch(self, i + second, Stage::Second);
             let mut desc = self.batch[i];
             self.owner[frame_index(&self.shared, &desc)] = NO_OWNER;
             let len = desc.lengths().data();
             rx_bytes += len as u64;
+            let chain = &mut self.rx_chain[id as usize];
+            if !ends_frame(&desc) || !chain.is_empty() || len > IN_PLACE_MAX {
+                chain.push(desc);
+                if ends_frame(&desc) {
+                    self.receive_chain(id, snap, &fs);
+                }
+                continue;
+            }
             let verdict = {
                 // SAFETY: the frame was just taken off the RX ring: nothing else reads or
                 // writes it until we put it on a ring again.
                 let mut data = unsafe { self.shared.umem.data_mut(&mut desc) };
                 data.cursor().set_pos(usize::MAX); // the whole buffer, for encapsulation
-                let v = match self.cfg.mode {
-                    pipeline::Mode::Full => pipeline::process(snap, &fs, self.index, id, data.contents_mut(), len),
-                    pipeline::Mode::Ceiling => pipeline::ceiling(snap, &fs, self.index, id, data.contents_mut(), len),
-                };
-                let out_len = match v {
-                    Verdict::Forward { len, .. } => len,
-                    Verdict::Drop(_) => len,
-                };
-                data.cursor().set_pos(out_len);
+                let v = self.cfg.mode.run(snap, &fs, self.index, id, data.contents_mut(), len);
+                if let Verdict::Forward { len, .. } = v {
+                    data.cursor().set_pos(len);
+                }
                 v
             };
             match verdict {
@@ -443,36 +504,128 @@ impl Worker {
                     self.free.push(desc);
                 }
                 Verdict::Forward { port, worker, kind, .. } => {
-                    match kind {
-                        Kind::Encapsulated => bump(&self.counters.encapsulated, 1),
-                        Kind::Decapsulated => bump(&self.counters.decapsulated, 1),
-                        Kind::ArpReply => bump(&self.counters.arp_replies, 1),
-                        Kind::IcmpError => bump(&self.counters.icmp_errors_sent, 1),
-                        Kind::Routed => {}
-                    }
-                    // The uplink is reached through this worker's own uplink socket.
-                    let port = if port == UPLINK { self.uplink_tx.unwrap_or(NO_OWNER) } else { port };
-                    if is_uplink(port) || port == NO_OWNER || worker == self.index {
-                        if self.ports.get(port as usize).is_some_and(Option::is_some) {
-                            self.tx_pending[port as usize].push(desc);
-                        } else {
-                            self.counters.count_drop(DropReason::NoSuchPort);
-                            self.free.push(desc);
-                        }
-                    } else {
-                        match self.shared.handoff.get(worker as usize).map(|q| q.push((desc, port))) {
-                            Some(Ok(())) => {}
-                            _ => {
-                                self.counters.count_drop(DropReason::HandoffFull);
-                                self.free.push(desc);
-                            }
-                        }
-                    }
+                    self.count_kind(kind);
+                    self.dispatch(port, worker, &[desc]);
                 }
             }
         }
         bump(&self.counters.rx_bytes, rx_bytes);
         n
+    }
+
+    /// The frame in port `id`'s completed chain: copied into the scratch buffer, through the
+    /// pipeline, and copied out into the chunks it needs.
+    fn receive_chain(&mut self, id: PortId, snap: &crate::snapshot::Snapshot, fs: &crate::policy::FlowState) {
+        let mut chain = std::mem::take(&mut self.rx_chain[id as usize]);
+        let verdict = match self.gather(&chain) {
+            Some(len) => self.cfg.mode.run(snap, fs, self.index, id, &mut self.scratch, len),
+            None => Verdict::Drop(DropReason::TooLong),
+        };
+        match verdict {
+            Verdict::Drop(reason) => self.counters.count_drop(reason),
+            Verdict::Forward { port, worker, len, kind } => match self.scatter(&mut chain, len) {
+                Some(out) => {
+                    self.count_kind(kind);
+                    self.dispatch(port, worker, out.descs());
+                }
+                None => self.counters.count_drop(DropReason::NoFreeFrame),
+            },
+        }
+        // Whatever the frame no longer uses is free again.
+        self.free.append(&mut chain);
+        self.rx_chain[id as usize] = chain;
+    }
+
+    /// Copies the frames of `chain` one after the other into the scratch buffer; returns
+    /// the frame's length, or `None` when it spans more than [`MAX_CHAIN`] chunks.
+    fn gather(&mut self, chain: &[FrameDesc]) -> Option<usize> {
+        if chain.len() > MAX_CHAIN {
+            return None;
+        }
+        let mut at = 0;
+        for desc in chain {
+            // SAFETY: the chain's frames were taken off the RX ring and are on no ring.
+            let data = unsafe { self.shared.umem.data(desc) };
+            let part = data.contents();
+            self.scratch.get_mut(at..at + part.len())?.copy_from_slice(part);
+            at += part.len();
+        }
+        Some(at)
+    }
+
+    /// Copies `scratch[..len]` out into chunks: the chain's own first, then frames from the
+    /// free list. Takes the chunks it used out of `chain` and returns them as a chain (all
+    /// but the last marked to continue); `None` (every frame left in `chain`) when no free
+    /// frame was left.
+    fn scatter(&mut self, chain: &mut Vec<FrameDesc>, len: usize) -> Option<Chain> {
+        let need = len.div_ceil(MAX_FRAME).max(1);
+        if need > MAX_CHAIN {
+            return None;
+        }
+        while chain.len() < need {
+            if self.free.is_empty() {
+                self.take_from_pool(self.cfg.batch);
+            }
+            chain.push(self.free.pop()?);
+        }
+        for (k, desc) in chain[..need].iter_mut().enumerate() {
+            let part = &self.scratch[(k * MAX_FRAME).min(len)..((k + 1) * MAX_FRAME).min(len)];
+            // SAFETY: the frame is this worker's alone (off the RX ring or the free list).
+            let mut data = unsafe { self.shared.umem.data_mut(desc) };
+            data.cursor().set_pos(usize::MAX);
+            // Every chunk holds MAX_FRAME bytes; were one shorter, the chain stays whole and
+            // is freed by the caller.
+            data.contents_mut().get_mut(..part.len())?.copy_from_slice(part);
+            data.cursor().set_pos(part.len());
+            desc.set_options(if k + 1 < need { XDP_PKT_CONTD } else { 0 });
+        }
+        let mut out = Chain { n: need as u8, ..Chain::default() };
+        out.descs[..need].copy_from_slice(&chain[..need]);
+        chain.drain(..need);
+        Some(out)
+    }
+
+    fn count_kind(&self, kind: Kind) {
+        match kind {
+            Kind::Encapsulated => bump(&self.counters.encapsulated, 1),
+            Kind::Decapsulated => bump(&self.counters.decapsulated, 1),
+            Kind::ArpReply => bump(&self.counters.arp_replies, 1),
+            Kind::NdpReply => bump(&self.counters.ndp_replies, 1),
+            Kind::IcmpError => bump(&self.counters.icmp_errors_sent, 1),
+            Kind::Routed => {}
+        }
+    }
+
+    /// Sends the frame `descs` (one chunk, or a chain) to `port` served by `worker`: onto
+    /// this worker's TX queue for it, or handed over.
+    fn dispatch(&mut self, port: PortId, worker: u16, descs: &[FrameDesc]) {
+        // The uplink is reached through this worker's own uplink socket.
+        let port = if port == UPLINK { self.uplink_tx.unwrap_or(NO_OWNER) } else { port };
+        if is_uplink(port) || port == NO_OWNER || worker == self.index {
+            return self.queue_tx(port, descs);
+        }
+        let handed = match descs {
+            [desc] => self.shared.handoff.get(worker as usize).is_some_and(|q| q.push((*desc, port)).is_ok()),
+            _ => {
+                let mut chain = Chain { n: descs.len() as u8, port, ..Chain::default() };
+                chain.descs[..descs.len()].copy_from_slice(descs);
+                self.shared.handoff_chains.get(worker as usize).is_some_and(|q| q.push(chain).is_ok())
+            }
+        };
+        if !handed {
+            self.counters.count_drop(DropReason::HandoffFull);
+            self.free.extend_from_slice(descs);
+        }
+    }
+
+    /// Queues the frame `descs` for TX on one of this worker's ports.
+    fn queue_tx(&mut self, port: PortId, descs: &[FrameDesc]) {
+        if self.ports.get(port as usize).is_some_and(Option::is_some) {
+            self.tx_pending[port as usize].extend_from_slice(descs);
+        } else {
+            self.counters.count_drop(DropReason::NoSuchPort);
+            self.free.extend_from_slice(descs);
+        }
     }
 
     fn flush_tx(&mut self) {
@@ -485,19 +638,20 @@ impl Worker {
             let pending = &mut self.tx_pending[id];
             // SAFETY: every pending frame is ours alone (taken off an RX ring or a hand-off
             // ring and not put anywhere else).
+            // produce takes all of them or none, so a chain is never split.
             let sent = unsafe { port.tx.produce(pending) };
-            let mut bytes = 0u64;
+            let (mut bytes, mut frames) = (0u64, 0u64);
             for desc in &pending[..sent] {
                 self.owner[frame_index(&self.shared, desc)] = id as PortId;
                 bytes += desc.lengths().data() as u64;
+                frames += u64::from(ends_frame(desc));
             }
-            for desc in pending.drain(sent..) {
+            for _ in 0..packets(&pending[sent..]) {
                 self.counters.count_drop(DropReason::TxRingFull);
-                self.free.push(desc);
             }
-            pending.clear();
+            self.free.extend(pending.drain(sent..));
             if sent > 0 {
-                bump(&self.counters.tx_packets, sent as u64);
+                bump(&self.counters.tx_packets, frames);
                 bump(&self.counters.tx_bytes, bytes);
                 // In copy mode each wakeup transmits at most 32 frames (TX_BATCH_SIZE of the
                 // kernel's xsk_generic_xmit): kick once per 32 so the ring drains.
@@ -507,6 +661,7 @@ impl Worker {
                     }
                 }
             }
+            pending.clear();
         }
     }
 

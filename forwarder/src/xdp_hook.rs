@@ -9,12 +9,15 @@
 use std::{
     ffi::{CStr, CString},
     io,
-    net::Ipv4Addr,
+    net::{Ipv4Addr, Ipv6Addr},
     os::fd::RawFd,
     ptr::NonNull,
 };
 
-use crate::Error;
+use crate::{
+    Error,
+    route::{Ipv4Prefix, Ipv6Prefix},
+};
 
 static OBJECT: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/twill_xdp.o"));
 
@@ -26,12 +29,17 @@ pub enum HookMode {
     /// The node's uplink: IPv4 to `node_ip` that is VXLAN (UDP to `vxlan_port`) or IP-in-IP,
     /// IPv4 to `pod_cidr` (direct routing), and with `nat` the replies to NAT'd connections
     /// (TCP / UDP to `node_ip` at a port of [`crate::nat::PORTS`], ICMP echo replies with
-    /// such an identifier). Everything else goes to the kernel.
+    /// such an identifier); with `node_ip6`, IPv6 to it that is VXLAN (an IPv6 underlay),
+    /// and IPv6 to `pod_cidr6` (direct routing over it).
+    /// Everything else goes to the kernel.
     Uplink {
         node_ip: Ipv4Addr,
+        node_ip6: Option<Ipv6Addr>,
         vxlan_port: Option<u16>,
         ipip: bool,
-        pod_cidr: Option<(Ipv4Addr, u8)>,
+        pod_cidr: Option<Ipv4Prefix>,
+        /// The IPv6 pod subnet, for direct routing over the IPv6 underlay.
+        pod_cidr6: Option<Ipv6Prefix>,
         nat: bool,
     },
 }
@@ -66,20 +74,27 @@ struct HookConfig {
     redirect_ipip: u16,
     nat_lo: u16,
     nat_hi: u16,
+    /// The node's IPv6 underlay address, its bytes in order; all zero: none.
+    node_ip6: [u32; 4],
+    pod_net6: [u32; 4],
+    /// All zero: no IPv6 direct routing.
+    pod_mask6: [u32; 4],
+}
+
+/// An IPv6 address as the program's four words (its bytes in order).
+fn words6(a: Ipv6Addr) -> [u32; 4] {
+    let o = a.octets();
+    std::array::from_fn(|i| u32::from_ne_bytes([o[4 * i], o[4 * i + 1], o[4 * i + 2], o[4 * i + 3]]))
 }
 
 impl HookConfig {
     fn new(mode: HookMode) -> Self {
         match mode {
             HookMode::Pod => HookConfig::default(),
-            HookMode::Uplink { node_ip, vxlan_port, ipip, pod_cidr, nat } => {
-                let (pod_net, pod_mask) = match pod_cidr {
-                    Some((net, len)) => {
-                        let mask = if len == 0 { 0 } else { u32::MAX << (32 - u32::from(len.min(32))) };
-                        ((u32::from(net) & mask).to_be(), mask.to_be())
-                    }
-                    None => (0, 0),
-                };
+            HookMode::Uplink { node_ip, node_ip6, vxlan_port, ipip, pod_cidr, pod_cidr6, nat } => {
+                // No prefix: all zero, which the program reads as off.
+                let (pod_net, pod_mask) = pod_cidr.map_or((0, 0), |p| (u32::from(p.addr()).to_be(), u32::from(p.mask()).to_be()));
+                let (pod_net6, pod_mask6) = pod_cidr6.map_or(([0; 4], [0; 4]), |p| (words6(p.addr()), words6(p.mask())));
                 HookConfig {
                     mode: 1,
                     node_ip: u32::from(node_ip).to_be(),
@@ -89,6 +104,9 @@ impl HookConfig {
                     redirect_ipip: u16::from(ipip),
                     nat_lo: if nat { *crate::nat::PORTS.start() } else { 0 },
                     nat_hi: if nat { *crate::nat::PORTS.end() } else { 0 },
+                    node_ip6: words6(node_ip6.unwrap_or(Ipv6Addr::UNSPECIFIED)),
+                    pod_net6,
+                    pod_mask6,
                 }
             }
         }
@@ -157,7 +175,7 @@ impl XdpHook {
         let ret = unsafe { libbpf_sys::bpf_xdp_attach(ifindex as i32, prog_fd, attach.flags(), std::ptr::null()) };
         if ret != 0 {
             return Err(os_err(
-                "attach the XDP program (veth refuses native XDP when its peer's MTU is above about 3,500 bytes: use --xdp-mode generic or a smaller MTU; the agent's log has the kernel's own message)",
+                "attach the XDP program (a driver without native XDP, or without multi-buffer XDP at this MTU, needs --xdp-mode generic; the agent's log has the kernel's own message)",
                 ifname,
                 ret,
             ));
@@ -226,9 +244,11 @@ mod tests {
     fn uplink_config_is_in_network_order() {
         let cfg = HookConfig::new(HookMode::Uplink {
             node_ip: Ipv4Addr::new(10, 100, 0, 11),
+            node_ip6: Some("fd00:100::11".parse().unwrap()),
             vxlan_port: Some(8472),
             ipip: false,
-            pod_cidr: Some((Ipv4Addr::new(10, 244, 1, 7), 24)),
+            pod_cidr: Ipv4Prefix::new(Ipv4Addr::new(10, 244, 1, 7), 24),
+            pod_cidr6: Ipv6Prefix::new("fd00:10:244:1::7".parse().unwrap(), 64),
             nat: true,
         });
         assert_eq!(cfg.mode, 1);
@@ -238,6 +258,10 @@ mod tests {
         assert_eq!(cfg.vxlan_port.to_ne_bytes(), 8472u16.to_be_bytes());
         assert_eq!(cfg.redirect_ipip, 0);
         assert_eq!((cfg.nat_lo, cfg.nat_hi), (61000, 65535), "host order, as the program compares");
+        let ip6: Vec<u8> = cfg.node_ip6.iter().flat_map(|w| w.to_ne_bytes()).collect();
+        assert_eq!(ip6, "fd00:100::11".parse::<Ipv6Addr>().unwrap().octets());
+        assert_eq!((cfg.pod_net6, cfg.pod_mask6), (words6("fd00:10:244:1::".parse().unwrap()), words6("ffff:ffff:ffff:ffff::".parse().unwrap())));
+        assert_eq!(std::mem::size_of::<HookConfig>(), 72, "the C struct's size");
     }
 
     #[test]

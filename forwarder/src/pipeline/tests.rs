@@ -37,7 +37,7 @@ fn flows(ip: Ipv4Addr) -> &'static NodeFlows {
     FLOWS.with(|f| {
         *f.borrow_mut()
             .entry(ip)
-            .or_insert_with(|| Box::leak(Box::new(NodeFlows { tables: FlowTables::new(1024, 1), counters: WorkerCounters::default() })))
+            .or_insert_with(|| Box::leak(Box::new(NodeFlows { tables: FlowTables::new(1024, 1024, 1), counters: WorkerCounters::default() })))
     })
 }
 
@@ -66,7 +66,7 @@ const MAC_A2: EthernetAddress = EthernetAddress([0x0a, 0x58, 10, 244, 1, 3]);
 const MAC_B1: EthernetAddress = EthernetAddress([0x0a, 0x58, 10, 244, 2, 2]);
 
 fn node(ip: Ipv4Addr, mac: EthernetAddress, vtep: EthernetAddress) -> NodeConfig {
-    NodeConfig { node_ip: ip, uplink_mac: mac, vtep_mac: vtep, gateway_mac: GW, vxlan: VxlanProfile::FLANNEL, uplink_mtu: 1500 }
+    NodeConfig { node_ip: ip, node_ip6: None, uplink_mac: mac, vtep_mac: vtep, gateway_mac: GW, vxlan: VxlanProfile::FLANNEL, uplink_mtu: 1500 }
 }
 
 /// Node A (pods .1.2 on port P1, .1.3 on port P2) and node B (pod .2.2 on port P1), each
@@ -76,13 +76,13 @@ fn cluster(tunnel: Tunnel) -> (Snapshot, Snapshot) {
     let b = node(B_IP, B_MAC, B_VTEP);
     let mut sa = Snapshot::new(1, a.clone());
     sa.routes.insert("10.244.1.0/24".parse().unwrap(), RouteTarget::LocalPods);
-    sa.add_endpoint(Endpoint { ip: POD_A1, mac: MAC_A1, port: P1, worker: 0 });
-    sa.add_endpoint(Endpoint { ip: POD_A2, mac: MAC_A2, port: P2, worker: 0 });
+    sa.add_endpoint(Endpoint { ip: POD_A1, ip6: None, mac: MAC_A1, port: P1, worker: 0 });
+    sa.add_endpoint(Endpoint { ip: POD_A2, ip6: None, mac: MAC_A2, port: P2, worker: 0 });
     let ib = sa.add_node(RemoteNode::new(&a, "b".into(), B_IP, B_VTEP, Some(B_MAC), tunnel));
     sa.routes.insert("10.244.2.0/24".parse().unwrap(), RouteTarget::Node(ib));
     let mut sb = Snapshot::new(1, b.clone());
     sb.routes.insert("10.244.2.0/24".parse().unwrap(), RouteTarget::LocalPods);
-    sb.add_endpoint(Endpoint { ip: POD_B1, mac: MAC_B1, port: P1, worker: 0 });
+    sb.add_endpoint(Endpoint { ip: POD_B1, ip6: None, mac: MAC_B1, port: P1, worker: 0 });
     let ia = sb.add_node(RemoteNode::new(&b, "a".into(), A_IP, A_VTEP, Some(A_MAC), tunnel));
     sb.routes.insert("10.244.1.0/24".parse().unwrap(), RouteTarget::Node(ia));
     (sa, sb)
@@ -441,7 +441,7 @@ fn a_policy_change_cuts_the_connections_it_denies_and_no_others() {
         "apiVersion: projectcalico.org/v3\nkind: GlobalNetworkPolicy\nmetadata: {name: mute-a1}\nspec:\n  selector: app == 'a1'\n  types: [Egress]\n  egress: [{action: Deny}]\n",
     );
     let f = flows(A_IP);
-    let cut = crate::policy::rejudge(&f.tables.conntrack, &sa.policy, |ip| sa.endpoints.contains_key(&ip), f.tables.now_ms());
+    let cut = crate::policy::rejudge(&f.tables, &sa.policy, |ip| matches!(ip, std::net::IpAddr::V4(v4) if sa.endpoints.contains_key(&v4)), f.tables.now_ms());
     assert_eq!(cut, 1, "only a1's own connection");
     let (mut buf, len) = udp_ports_frame(MAC_A1, GW, (POD_A1, 1000), (POD_A2, 53), 64, b"q");
     assert_eq!(process(&sa, 0, P1, &mut buf, len), Verdict::Drop(DropReason::PolicyDeniedEgress));
@@ -506,7 +506,7 @@ fn icmp_errors_about_tracked_connections_pass_as_related() {
 #[test]
 fn a_full_connection_table_refuses_new_connections_and_counts_them() {
     let (sa, _) = vxlan_cluster();
-    let tables = FlowTables::new(8, 1);
+    let tables = FlowTables::new(8, 8, 1);
     let counters = WorkerCounters::default();
     let fs = tables.state(0, &counters, 1);
     let mut refused = 0;
@@ -532,7 +532,7 @@ fn log_rules_count_and_queue_an_event_for_the_control_thread() {
     assert!(matches!(process(&sa, 0, P1, &mut buf, len), Verdict::Forward { port: P2, .. }));
     assert_eq!(counter(A_IP, |c| &c.policy_logged), 1);
     let event = flows(A_IP).tables.logs[0].pop().expect("a log event");
-    assert_eq!((event.direction, event.tuple.src, event.tuple.dst), (Direction::Ingress, POD_A1, POD_A2));
+    assert_eq!((event.direction, event.tuple.src, event.tuple.dst), (Direction::Ingress, POD_A1.into(), POD_A2.into()));
     assert_eq!(event.rules.rule_ref(event.entry).policy, "audit");
 }
 
@@ -704,3 +704,5 @@ fn the_ceiling_routes_by_destination_and_rewrites_only_the_macs() {
         .emit(&mut ArpPacket::new_unchecked(&mut arp[14..42]));
     assert_eq!(ceiling(&sa, P1, &mut arp, 42), Verdict::Forward { port: P1, worker: 0, len: 42, kind: Kind::ArpReply });
 }
+
+mod ipv6;
