@@ -84,6 +84,18 @@ pub struct Allocation {
     pub gateway: Ipv4Addr,
     pub mtu: u32,
     pub gateway_mac: String,
+    /// The pod's IPv6 address and gateway, when the node is dual-stack.
+    #[serde(default)]
+    pub ip6: Option<std::net::Ipv6Addr>,
+    #[serde(default)]
+    pub gateway6: Option<std::net::Ipv6Addr>,
+}
+
+impl Allocation {
+    /// The IPv6 address and gateway of a dual-stack pod.
+    pub fn dual_stack(&self) -> Option<(std::net::Ipv6Addr, std::net::Ipv6Addr)> {
+        Some((self.ip6?, self.gateway6?))
+    }
 }
 
 #[derive(Debug, Deserialize)]

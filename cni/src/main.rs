@@ -6,8 +6,9 @@
 //!
 //! - ADD: `allocate` → veth pair over netlink (host side `tw` + 11 hex digits of
 //!   SHA-256(container id), pod side `CNI_IFNAME` created inside `CNI_NETNS`), MTU on
-//!   both, both up; in the pod: address /32, `GW/32 scope link`, `default via GW`, TX
-//!   checksum and segmentation offloads off → `attach` with the pod MAC → result.
+//!   both, both up; in the pod: address /32, `GW/32 scope link`, `default via GW` (and
+//!   for a dual-stack node the IPv6 address /128 without DAD and `default via fe80::1`),
+//!   TX checksum and segmentation offloads off → `attach` with the pod MAC → result.
 //!   Any failure after `allocate` deletes the veth and `release`s.
 //! - DEL: `release` → delete the host-side veth if present. Idempotent. When the agent
 //!   cannot be reached the veth is still deleted but DEL fails with code 11, so the
@@ -29,7 +30,7 @@ mod sys;
 
 use std::fs::File;
 use std::io::{IsTerminal, Read, Write};
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 use std::process::ExitCode;
@@ -213,7 +214,20 @@ fn wire(
         .attach(&att.container_id, host, &pod_link.mac)
         .map_err(agent_error)?;
 
-    let gateway = alloc.gateway.to_string();
+    let ip_config = |address: String, gateway: String| IpConfig {
+        version: None,
+        address,
+        gateway: Some(gateway),
+        interface: Some(1),
+        extra: Map::new(),
+    };
+    let route = |dst: &str, gateway: String| Route { dst: dst.into(), gw: Some(gateway), extra: Map::new() };
+    let mut ips = vec![ip_config(format!("{}/{}", alloc.ip, alloc.prefix_len), alloc.gateway.to_string())];
+    let mut routes = vec![route("0.0.0.0/0", alloc.gateway.to_string())];
+    if let Some((ip6, gw6)) = alloc.dual_stack() {
+        ips.push(ip_config(format!("{ip6}/128"), gw6.to_string()));
+        routes.push(route("::/0", gw6.to_string()));
+    }
     Ok(Success {
         cni_version: CniVersion::LATEST.to_string(),
         interfaces: vec![
@@ -230,18 +244,8 @@ fn wire(
                 extra: Map::new(),
             },
         ],
-        ips: vec![IpConfig {
-            version: None,
-            address: format!("{}/{}", alloc.ip, alloc.prefix_len),
-            gateway: Some(gateway.clone()),
-            interface: Some(1),
-            extra: Map::new(),
-        }],
-        routes: vec![Route {
-            dst: "0.0.0.0/0".into(),
-            gw: Some(gateway),
-            extra: Map::new(),
-        }],
+        ips,
+        routes,
         dns: Dns::default(),
         extra: Map::new(),
     })
@@ -258,12 +262,18 @@ fn configure_pod(ifname: &str, alloc: &Allocation) -> Result<netlink::Link, CniE
         )
     })?;
     rtnl.set_up(link.index, ifname).map_err(nl_error)?;
-    rtnl.add_address(link.index, alloc.ip, alloc.prefix_len)
+    rtnl.add_address(link.index, alloc.ip.into(), alloc.prefix_len)
         .map_err(nl_error)?;
-    rtnl.add_route(alloc.gateway, 32, None, link.index)
+    rtnl.add_route(alloc.gateway.into(), 32, None, link.index)
         .map_err(nl_error)?;
-    rtnl.add_route(Ipv4Addr::UNSPECIFIED, 0, Some(alloc.gateway), link.index)
+    rtnl.add_route(Ipv4Addr::UNSPECIFIED.into(), 0, Some(alloc.gateway.into()), link.index)
         .map_err(nl_error)?;
+    if let Some((ip6, gw6)) = alloc.dual_stack() {
+        // The gateway is link-local: on-link through fe80::/64, resolved by NDP.
+        rtnl.add_address(link.index, ip6.into(), 128).map_err(nl_error)?;
+        rtnl.add_route(Ipv6Addr::UNSPECIFIED.into(), 0, Some(gw6.into()), link.index)
+            .map_err(nl_error)?;
+    }
     ethtool::disable_offloads(ifname)
         .map_err(|e| CniError::new(ErrorCode::Io, "ethtool failed", e.to_string()))?;
     Ok(link)
@@ -344,25 +354,21 @@ fn cmd_check(conf: &NetConf, att: &Attachment) -> Result<(), CniError> {
             ))
         })?;
     let pod_expected = &prev.interfaces[pod_index];
-    // What this plugin created, per prevResult: the IPv4 addresses and gateways of the
-    // pod interface, and the routes via those gateways. Entries of other plugins
-    // (IPv6, other interfaces, other routes) are theirs to check.
+    // What this plugin created, per prevResult: the addresses and gateways of the pod
+    // interface, and the routes via those gateways. Entries of other plugins (other
+    // interfaces, other routes) are theirs to check.
     let mut addresses = Vec::new();
     let mut gateways = Vec::new();
     for ip in prev.ips.iter().filter(|ip| ip.interface == Some(pod_index)) {
-        if let Some(parsed) = parse_v4_cidr(&ip.address) {
+        if let Some(parsed) = parse_cidr(&ip.address) {
             addresses.push(parsed);
-            gateways.extend(
-                ip.gateway
-                    .as_deref()
-                    .and_then(|g| g.parse::<Ipv4Addr>().ok()),
-            );
+            gateways.extend(ip.gateway.as_deref().and_then(|g| g.parse::<IpAddr>().ok()));
         }
     }
-    let routes: Vec<(String, Ipv4Addr)> = prev
+    let routes: Vec<(String, IpAddr)> = prev
         .routes
         .iter()
-        .filter_map(|r| Some((r.dst.clone(), r.gw.as_deref()?.parse::<Ipv4Addr>().ok()?)))
+        .filter_map(|r| Some((r.dst.clone(), r.gw.as_deref()?.parse::<IpAddr>().ok()?)))
         .filter(|(_, gw)| gateways.contains(gw))
         .collect();
 
@@ -407,7 +413,8 @@ fn cmd_check(conf: &NetConf, att: &Attachment) -> Result<(), CniError> {
             return Ok(Err(format!("{ifname} lacks address {ip}/{len}")));
         }
         let table = rtnl.routes().map_err(nl_error)?;
-        for gw in &gateways {
+        // An IPv4 gateway has a link route of its own; an IPv6 one is link-local.
+        for gw in gateways.iter().filter(|g| g.is_ipv4()) {
             if !table.iter().any(|r| {
                 r.dst == *gw
                     && r.prefix_len == 32
@@ -443,11 +450,11 @@ fn cmd_check(conf: &NetConf, att: &Attachment) -> Result<(), CniError> {
     Ok(())
 }
 
-/// `"10.244.1.2/32"` → (address, prefix length); `None` for anything else (IPv6 too).
-fn parse_v4_cidr(s: &str) -> Option<(Ipv4Addr, u8)> {
+/// `"10.244.1.2/32"` or `"fd00::2/128"` → (address, prefix length); `None` for anything else.
+fn parse_cidr(s: &str) -> Option<(IpAddr, u8)> {
     let (addr, len) = s.split_once('/')?;
-    let len: u8 = len.parse().ok()?;
-    (len <= 32).then_some((addr.parse().ok()?, len))
+    let (addr, len): (IpAddr, u8) = (addr.parse().ok()?, len.parse().ok()?);
+    (len <= if addr.is_ipv4() { 32 } else { 128 }).then_some((addr, len))
 }
 
 /// Opens `CNI_NETNS`. A path that does not exist is code 3 (the container is gone);
@@ -539,14 +546,12 @@ mod tests {
     }
 
     #[test]
-    fn v4_cidr_parse() {
-        assert_eq!(
-            parse_v4_cidr("10.244.1.2/32"),
-            Some((Ipv4Addr::new(10, 244, 1, 2), 32))
-        );
-        assert_eq!(parse_v4_cidr("fd00::1/128"), None);
-        assert_eq!(parse_v4_cidr("10.0.0.1/33"), None);
-        assert_eq!(parse_v4_cidr("10.0.0.1"), None);
+    fn cidr_parse() {
+        assert_eq!(parse_cidr("10.244.1.2/32"), Some((IpAddr::V4(Ipv4Addr::new(10, 244, 1, 2)), 32)));
+        assert_eq!(parse_cidr("fd00::1/128"), Some(("fd00::1".parse().unwrap(), 128)));
+        assert_eq!(parse_cidr("fd00::1/129"), None);
+        assert_eq!(parse_cidr("10.0.0.1/33"), None);
+        assert_eq!(parse_cidr("10.0.0.1"), None);
     }
 
     #[test]

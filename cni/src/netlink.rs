@@ -6,14 +6,14 @@
 
 use std::fs::File;
 use std::io;
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr};
 use std::os::fd::AsRawFd;
 
 use netlink_packet_core::{
     NLM_F_ACK, NLM_F_CREATE, NLM_F_DUMP, NLM_F_EXCL, NLM_F_REQUEST, NetlinkHeader, NetlinkMessage,
     NetlinkPayload,
 };
-use netlink_packet_route::address::{AddressAttribute, AddressMessage, AddressScope};
+use netlink_packet_route::address::{AddressAttribute, AddressFlags, AddressHeaderFlags, AddressMessage, AddressScope};
 use netlink_packet_route::link::{
     InfoData, InfoKind, InfoVeth, LinkAttribute, LinkFlags, LinkInfo, LinkMessage,
 };
@@ -47,12 +47,12 @@ pub struct Link {
     pub up: bool,
 }
 
-/// An IPv4 route of the main table.
+/// A route of the main table.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct RouteV4 {
-    pub dst: Ipv4Addr,
+pub struct RouteEntry {
+    pub dst: IpAddr,
     pub prefix_len: u8,
-    pub gateway: Option<Ipv4Addr>,
+    pub gateway: Option<IpAddr>,
     pub oif: Option<u32>,
     pub scope: RouteScope,
 }
@@ -169,18 +169,26 @@ impl Rtnl {
     pub fn add_address(
         &mut self,
         index: u32,
-        ip: Ipv4Addr,
+        ip: IpAddr,
         prefix_len: u8,
     ) -> Result<(), NetlinkError> {
         let mut msg = AddressMessage::default();
-        msg.header.family = AddressFamily::Inet;
         msg.header.prefix_len = prefix_len;
         msg.header.scope = AddressScope::Universe;
         msg.header.index = index;
-        msg.attributes = vec![
-            AddressAttribute::Local(ip.into()),
-            AddressAttribute::Address(ip.into()),
-        ];
+        match ip {
+            IpAddr::V4(_) => {
+                msg.header.family = AddressFamily::Inet;
+                msg.attributes = vec![AddressAttribute::Local(ip), AddressAttribute::Address(ip)];
+            }
+            IpAddr::V6(_) => {
+                // No duplicate address detection: the address is the pod's alone (IPAM
+                // says so), and a tentative address could not be used for a second.
+                msg.header.family = AddressFamily::Inet6;
+                msg.header.flags = AddressHeaderFlags::Nodad;
+                msg.attributes = vec![AddressAttribute::Address(ip), AddressAttribute::Flags(AddressFlags::Nodad)];
+            }
+        }
         self.request(
             format!("adding address {ip}/{prefix_len} to link {index}"),
             RouteNetlinkMessage::NewAddress(msg),
@@ -189,33 +197,28 @@ impl Rtnl {
         .map(drop)
     }
 
-    /// Adds `dst/prefix_len [via gateway] dev oif` to the main table: scope link
-    /// without a gateway, scope global with one.
+    /// Adds `dst/prefix_len [via gateway] dev oif` to the main table (IPv4 or IPv6): an
+    /// IPv4 route has scope link without a gateway, scope global with one.
     pub fn add_route(
         &mut self,
-        dst: Ipv4Addr,
+        dst: IpAddr,
         prefix_len: u8,
-        gateway: Option<Ipv4Addr>,
+        gateway: Option<IpAddr>,
         oif: u32,
     ) -> Result<(), NetlinkError> {
         let mut msg = RouteMessage::default();
-        msg.header.address_family = AddressFamily::Inet;
+        msg.header.address_family = if dst.is_ipv4() { AddressFamily::Inet } else { AddressFamily::Inet6 };
         msg.header.destination_prefix_length = prefix_len;
         msg.header.table = RouteHeader::RT_TABLE_MAIN;
         msg.header.protocol = RouteProtocol::Boot;
         msg.header.kind = RouteType::Unicast;
-        msg.header.scope = if gateway.is_some() {
-            RouteScope::Universe
-        } else {
-            RouteScope::Link
-        };
+        // IPv6 routes carry no scope (the kernel keeps them all universe).
+        msg.header.scope = if gateway.is_none() && dst.is_ipv4() { RouteScope::Link } else { RouteScope::Universe };
         if prefix_len > 0 {
-            msg.attributes
-                .push(RouteAttribute::Destination(RouteAddress::Inet(dst)));
+            msg.attributes.push(RouteAttribute::Destination(RouteAddress::from(dst)));
         }
         if let Some(gw) = gateway {
-            msg.attributes
-                .push(RouteAttribute::Gateway(RouteAddress::Inet(gw)));
+            msg.attributes.push(RouteAttribute::Gateway(RouteAddress::from(gw)));
         }
         msg.attributes.push(RouteAttribute::Oif(oif));
         let via = gateway.map(|g| format!(" via {g}")).unwrap_or_default();
@@ -227,10 +230,9 @@ impl Rtnl {
         .map(drop)
     }
 
-    /// The IPv4 addresses of link `index`.
-    pub fn addresses(&mut self, index: u32) -> Result<Vec<(Ipv4Addr, u8)>, NetlinkError> {
-        let mut msg = AddressMessage::default();
-        msg.header.family = AddressFamily::Inet;
+    /// The addresses of link `index`, both families.
+    pub fn addresses(&mut self, index: u32) -> Result<Vec<(IpAddr, u8)>, NetlinkError> {
+        let msg = AddressMessage::default();
         let answers = self.request(
             "dumping addresses".into(),
             RouteNetlinkMessage::GetAddress(msg),
@@ -240,22 +242,25 @@ impl Rtnl {
             .into_iter()
             .filter_map(|m| match m {
                 RouteNetlinkMessage::NewAddress(a) if a.header.index == index => {
-                    a.attributes.iter().find_map(|attr| match attr {
-                        AddressAttribute::Local(std::net::IpAddr::V4(ip)) => {
-                            Some((*ip, a.header.prefix_len))
-                        }
+                    // IPv4 names its own address in IFA_LOCAL, IPv6 in IFA_ADDRESS only.
+                    let local = a.attributes.iter().find_map(|attr| match attr {
+                        AddressAttribute::Local(ip) => Some(*ip),
                         _ => None,
-                    })
+                    });
+                    let address = a.attributes.iter().find_map(|attr| match attr {
+                        AddressAttribute::Address(ip) => Some(*ip),
+                        _ => None,
+                    });
+                    Some((local.or(address)?, a.header.prefix_len))
                 }
                 _ => None,
             })
             .collect())
     }
 
-    /// The IPv4 routes of the main table.
-    pub fn routes(&mut self) -> Result<Vec<RouteV4>, NetlinkError> {
-        let mut msg = RouteMessage::default();
-        msg.header.address_family = AddressFamily::Inet;
+    /// The routes of the main table, both families.
+    pub fn routes(&mut self) -> Result<Vec<RouteEntry>, NetlinkError> {
+        let msg = RouteMessage::default();
         let answers = self.request(
             "dumping routes".into(),
             RouteNetlinkMessage::GetRoute(msg),
@@ -267,19 +272,26 @@ impl Rtnl {
                 RouteNetlinkMessage::NewRoute(r)
                     if r.header.table == RouteHeader::RT_TABLE_MAIN =>
                 {
-                    let mut route = RouteV4 {
-                        dst: Ipv4Addr::UNSPECIFIED,
+                    let unspecified = match r.header.address_family {
+                        AddressFamily::Inet6 => IpAddr::V6(std::net::Ipv6Addr::UNSPECIFIED),
+                        _ => IpAddr::V4(Ipv4Addr::UNSPECIFIED),
+                    };
+                    let mut route = RouteEntry {
+                        dst: unspecified,
                         prefix_len: r.header.destination_prefix_length,
                         gateway: None,
                         oif: None,
                         scope: r.header.scope,
                     };
+                    let ip = |a: &RouteAddress| match a {
+                        RouteAddress::Inet(v4) => Some(IpAddr::V4(*v4)),
+                        RouteAddress::Inet6(v6) => Some(IpAddr::V6(*v6)),
+                        _ => None,
+                    };
                     for attr in &r.attributes {
                         match attr {
-                            RouteAttribute::Destination(RouteAddress::Inet(d)) => route.dst = *d,
-                            RouteAttribute::Gateway(RouteAddress::Inet(g)) => {
-                                route.gateway = Some(*g)
-                            }
+                            RouteAttribute::Destination(d) => route.dst = ip(d).unwrap_or(route.dst),
+                            RouteAttribute::Gateway(g) => route.gateway = ip(g),
                             RouteAttribute::Oif(o) => route.oif = Some(*o),
                             _ => {}
                         }

@@ -129,6 +129,8 @@ impl Drop for HostLink {
 #[derive(Clone)]
 struct Behaviour {
     ip: &'static str,
+    /// A dual-stack node's answer carries an IPv6 address and gateway as well.
+    ip6: Option<&'static str>,
     mtu: u32,
     refuse_attach: bool,
 }
@@ -175,8 +177,13 @@ impl StandInAgent {
                     let answer = match req["op"].as_str() {
                         Some("allocate") => {
                             allocated.insert(id);
-                            json!({"ok": true, "ip": behaviour.ip, "prefix_len": 32, "gateway": "169.254.1.1",
-                                   "mtu": behaviour.mtu, "gateway_mac": "ee:ee:ee:ee:ee:ee"})
+                            let mut a = json!({"ok": true, "ip": behaviour.ip, "prefix_len": 32, "gateway": "169.254.1.1",
+                                   "mtu": behaviour.mtu, "gateway_mac": "ee:ee:ee:ee:ee:ee"});
+                            if let Some(ip6) = behaviour.ip6 {
+                                a["ip6"] = json!(ip6);
+                                a["gateway6"] = json!("fe80::1");
+                            }
+                            a
                         }
                         Some("attach") if behaviour.refuse_attach => {
                             json!({"ok": false, "error": "no worker for host_ifname (stand-in told to refuse)"})
@@ -350,6 +357,7 @@ fn host_ifname(container_id: &str) -> String {
 
 const STANDARD: Behaviour = Behaviour {
     ip: "10.244.1.2",
+    ip6: None,
     mtu: 1450,
     refuse_attach: false,
 };
@@ -487,6 +495,37 @@ fn add_check_del_round_trip() {
         agent.ops(),
         ["allocate", "attach", "stats", "release", "release"]
     );
+}
+
+/// A dual-stack allocation: the IPv6 address (/128, not tentative: no DAD) and the IPv6
+/// default route via fe80::1 in the pod, both families in the result, and CHECK verifying
+/// both (it fails once the IPv6 default route is gone).
+#[test]
+fn dual_stack_add_check_and_a_missing_ipv6_route() {
+    require_root_and_tools();
+    let agent = StandInAgent::start(Behaviour { ip6: Some("fd00:10:244:1::2"), ..STANDARD });
+    let pod = Pod::new();
+    let mut conf = conf("1.0.0", &agent.socket);
+    let add = run_cni("ADD", &pod.env(), &conf.to_string());
+    assert!(add.ok, "ADD failed: {}\nstderr: {}", add.stdout, add.stderr);
+    let result = add.json();
+    assert_eq!(result["ips"][1], json!({"address": "fd00:10:244:1::2/128", "gateway": "fe80::1", "interface": 1}));
+    assert_eq!(result["routes"][1], json!({"dst": "::/0", "gw": "fe80::1"}));
+    let addrs = &ip_json(&["-n", &pod.netns.name, "-6", "addr", "show", "dev", "eth0", "scope", "global"])[0]["addr_info"];
+    assert_eq!((addrs[0]["local"].as_str(), addrs[0]["prefixlen"].as_u64()), (Some("fd00:10:244:1::2"), Some(128)), "{addrs}");
+    assert!(addrs[0]["tentative"].is_null(), "no duplicate address detection: {addrs}");
+    let routes = ip_json(&["-n", &pod.netns.name, "-6", "route", "show"]);
+    assert!(
+        routes.as_array().unwrap().iter().any(|r| r["dst"] == "default" && r["gateway"] == "fe80::1" && r["dev"] == "eth0"),
+        "no default via fe80::1 dev eth0: {routes}"
+    );
+    conf["prevResult"] = result;
+    let check = run_cni("CHECK", &pod.env(), &conf.to_string());
+    assert!(check.ok, "CHECK failed: {}\nstderr: {}", check.stdout, check.stderr);
+    assert!(ip(&["-n", &pod.netns.name, "-6", "route", "del", "default"]).status.success());
+    let err = run_cni("CHECK", &pod.env(), &conf.to_string()).assert_error(102);
+    assert!(err["details"].as_str().unwrap().contains("::/0 via fe80::1"), "{err}");
+    assert!(run_cni("DEL", &pod.env(), &conf.to_string()).ok);
 }
 
 #[test]

@@ -18,7 +18,7 @@ use anyhow::{Context, bail};
 use encap::ethernet::EthernetAddress;
 use forwarder::{
     Dataplane, DataplaneConfig, Endpoint, NodeConfig, RouteTarget, Tunnel,
-    route::{Ipv4Prefix, RouteTable},
+    route::{Ipv4Prefix, Ipv6Prefix, RouteTable},
     port::CopyMode,
     worker::IdleStrategy,
     xdp_hook::{AttachMode, HookMode},
@@ -71,10 +71,26 @@ pub struct AgentConfig {
     pub frames: u32,
     /// Connections the node's tracker holds at most.
     pub conntrack_flows: usize,
+    /// IPv6 connections it holds at most.
+    pub conntrack6_flows: usize,
     /// `--pipeline`: the data plane, or the I/O ceiling for the lab.
     pub pipeline: forwarder::pipeline::Mode,
     /// `--routes`: a file of networks outside the cluster (see [`crate::routes`]).
     pub routes: Option<PathBuf>,
+}
+
+/// This node's underlay subnets, per family.
+#[derive(Debug, Clone, Copy)]
+struct Subnets {
+    v4: Option<Ipv4Prefix>,
+    v6: Option<Ipv6Prefix>,
+}
+
+/// How a node with underlay subnets `subnets` reaches `peer`'s pods: the IP pools (or
+/// `encap`) decide for IPv4, the IPv6 pools for IPv6 (else as IPv4).
+fn tunnels_to(cluster: &ClusterState, encap: &DefaultEncap, subnets: Subnets, peer: &cluster::NodeInfo) -> calc::Tunnels {
+    let v4 = pool::tunnel_to(&cluster.pools, encap, subnets.v4, peer.address, peer.pod_cidr);
+    calc::Tunnels { v4, v6: pool::tunnel6_to(&cluster.pools6, v4, subnets.v6, peer.address6, peer.pod_cidr6) }
 }
 
 /// Everything the agent owns, behind one lock.
@@ -86,8 +102,8 @@ pub struct Agent {
     ipam: Ipam,
     endpoints: BTreeMap<String, Endpoint>,
     neighbours: calc::Neighbours,
-    /// This node's underlay subnet (CrossSubnet compares peers against it).
-    subnet: Option<Ipv4Prefix>,
+    /// This node's underlay subnets (CrossSubnet compares peers against them).
+    subnets: Subnets,
     /// `--routes`: networks outside the cluster, the start of every table version.
     outside_routes: RouteTable<RouteTarget>,
     policy: PolicySync,
@@ -132,6 +148,7 @@ impl Agent {
         let uplink_mtu: u16 = read_sys(&cfg.uplink, "mtu")?.parse().context("uplink MTU")?;
         let node = NodeConfig {
             node_ip: me.address,
+            node_ip6: me.address6,
             uplink_mac,
             vtep_mac: me.vtep_mac,
             gateway_mac: GATEWAY_MAC,
@@ -139,8 +156,12 @@ impl Agent {
             uplink_mtu,
         };
         // Every way a peer may send: VXLAN to our port, IP-in-IP, or plain to our pods.
-        let (vxlan_port, pod_cidr) = (Some(cfg.encap.vxlan.port), Some((me.pod_cidr.addr(), me.pod_cidr.len())));
-        let subnet = neighbour::connected_subnet(&cfg.uplink, me.address).and_then(|(a, l)| Ipv4Prefix::new(a, l));
+        let (vxlan_port, pod_cidr) = (Some(cfg.encap.vxlan.port), Some(me.pod_cidr));
+        let pod_cidr6 = me.pod_cidr6.filter(|_| me.address6.is_some());
+        let subnets = Subnets {
+            v4: neighbour::connected_subnet(&cfg.uplink, me.address).and_then(|(a, l)| Ipv4Prefix::new(a, l)),
+            v6: me.address6.and_then(|a| neighbour::connected_subnet6(&cfg.uplink, a)).and_then(|(a, l)| Ipv6Prefix::new(a, l)),
+        };
         let dp_cfg = DataplaneConfig {
             uplink: cfg.uplink.clone(),
             cores: cfg.cores.clone(),
@@ -148,10 +169,11 @@ impl Agent {
             idle: cfg.idle,
             attach: cfg.attach,
             copy_mode: cfg.copy_mode,
-            uplink_hook: HookMode::Uplink { node_ip: me.address, vxlan_port, ipip: true, pod_cidr, nat: true },
+            uplink_hook: HookMode::Uplink { node_ip: me.address, node_ip6: me.address6, vxlan_port, ipip: true, pod_cidr, pod_cidr6, nat: true },
             frames: cfg.frames,
             fill_target: forwarder::port::RING_SIZE as usize,
             conntrack_flows: cfg.conntrack_flows,
+            conntrack6_flows: cfg.conntrack6_flows,
             pipeline: cfg.pipeline,
         };
         let outside_routes = match &cfg.routes {
@@ -165,7 +187,7 @@ impl Agent {
         let neighbours = calc::Neighbours::default();
         let this = calc::ThisNode { config: &node, name: &cfg.node, outside_routes: &outside_routes };
         let first = calc::snapshot(1, this, &cluster, [], &neighbours, |n| {
-            pool::tunnel_to(&cluster.pools, &cfg.encap, subnet, n.address, n.pod_cidr)
+            tunnels_to(&cluster, &cfg.encap, subnets, n)
         });
         let dataplane = Dataplane::start(dp_cfg, first).context("starting the data plane")?;
         reserve_nat_ports();
@@ -178,7 +200,7 @@ impl Agent {
             ipam,
             endpoints: BTreeMap::new(),
             neighbours,
-            subnet,
+            subnets,
             outside_routes,
             policy: PolicySync::new(),
             policy_tables: Arc::default(),
@@ -207,10 +229,10 @@ impl Agent {
     }
 
     /// This node's pods as the policy compiler names them, with their IPAM addresses.
-    fn local_pods(&self) -> BTreeMap<(String, String), Ipv4Addr> {
+    fn local_pods(&self) -> BTreeMap<(String, String), crate::policy::PodAddrs> {
         self.endpoints
             .iter()
-            .filter_map(|(id, ep)| self.ipam.get(id).map(|a| ((a.namespace.clone(), a.pod.clone()), ep.ip)))
+            .filter_map(|(id, ep)| self.ipam.get(id).map(|a| ((a.namespace.clone(), a.pod.clone()), (ep.ip, ep.ip6))))
             .collect()
     }
 
@@ -225,7 +247,7 @@ impl Agent {
             &self.cluster,
             self.endpoints.values().copied(),
             &self.neighbours,
-            |n| self.tunnel_to(n),
+            |n| self.tunnels_to(n),
         );
         let local = self.local_pods();
         match self.policy.sync(&self.cluster, &local) {
@@ -246,23 +268,35 @@ impl Agent {
     }
 
     /// How this node reaches `peer`'s pods.
-    fn tunnel_to(&self, peer: &cluster::NodeInfo) -> Tunnel {
-        pool::tunnel_to(&self.cluster.pools, &self.cfg.encap, self.subnet, peer.address, peer.pod_cidr)
+    fn tunnels_to(&self, peer: &cluster::NodeInfo) -> calc::Tunnels {
+        tunnels_to(&self.cluster, &self.cfg.encap, self.subnets, peer)
     }
 
-    /// The pod MTU: what the uplink MTU and the frame buffer leave after the largest
-    /// tunnel overhead this node uses (VXLAN 50, IP-in-IP 20, direct 0).
+    /// Bytes the tunnel to `peer` adds: its IPv4 tunnel's, or, when both nodes have an IPv6
+    /// underlay, what its IPv6 tunnel adds there if more (VXLAN over IPv6: 70).
+    fn overhead_to(&self, peer: &cluster::NodeInfo) -> usize {
+        let t = self.tunnels_to(peer);
+        let v6 = match t.v6 {
+            Tunnel::Vxlan if self.node.node_ip6.is_some() && peer.address6.is_some() => encap::vxlan6::OVERHEAD,
+            _ => 0,
+        };
+        t.v4.overhead().max(v6)
+    }
+
+    /// The pod MTU: what the uplink MTU and the longest frame the data plane carries (a
+    /// chain of UMEM chunks on multi-buffer sockets, else one) leave after the largest
+    /// tunnel overhead this node uses (VXLAN 50, over IPv6 70, IP-in-IP 20, direct 0).
     pub fn pod_mtu(&self) -> u16 {
         let overhead = self
             .cluster
             .nodes
             .values()
             .filter(|n| n.name != self.cfg.node)
-            .map(|n| self.tunnel_to(n).overhead())
+            .map(|n| self.overhead_to(n))
             .chain([self.cfg.encap.tunnel.overhead()])
             .max()
             .unwrap_or(0);
-        let ip_room = usize::from(self.node.uplink_mtu).min(forwarder::dataplane::MAX_FRAME - 14);
+        let ip_room = usize::from(self.node.uplink_mtu).min(self.dataplane.max_frame() - 14);
         ip_room.saturating_sub(overhead) as u16
     }
 
@@ -286,9 +320,9 @@ impl Agent {
             Ok(state) if state == self.cluster => self.last_error = None,
             Ok(state) => {
                 if let Some(me) = state.nodes.get(&self.cfg.node)
-                    && me.pod_cidr != self.cluster.nodes[&self.cfg.node].pod_cidr
+                    && (me.pod_cidr, me.pod_cidr6) != (self.cluster.nodes[&self.cfg.node].pod_cidr, self.cluster.nodes[&self.cfg.node].pod_cidr6)
                 {
-                    tracing::error!(node = %self.cfg.node, "this node's podCIDR changed; keeping the old one until restart");
+                    tracing::error!(node = %self.cfg.node, "this node's podCIDR(s) changed; keeping the old ones until restart");
                     return;
                 }
                 let before: Vec<_> = self.cluster.nodes.keys().cloned().collect();
@@ -313,6 +347,7 @@ impl Agent {
     /// Publishes when something changed (unless `quiet`, where the caller publishes).
     pub fn refresh_neighbours(&mut self, quiet: bool) {
         let arp = neighbour::read_arp(&self.cfg.uplink);
+        let ndp = if self.node.node_ip6.is_some() { neighbour::read_ndp(&self.cfg.uplink) } else { std::collections::HashMap::new() };
         let mut next = calc::Neighbours::default();
         for (name, n) in &self.cluster.nodes {
             if *name == self.cfg.node {
@@ -325,6 +360,14 @@ impl Agent {
                 }
                 None => neighbour::nudge(n.address),
             }
+            if let Some(a6) = n.address6.filter(|_| self.node.node_ip6.is_some()) {
+                match ndp.get(&neighbour::next_hop6(&self.cfg.uplink, a6)) {
+                    Some(mac) => {
+                        next.peers6.insert(a6, *mac);
+                    }
+                    None => neighbour::nudge(a6),
+                }
+            }
         }
         // The way out of the cluster, when pods may take it.
         if self.leaves_cluster()
@@ -336,7 +379,7 @@ impl Agent {
             }
         }
         if next != self.neighbours {
-            tracing::info!(resolved = next.peers.len(), gateway = next.gateway.is_some(), "underlay neighbours changed");
+            tracing::info!(resolved = next.peers.len(), resolved6 = next.peers6.len(), gateway = next.gateway.is_some(), "underlay neighbours changed");
             self.neighbours = next;
             if !quiet {
                 self.publish();
@@ -352,16 +395,29 @@ impl Agent {
     /// Whether a peer node's next hop, or the default gateway when pods may leave the
     /// cluster, has no MAC yet (the agent then looks again soon).
     fn unresolved_peers(&self) -> bool {
-        self.cluster.nodes.len().saturating_sub(1) > self.neighbours.peers.len() || (self.leaves_cluster() && self.neighbours.gateway.is_none())
+        let peers6 = if self.node.node_ip6.is_some() { self.cluster.nodes.values().filter(|n| n.name != self.cfg.node && n.address6.is_some()).count() } else { 0 };
+        self.cluster.nodes.len().saturating_sub(1) > self.neighbours.peers.len() || peers6 > self.neighbours.peers6.len() || (self.leaves_cluster() && self.neighbours.gateway.is_none())
     }
 
     /// Allocates (or returns) the address of a container.
     pub fn allocate(&mut self, container_id: &str, namespace: &str, pod: &str, ifname: &str) -> anyhow::Result<Value> {
         let ip = self.ipam.allocate(container_id, namespace, pod, ifname)?;
         let mtu = self.pod_mtu();
-        tracing::info!(container = %container_id, %namespace, %pod, %ip, "allocated");
-        Ok(json!({"ip": ip.to_string(), "prefix_len": 32, "gateway": forwarder::snapshot::GATEWAY_IP.to_string(),
-                  "gateway_mac": GATEWAY_MAC.to_string(), "mtu": mtu}))
+        let ip6 = self.ip6_of(ip);
+        tracing::info!(container = %container_id, %namespace, %pod, %ip, ?ip6, "allocated");
+        let mut answer = json!({"ip": ip.to_string(), "prefix_len": 32, "gateway": forwarder::snapshot::GATEWAY_IP.to_string(),
+                  "gateway_mac": GATEWAY_MAC.to_string(), "mtu": mtu});
+        if let Some(ip6) = ip6 {
+            answer["ip6"] = json!(ip6.to_string());
+            answer["gateway6"] = json!(forwarder::snapshot::GATEWAY_IP6.to_string());
+        }
+        Ok(answer)
+    }
+
+    /// The IPv6 address that goes with a pod's IPv4 address, when this node is dual-stack.
+    fn ip6_of(&self, ip: Ipv4Addr) -> Option<std::net::Ipv6Addr> {
+        let me = &self.cluster.nodes[&self.cfg.node];
+        crate::ipam::ipv6_twin(me.pod_cidr, me.pod_cidr6?, ip)
     }
 
     /// Serves a pod's host-side veth and publishes its endpoint.
@@ -376,7 +432,7 @@ impl Agent {
             self.dataplane.remove_pod_port(old.port)?;
         }
         let (port, worker) = self.dataplane.add_pod_port(host_ifname)?;
-        self.endpoints.insert(container_id.to_string(), Endpoint { ip: alloc.ip, mac, port, worker });
+        self.endpoints.insert(container_id.to_string(), Endpoint { ip: alloc.ip, ip6: self.ip6_of(alloc.ip), mac, port, worker });
         self.ipam.set_attachment(container_id, host_ifname, pod_mac)?;
         self.publish();
         tracing::info!(container = %container_id, %host_ifname, port, worker, "attached");
@@ -430,6 +486,12 @@ impl Agent {
                         let mut v = serde_json::to_value(n).expect("serializable");
                         v["next_hop_mac"] = json!(self.neighbours.peers.get(&n.address).map(|m| m.to_string()));
                         v["local"] = json!(n.name == self.cfg.node);
+                        if n.name != self.cfg.node {
+                            let t = self.tunnels_to(n);
+                            v["tunnel"] = json!(t.v4.name());
+                            // Over the IPv6 underlay, when both nodes have one.
+                            v["tunnel6"] = json!(n.address6.filter(|_| self.node.node_ip6.is_some()).map(|_| t.v6.name()));
+                        }
                         v
                     })
                     .collect(),
@@ -441,25 +503,20 @@ impl Agent {
                     .map(|(id, a)| {
                         let ep = self.endpoints.get(id);
                         json!({"container_id": id, "namespace": a.namespace, "pod": a.pod, "ip": a.ip.to_string(),
-                               "host_ifname": a.host_ifname, "mac": a.mac, "port": ep.map(|e| e.port), "worker": ep.map(|e| e.worker)})
+                               "ip6": self.ip6_of(a.ip).map(|ip| ip.to_string()), "host_ifname": a.host_ifname, "mac": a.mac, "port": ep.map(|e| e.port), "worker": ep.map(|e| e.worker)})
                     })
                     .collect(),
             ),
             "routes" => {
                 let snap = self.dataplane.tables().load_full();
-                Value::Array(
-                    snap.routes
-                        .iter()
-                        .map(|(p, t)| {
-                            let via = match t {
-                                RouteTarget::LocalPods => "local".to_string(),
-                                RouteTarget::Node(i) => snap.nodes[*i as usize].name.clone(),
-                                RouteTarget::Outside => "outside".to_string(),
-                            };
-                            json!({"prefix": p.to_string(), "via": via})
-                        })
-                        .collect(),
-                )
+                let via = |t: &RouteTarget| match t {
+                    RouteTarget::LocalPods => "local".to_string(),
+                    RouteTarget::Node(i) => snap.nodes[*i as usize].name.clone(),
+                    RouteTarget::Outside => "outside".to_string(),
+                };
+                let v4 = snap.routes.iter().map(|(p, t)| json!({"prefix": p.to_string(), "via": via(t)}));
+                let v6 = snap.routes6.iter().map(|(p, t)| json!({"prefix": p.to_string(), "via": via(t)}));
+                Value::Array(v4.chain(v6).collect())
             }
             "policies" => Value::Array(
                 self.policy

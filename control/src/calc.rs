@@ -1,9 +1,13 @@
-//! The calculation from cluster state to data-plane tables: this node's pod subnet to
-//! its local pods, every other node's subnet to that node (VTEP MAC, underlay address, the
-//! resolved next-hop MAC and the tunnel its IP pool and subnet call for), and the way out
-//! of the cluster (the outside routes, the pools with natOutgoing, the default gateway's MAC).
+//! The calculation from cluster state to data-plane tables: this node's pod subnets (IPv4,
+//! and IPv6 for dual stack) to its local pods, every other node's subnets to that node
+//! (VTEP MAC, underlay address, the resolved next-hop MAC and the tunnel its IP pool and
+//! subnet call for; its IPv6 underlay when both nodes have one), and the way out of the cluster (the outside routes, the pools with
+//! natOutgoing, the default gateway's MAC).
 
-use std::{collections::HashMap, net::Ipv4Addr};
+use std::{
+    collections::HashMap,
+    net::{Ipv4Addr, Ipv6Addr},
+};
 
 use encap::ethernet::EthernetAddress;
 use forwarder::{Endpoint, NodeConfig, Outside, RemoteNode, RouteTarget, Snapshot, Tunnel, route::RouteTable};
@@ -15,8 +19,17 @@ use crate::cluster::{ClusterState, NodeInfo};
 pub struct Neighbours {
     /// The next-hop MAC toward each other node, by its address.
     pub peers: HashMap<Ipv4Addr, EthernetAddress>,
+    /// The same over the IPv6 underlay, by the node's IPv6 address.
+    pub peers6: HashMap<Ipv6Addr, EthernetAddress>,
     /// The default gateway's MAC, when a pool NATs pods out through it.
     pub gateway: Option<EthernetAddress>,
+}
+
+/// How this node reaches another node's pods, per family (IPv6: over the IPv6 underlay).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Tunnels {
+    pub v4: Tunnel,
+    pub v6: Tunnel,
 }
 
 /// This node as the calculation sees it.
@@ -37,13 +50,16 @@ pub fn snapshot(
     cluster: &ClusterState,
     endpoints: impl IntoIterator<Item = Endpoint>,
     neighbours: &Neighbours,
-    tunnel_to: impl Fn(&NodeInfo) -> Tunnel,
+    tunnel_to: impl Fn(&NodeInfo) -> Tunnels,
 ) -> Snapshot {
     let node = me.config;
     let mut snap = Snapshot::new(version, node.clone());
     snap.routes = me.outside_routes.clone();
     if let Some(mine) = cluster.nodes.get(me.name) {
         snap.routes.insert(mine.pod_cidr, RouteTarget::LocalPods);
+        if let Some(p6) = mine.pod_cidr6 {
+            snap.routes6.insert(p6, RouteTarget::LocalPods);
+        }
     }
     for ep in endpoints {
         snap.add_endpoint(ep);
@@ -53,8 +69,16 @@ pub fn snapshot(
             continue;
         }
         let next_hop = neighbours.peers.get(&info.address).copied();
-        let idx = snap.add_node(RemoteNode::new(node, name.clone(), info.address, info.vtep_mac, next_hop, tunnel_to(info)));
+        let tunnels = tunnel_to(info);
+        let mut remote = RemoteNode::new(node, name.clone(), info.address, info.vtep_mac, next_hop, tunnels.v4);
+        if let Some(a6) = info.address6 {
+            remote = remote.with_underlay6(node, a6, info.vtep_mac6, neighbours.peers6.get(&a6).copied(), tunnels.v6);
+        }
+        let idx = snap.add_node(remote);
         snap.routes.insert(info.pod_cidr, RouteTarget::Node(idx));
+        if let Some(p6) = info.pod_cidr6 {
+            snap.routes6.insert(p6, RouteTarget::Node(idx));
+        }
     }
     snap.outside = Outside {
         nat_sources: cluster.pools.values().filter(|p| p.nat_outgoing).map(|p| p.cidr).collect(),
@@ -82,16 +106,20 @@ mod tests {
         }
         let node = NodeConfig {
             node_ip: Ipv4Addr::new(10, 100, 0, 11),
+            node_ip6: None,
             uplink_mac: EthernetAddress([2, 0, 0, 0, 0, 1]),
             vtep_mac: EthernetAddress([2, 0, 0, 0, 0, 2]),
             gateway_mac: EthernetAddress([0xee; 6]),
             vxlan: VxlanProfile::FLANNEL,
             uplink_mtu: 1500,
         };
-        let neigh = Neighbours { peers: HashMap::from([(Ipv4Addr::new(10, 100, 0, 12), EthernetAddress([2, 0, 0, 0, 0, 12]))]), gateway: None };
+        let neigh = Neighbours { peers: HashMap::from([(Ipv4Addr::new(10, 100, 0, 12), EthernetAddress([2, 0, 0, 0, 0, 12]))]), gateway: None, ..Default::default() };
         let outside = crate::routes::parse("0.0.0.0/0\n10.244.2.0/23\n").unwrap();
         let me = ThisNode { config: &node, name: "n1", outside_routes: &outside };
-        let snap = snapshot(7, me, &cluster, [], &neigh, |n| if n.name == "n3" { Tunnel::Ipip } else { Tunnel::Vxlan });
+        let snap = snapshot(7, me, &cluster, [], &neigh, |n| {
+            let t = if n.name == "n3" { Tunnel::Ipip } else { Tunnel::Vxlan };
+            Tunnels { v4: t, v6: t }
+        });
         assert_eq!(snap.version, 7);
         assert_eq!(snap.routes.lookup(Ipv4Addr::new(10, 244, 1, 5)), Some(RouteTarget::LocalPods));
         let RouteTarget::Node(i2) = snap.routes.lookup(Ipv4Addr::new(10, 244, 2, 5)).unwrap() else { panic!() };

@@ -11,17 +11,21 @@
 //! the annotation gets a VTEP MAC derived from its name: stable across restarts and the same
 //! on every node that computes it.
 
-use std::{collections::BTreeMap, net::Ipv4Addr, path::Path};
+use std::{
+    collections::BTreeMap,
+    net::{Ipv4Addr, Ipv6Addr},
+    path::Path,
+};
 
 use encap::ethernet::EthernetAddress;
-use forwarder::route::Ipv4Prefix;
+use forwarder::route::{Ipv4Prefix, Ipv6Prefix};
 use k8s_openapi::api::core::v1::{Namespace, Node, Pod};
 use policy_engine::{
     model::{Policy, PolicyId, proto},
     world::NamedPort,
 };
 
-use crate::pool::IpPool;
+use crate::pool::{AnyPool, IpPool};
 use serde::{Deserialize, Serialize};
 
 /// Flannel's annotation with the VXLAN identity of a node.
@@ -35,6 +39,14 @@ pub const CALICO_IPV4_ADDRESS: &str = "projectcalico.org/IPv4Address";
 pub const CALICO_VXLAN_MAC: &str = "projectcalico.org/VXLANTunnelMACAddr";
 /// Calico's annotation with the address of a node's `vxlan.calico`.
 pub const CALICO_VXLAN_TUNNEL_ADDR: &str = "projectcalico.org/IPv4VXLANTunnelAddr";
+/// Flannel's annotation with the IPv6 underlay address of a dual-stack node.
+pub const FLANNEL_PUBLIC_IPV6: &str = "flannel.alpha.coreos.com/public-ipv6";
+/// Flannel's annotation with the IPv6 VXLAN identity (`flannel-v6.1`) of a node.
+pub const FLANNEL_BACKEND_V6_DATA: &str = "flannel.alpha.coreos.com/backend-v6-data";
+/// Calico's annotation with a node's IPv6 underlay address and subnet (`fd00::5/64`).
+pub const CALICO_IPV6_ADDRESS: &str = "projectcalico.org/IPv6Address";
+/// Calico's annotation with the MAC of a node's `vxlan-v6.calico`.
+pub const CALICO_VXLAN_MAC_V6: &str = "projectcalico.org/VXLANTunnelMACAddrV6";
 /// Calico's annotation with the address of a node's `tunl0`.
 pub const CALICO_IPIP_TUNNEL_ADDR: &str = "projectcalico.org/IPv4IPIPTunnelAddr";
 
@@ -61,6 +73,9 @@ pub struct NodeInfo {
     pub name: String,
     #[serde(serialize_with = "as_display")]
     pub pod_cidr: Ipv4Prefix,
+    /// The IPv6 pod subnet of a dual-stack node (the IPv6 entry of `spec.podCIDRs`).
+    #[serde(serialize_with = "as_display_opt")]
+    pub pod_cidr6: Option<Ipv6Prefix>,
     pub address: Ipv4Addr,
     /// The node's underlay subnet (Calico's `IPv4Address` annotation), when known: nodes in
     /// one subnet reach each other without encapsulation in CrossSubnet mode.
@@ -69,6 +84,13 @@ pub struct NodeInfo {
     #[serde(serialize_with = "as_display")]
     pub vtep_mac: EthernetAddress,
     pub vtep_mac_source: MacSource,
+    /// The node's IPv6 underlay address (Flannel's `public-ipv6`, Calico's `IPv6Address`
+    /// annotation or the IPv6 InternalIP), when it has one.
+    pub address6: Option<Ipv6Addr>,
+    /// The inner destination MAC of VXLAN over IPv6 to it (Flannel's `backend-v6-data`,
+    /// Calico's `VXLANTunnelMACAddrV6`); without either, `vtep_mac`.
+    #[serde(serialize_with = "as_display")]
+    pub vtep_mac6: EthernetAddress,
     /// Calico's tunnel addresses of the node (`vxlan.calico`, `tunl0`), when published.
     pub vxlan_tunnel_addr: Option<Ipv4Addr>,
     pub ipip_tunnel_addr: Option<Ipv4Addr>,
@@ -94,6 +116,8 @@ pub struct PodInfo {
     pub labels: BTreeMap<String, String>,
     /// `status.podIPs` (or `status.podIP`), the IPv4 ones.
     pub ips: Vec<Ipv4Addr>,
+    /// The IPv6 ones (dual stack).
+    pub ips6: Vec<Ipv6Addr>,
     /// Named container ports (`spec.containers[].ports[]` with a `name`).
     pub ports: Vec<NamedPort>,
 }
@@ -108,6 +132,8 @@ pub struct ClusterState {
     pub policies: BTreeMap<PolicyId, (Policy, String)>,
     /// Calico IP pools, by name.
     pub pools: BTreeMap<String, IpPool>,
+    /// Calico's IPv6 IP pools (dual stack), by name.
+    pub pools6: BTreeMap<String, IpPool<Ipv6Prefix>>,
 }
 
 /// The VTEP MAC derived from a node name: FNV-1a of the name with a splitmix64 finaliser
@@ -145,6 +171,22 @@ impl NodeInfo {
             .and_then(|s| s.pod_cidr.clone())
             .ok_or_else(|| err("spec.podCIDR is missing (expected an IPv4 CIDR such as 10.244.1.0/24)".into()))?;
         let pod_cidr: Ipv4Prefix = cidr.parse().map_err(|e: String| err(format!("spec.podCIDR: {e}")))?;
+        let mut pod_cidr6 = None;
+        for (i, c) in node.spec.as_ref().and_then(|s| s.pod_cidrs.as_ref()).into_iter().flatten().enumerate() {
+            if c.parse::<Ipv4Prefix>().is_ok() {
+                continue;
+            }
+            let p: Ipv6Prefix = c.parse().map_err(|e: String| err(format!("spec.podCIDRs[{i}]: {c:?} is neither an IPv4 CIDR nor {e}")))?;
+            if pod_cidr6.replace(p).is_some() {
+                return Err(err(format!("spec.podCIDRs: {c:?} is a second IPv6 CIDR (accepted: one per family)")));
+            }
+        }
+        if let Some(p6) = pod_cidr6
+            && 128 - u32::from(p6.len()) < 32 - u32::from(pod_cidr.len())
+        {
+            // IPAM gives a pod the IPv6 address at its IPv4 address's offset.
+            return Err(err(format!("spec.podCIDRs: the IPv6 subnet {p6} has fewer addresses than the IPv4 subnet {pod_cidr} (accepted: an IPv6 prefix at most {} long)", 96 + u32::from(pod_cidr.len()))));
+        }
         let annotations = node.metadata.annotations.clone().unwrap_or_default();
         let addr_annotation = |key: &str| -> Result<Option<Ipv4Addr>, ManifestError> {
             annotations
@@ -162,19 +204,31 @@ impl NodeInfo {
                 Ok::<_, ManifestError>((a, Ipv4Prefix::new(a, l).ok_or_else(bad)?))
             })
             .transpose()?;
-        let address = match (addr_annotation(FLANNEL_PUBLIC_IP)?, calico_address) {
-            (Some(ip), _) | (None, Some((ip, _))) => ip,
-            (None, None) => {
-                let addrs = node.status.as_ref().and_then(|s| s.addresses.clone()).unwrap_or_default();
-                let internal = addrs.iter().find(|a| a.type_ == "InternalIP").ok_or_else(|| {
-                    err("status.addresses has no InternalIP (and no flannel.alpha.coreos.com/public-ip annotation)".into())
-                })?;
-                internal
-                    .address
-                    .parse()
-                    .map_err(|_| err(format!("status.addresses InternalIP {:?} is not an IPv4 address", internal.address)))?
-            }
+        // A dual-stack node lists an InternalIP per family.
+        let addrs = node.status.as_ref().and_then(|s| s.addresses.clone()).unwrap_or_default();
+        let mut internal: Vec<std::net::IpAddr> = Vec::new();
+        for a in addrs.iter().filter(|a| a.type_ == "InternalIP") {
+            internal.push(a.address.parse().map_err(|_| err(format!("status.addresses InternalIP {:?} is not an IP address", a.address)))?);
+        }
+        let internal4 = internal.iter().find_map(|a| match a {
+            std::net::IpAddr::V4(a) => Some(*a),
+            std::net::IpAddr::V6(_) => None,
+        });
+        let internal6 = internal.iter().find_map(|a| match a {
+            std::net::IpAddr::V6(a) => Some(*a),
+            std::net::IpAddr::V4(_) => None,
+        });
+        let address = match (addr_annotation(FLANNEL_PUBLIC_IP)?, calico_address, internal4) {
+            (Some(ip), _, _) | (None, Some((ip, _)), _) | (None, None, Some(ip)) => ip,
+            (None, None, None) => return Err(err("status.addresses has no IPv4 InternalIP (and no flannel.alpha.coreos.com/public-ip annotation)".into())),
         };
+        let addr6_annotation = |key: &str, with_len: bool| -> Result<Option<Ipv6Addr>, ManifestError> {
+            let Some(v) = annotations.get(key) else { return Ok(None) };
+            let bad = || err(format!("annotation {key}: {v:?} is not an IPv6 address{}", if with_len { " with its prefix length (fd00::5/64)" } else { "" }));
+            let text = if with_len { v.split_once('/').filter(|(_, l)| l.parse::<u8>().is_ok_and(|l| l <= 128)).ok_or_else(bad)?.0 } else { v };
+            text.parse().map(Some).map_err(|_| bad())
+        };
+        let address6 = addr6_annotation(FLANNEL_PUBLIC_IPV6, false)?.or(addr6_annotation(CALICO_IPV6_ADDRESS, true)?).or(internal6);
         let calico_mac = annotations
             .get(CALICO_VXLAN_MAC)
             .map(|v| v.parse::<EthernetAddress>().map_err(|_| err(format!("annotation {CALICO_VXLAN_MAC}: {v:?} is not a MAC address"))))
@@ -193,15 +247,31 @@ impl NodeInfo {
             }
             None => (derived_vtep_mac(&name), MacSource::Derived),
         };
+        let flannel_mac6 = annotations
+            .get(FLANNEL_BACKEND_V6_DATA)
+            .map(|raw| {
+                let bad = |why: String| err(format!("annotation {FLANNEL_BACKEND_V6_DATA}: {why} (expected {{\"VNI\":1,\"VtepMAC\":\"aa:bb:cc:dd:ee:ff\"}})"));
+                let data: FlannelBackendData = serde_json::from_str(raw).map_err(|e| bad(e.to_string()))?;
+                data.vtep_mac.parse::<EthernetAddress>().map_err(|_| bad(format!("VtepMAC {:?} is not a MAC address", data.vtep_mac)))
+            })
+            .transpose()?;
+        let calico_mac6 = annotations
+            .get(CALICO_VXLAN_MAC_V6)
+            .map(|v| v.parse::<EthernetAddress>().map_err(|_| err(format!("annotation {CALICO_VXLAN_MAC_V6}: {v:?} is not a MAC address"))))
+            .transpose()?;
+        let vtep_mac6 = flannel_mac6.or(calico_mac6).unwrap_or(vtep_mac);
         let vxlan_tunnel_addr = addr_annotation(CALICO_VXLAN_TUNNEL_ADDR)?;
         let ipip_tunnel_addr = addr_annotation(CALICO_IPIP_TUNNEL_ADDR)?;
         Ok(NodeInfo {
             name: name.clone(),
             pod_cidr,
+            pod_cidr6,
             address,
             subnet: calico_address.map(|(_, subnet)| subnet),
             vtep_mac,
             vtep_mac_source,
+            address6,
+            vtep_mac6,
             vxlan_tunnel_addr,
             ipip_tunnel_addr,
         })
@@ -219,11 +289,11 @@ impl PodInfo {
             Some(ips) if !ips.is_empty() => ips.into_iter().map(|i| i.ip).collect(),
             _ => status.pod_ip.into_iter().collect(),
         };
-        let mut ips = Vec::new();
+        let (mut ips, mut ips6) = (Vec::new(), Vec::new());
         for t in texts {
             match t.parse::<std::net::IpAddr>() {
                 Ok(std::net::IpAddr::V4(a)) => ips.push(a),
-                Ok(std::net::IpAddr::V6(_)) => {}
+                Ok(std::net::IpAddr::V6(a)) => ips6.push(a),
                 Err(_) => return Err(err(format!("status.podIPs: {t:?} is not an IP address"))),
             }
         }
@@ -246,7 +316,7 @@ impl PodInfo {
                 ports.push(NamedPort { name: port_name.clone(), protocol, port });
             }
         }
-        Ok(PodInfo { namespace, name, node: spec.node_name, labels: pod.metadata.labels.unwrap_or_default(), ips, ports })
+        Ok(PodInfo { namespace, name, node: spec.node_name, labels: pod.metadata.labels.unwrap_or_default(), ips, ips6, ports })
     }
 }
 
@@ -338,12 +408,19 @@ fn read_objects(text: &str, file: &str, state: &mut ClusterState) -> Result<(), 
                 state.pods.insert((info.namespace.clone(), info.name.clone()), info);
             }
             "IPPool" => {
-                let pool = IpPool::from_manifest(&value).map_err(|reason| ManifestError {
+                let pool = AnyPool::from_manifest(&value).map_err(|reason| ManifestError {
                     file: file.to_string(),
                     object: format!("IPPool {}", value["metadata"]["name"].as_str().unwrap_or("?")),
                     reason,
                 })?;
-                state.pools.insert(pool.name.clone(), pool);
+                match pool {
+                    AnyPool::V4(p) => {
+                        state.pools.insert(p.name.clone(), p);
+                    }
+                    AnyPool::V6(p) => {
+                        state.pools6.insert(p.name.clone(), p);
+                    }
+                }
             }
             "" => {
                 return Err(ManifestError {
@@ -426,12 +503,40 @@ metadata:
     }
 
     #[test]
+    fn reads_the_ipv6_underlay_of_dual_stack_nodes() {
+        let y = "kind: Node\nmetadata: {name: c6, annotations: {projectcalico.org/IPv6Address: 'fd00:100::13/64', projectcalico.org/VXLANTunnelMACAddrV6: '66:aa:00:00:00:13'}}\nspec: {podCIDR: 10.244.3.0/24}\nstatus: {addresses: [{type: InternalIP, address: 'fd00:100::99'}, {type: InternalIP, address: 10.100.0.13}]}\n---\n\
+                 kind: Node\nmetadata: {name: f6, annotations: {flannel.alpha.coreos.com/public-ipv6: 'fd00:100::14', flannel.alpha.coreos.com/backend-v6-data: '{\"VNI\":1,\"VtepMAC\":\"66:bb:00:00:00:14\"}'}}\nspec: {podCIDR: 10.244.4.0/24}\nstatus: {addresses: [{type: InternalIP, address: 10.100.0.14}]}\n---\n\
+                 kind: Node\nmetadata: {name: k6}\nspec: {podCIDR: 10.244.5.0/24}\nstatus: {addresses: [{type: InternalIP, address: 'fd00:100::15'}, {type: InternalIP, address: 10.100.0.15}]}\n---\n\
+                 kind: Node\nmetadata: {name: v4}\nspec: {podCIDR: 10.244.6.0/24}\nstatus: {addresses: [{type: InternalIP, address: 10.100.0.16}]}\n";
+        let mut s = ClusterState::default();
+        read_documents(y, "nodes6.yaml", &mut s).unwrap();
+        let ip = |t: &str| Some(t.parse::<Ipv6Addr>().unwrap());
+        let c6 = &s.nodes["c6"];
+        assert_eq!((c6.address, c6.address6, c6.vtep_mac6.to_string()), (Ipv4Addr::new(10, 100, 0, 13), ip("fd00:100::13"), "66:aa:00:00:00:13".into()), "Calico's annotations win over the InternalIP");
+        let f6 = &s.nodes["f6"];
+        assert_eq!((f6.address6, f6.vtep_mac6.to_string()), (ip("fd00:100::14"), "66:bb:00:00:00:14".into()));
+        let k6 = &s.nodes["k6"];
+        assert_eq!((k6.address, k6.address6, k6.vtep_mac6), (Ipv4Addr::new(10, 100, 0, 15), ip("fd00:100::15"), k6.vtep_mac), "an InternalIP per family, in any order");
+        assert_eq!(s.nodes["v4"].address6, None);
+        for (bad, says) in [
+            ("projectcalico.org/IPv6Address: 'fd00::13'", "is not an IPv6 address with its prefix length"),
+            ("flannel.alpha.coreos.com/public-ipv6: 10.0.0.1", "is not an IPv6 address"),
+            ("flannel.alpha.coreos.com/backend-v6-data: '{\"VtepMAC\":\"nope\"}'", "VtepMAC \"nope\" is not a MAC address"),
+        ] {
+            let y = format!("kind: Node\nmetadata: {{name: bad, annotations: {{{bad}}}}}\nspec: {{podCIDR: 10.244.7.0/24}}\nstatus: {{addresses: [{{type: InternalIP, address: 10.100.0.17}}]}}\n");
+            let e = read_documents(&y, "bad.yaml", &mut ClusterState::default()).unwrap_err().to_string();
+            assert!(e.contains("bad.yaml") && e.contains(says), "{bad}: {e}");
+        }
+    }
+
+    #[test]
     fn pods_bring_addresses_and_named_ports_and_policies_are_read_once() {
         let pod = "kind: Pod\nmetadata: {name: db, namespace: shop, labels: {app: db}}\nspec:\n  containers:\n  - {name: c, image: pg, ports: [{name: sql, containerPort: 5432}, {name: stats, containerPort: 9187, protocol: UDP}, {containerPort: 1}]}\nstatus: {podIP: 10.244.1.9, podIPs: [{ip: 10.244.1.9}, {ip: 'fd00::9'}]}\n";
         let mut s = ClusterState::default();
         read_documents(pod, "pod.yaml", &mut s).unwrap();
         let p = &s.pods[&("shop".into(), "db".into())];
         assert_eq!(p.ips, vec![Ipv4Addr::new(10, 244, 1, 9)], "the IPv4 address of podIPs");
+        assert_eq!(p.ips6, vec!["fd00::9".parse::<Ipv6Addr>().unwrap()], "the IPv6 one");
         assert_eq!(p.ports.len(), 2, "unnamed ports name nothing");
         assert_eq!((p.ports[1].name.as_str(), p.ports[1].protocol, p.ports[1].port), ("stats", proto::UDP, 9187));
 
@@ -463,6 +568,20 @@ metadata:
         assert_eq!(s.pools["default"].vxlan_mode, crate::pool::EncapMode::CrossSubnet);
         let err = read_documents(&pool.replace("16,", "16, ipipMode: Always,"), "pool.yaml", &mut s).unwrap_err().to_string();
         assert!(err.starts_with("pool.yaml: IPPool default:"), "{err}");
+    }
+
+    #[test]
+    fn a_dual_stack_node_brings_its_ipv6_pod_subnet() {
+        let node = |cidrs: &str| format!("kind: Node\nmetadata: {{name: d}}\nspec: {{podCIDR: 10.244.1.0/24, podCIDRs: [{cidrs}]}}\nstatus: {{addresses: [{{type: InternalIP, address: 10.100.0.11}}]}}\n");
+        let mut s = ClusterState::default();
+        read_documents(&node("10.244.1.0/24, 'fd00:10:244:1::/64'"), "n.yaml", &mut s).unwrap();
+        assert_eq!(s.nodes["d"].pod_cidr6.unwrap().to_string(), "fd00:10:244:1::/64");
+        read_documents(&node("10.244.1.0/24"), "n.yaml", &mut s).unwrap();
+        assert_eq!(s.nodes["d"].pod_cidr6, None, "single stack");
+        let err = |cidrs: &str| read_documents(&node(cidrs), "n.yaml", &mut ClusterState::default()).unwrap_err().to_string();
+        assert!(err("10.244.1.0/24, 'fd00::/129'").contains("spec.podCIDRs[1]: \"fd00::/129\" is neither an IPv4 CIDR nor"), "{}", err("'fd00::/129'"));
+        assert!(err("'fd00:1::/64', 'fd00:2::/64'").contains("a second IPv6 CIDR"));
+        assert!(err("'fd00:1::/124'").contains("fewer addresses than the IPv4 subnet 10.244.1.0/24 (accepted: an IPv6 prefix at most 120 long)"), "{}", err("'fd00:1::/124'"));
     }
 
     #[test]

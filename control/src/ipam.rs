@@ -5,14 +5,18 @@
 //! (write to a temporary file, fsync, rename) after every change, so a crash leaves either
 //! the old or the new state and a restarted agent never hands out an address twice.
 //! Allocation is idempotent per container id.
+//!
+//! Dual stack: a pod of a node with an IPv6 pod subnet as well gets the IPv6 address at the
+//! same offset in that subnet as its IPv4 address has in the IPv4 one ([`ipv6_twin`]), so
+//! the one allocation (and its state file) serves both families and the pair never drifts.
 
 use std::{
     collections::BTreeMap,
-    net::Ipv4Addr,
+    net::{Ipv4Addr, Ipv6Addr},
     path::{Path, PathBuf},
 };
 
-use forwarder::route::Ipv4Prefix;
+use forwarder::route::{Ipv4Prefix, Ipv6Prefix};
 use serde::{Deserialize, Serialize};
 
 /// An address given to a container.
@@ -132,9 +136,28 @@ impl Ipam {
     }
 }
 
+/// The IPv6 address of the pod with IPv4 address `ip` of subnet `cidr`: the same offset in
+/// `cidr6`. `None` when `ip` is outside `cidr` or the offset does not fit `cidr6` (the
+/// node manifest check refuses an IPv6 subnet smaller than the IPv4 one).
+pub fn ipv6_twin(cidr: Ipv4Prefix, cidr6: Ipv6Prefix, ip: Ipv4Addr) -> Option<Ipv6Addr> {
+    let offset = u128::from(u32::from(ip) - u32::from(cidr.addr()));
+    let host_bits = 128 - u32::from(cidr6.len());
+    (cidr.contains(ip) && (host_bits >= 128 || offset >> host_bits == 0)).then(|| Ipv6Addr::from(u128::from(cidr6.addr()) | offset))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_ipv6_twin_sits_at_the_same_offset() {
+        let (v4, v6): (Ipv4Prefix, Ipv6Prefix) = ("10.244.1.0/24".parse().unwrap(), "fd00:10:244:1::/64".parse().unwrap());
+        assert_eq!(ipv6_twin(v4, v6, Ipv4Addr::new(10, 244, 1, 2)), Some("fd00:10:244:1::2".parse().unwrap()));
+        assert_eq!(ipv6_twin(v4, v6, Ipv4Addr::new(10, 244, 1, 254)), Some("fd00:10:244:1::fe".parse().unwrap()));
+        assert_eq!(ipv6_twin(v4, v6, Ipv4Addr::new(10, 244, 2, 2)), None, "outside the IPv4 subnet");
+        assert_eq!(ipv6_twin(v4, "fd00::/124".parse().unwrap(), Ipv4Addr::new(10, 244, 1, 16)), None, "the offset does not fit");
+        assert_eq!(ipv6_twin(v4, "::/0".parse().unwrap(), Ipv4Addr::new(10, 244, 1, 7)), Some("::7".parse().unwrap()));
+    }
 
     fn tmpdir(name: &str) -> PathBuf {
         let d = std::env::temp_dir().join(format!("twill-ipam-{name}-{}", std::process::id()));

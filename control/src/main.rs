@@ -72,10 +72,11 @@ enum PolicyCommand {
         /// dir:PATH, as for the agent.
         #[arg(long, value_parser = parse_datastore)]
         datastore: Option<Datastore>,
-        /// NAMESPACE/POD or an IPv4 address.
+        /// NAMESPACE/POD or an IP address (an IPv6 address on either side asks about IPv6,
+        /// and a pod on the other side is taken at its IPv6 address).
         #[arg(long)]
         from: String,
-        /// NAMESPACE/POD or an IPv4 address.
+        /// NAMESPACE/POD or an IP address.
         #[arg(long)]
         to: String,
         /// TCP | UDP | SCTP | ICMP | a protocol number.
@@ -167,6 +168,9 @@ struct AgentArgs {
     /// beyond it are dropped and counted (drop_conntrack_full).
     #[arg(long, default_value_t = 262_144)]
     conntrack_flows: usize,
+    /// IPv6 connections the node's tracker holds at most (dual stack; 130 bytes each).
+    #[arg(long, default_value_t = 65_536)]
+    conntrack6_flows: usize,
     /// full | ceiling: the data plane, or (for the lab's xdp-ceiling measurement only)
     /// frames routed by destination with MACs rewritten and nothing else.
     #[arg(long, default_value = "full", value_parser = parse_pipeline)]
@@ -313,8 +317,8 @@ fn policy(command: PolicyCommand) -> anyhow::Result<()> {
 
 fn print_table(kind: &str, items: &[serde_json::Value]) {
     let cols: &[&str] = match kind {
-        "nodes" => &["name", "pod_cidr", "address", "vtep_mac", "vtep_mac_source", "next_hop_mac"],
-        "pods" => &["namespace", "pod", "ip", "host_ifname", "mac", "port", "worker"],
+        "nodes" => &["name", "pod_cidr", "pod_cidr6", "address", "address6", "vtep_mac", "vtep_mac_source", "next_hop_mac", "tunnel", "tunnel6"],
+        "pods" => &["namespace", "pod", "ip", "ip6", "host_ifname", "mac", "port", "worker"],
         "policies" => &["kind", "namespace", "name", "order", "ingress_rules", "egress_rules"],
         _ => &["prefix", "via"],
     };
@@ -366,6 +370,7 @@ fn run_agent(args: AgentArgs) -> anyhow::Result<()> {
         copy_mode: args.copy_mode,
         frames: args.frames,
         conntrack_flows: args.conntrack_flows,
+        conntrack6_flows: args.conntrack6_flows,
         pipeline: args.pipeline,
         routes: args.routes,
     };

@@ -1,12 +1,126 @@
-//! Underlay next hops, from the kernel: the route to a peer (`/proc/net/route`) and the
-//! neighbour table (`/proc/net/arp`) of this network namespace. A peer whose next hop has
-//! no complete entry is nudged (one UDP datagram to the discard port makes the kernel
-//! resolve it) and stays unresolved in the tables until the kernel has the answer: the
-//! forwarder counts `neighbour_unresolved` drops instead of sending to a guessed MAC.
+//! Underlay next hops, from the kernel: the route to a peer (`/proc/net/route`,
+//! `/proc/net/ipv6_route`) and the neighbour table of this network namespace (IPv4:
+//! `/proc/net/arp`; IPv6, which has no such file: a netlink dump of Neighbor Discovery's
+//! cache). A peer whose next hop has no complete entry is nudged (one UDP datagram to the
+//! discard port makes the kernel resolve it) and stays unresolved in the tables until the
+//! kernel has the answer: the forwarder counts `neighbour_unresolved` drops instead of
+//! sending to a guessed MAC.
 
-use std::{collections::HashMap, net::Ipv4Addr};
+use std::{
+    collections::HashMap,
+    net::{IpAddr, Ipv4Addr, Ipv6Addr},
+};
 
 use encap::ethernet::EthernetAddress;
+use netlink_packet_core::{NLM_F_DUMP, NLM_F_REQUEST, NetlinkHeader, NetlinkMessage, NetlinkPayload};
+use netlink_packet_route::{
+    AddressFamily, RouteNetlinkMessage,
+    neighbour::{NeighbourAddress, NeighbourAttribute, NeighbourMessage, NeighbourState},
+};
+use netlink_sys::{Socket, SocketAddr, protocols::NETLINK_ROUTE};
+
+/// Complete IPv6 neighbour entries on `dev` (reachable, stale, delay, probe, permanent);
+/// empty when the dump fails (the peers then stay unresolved and are nudged again).
+pub fn read_ndp(dev: &str) -> HashMap<Ipv6Addr, EthernetAddress> {
+    let Ok(ifindex) = forwarder::xdp_hook::ifindex(dev) else {
+        return HashMap::new();
+    };
+    let complete = |s: NeighbourState| matches!(s, NeighbourState::Reachable | NeighbourState::Stale | NeighbourState::Delay | NeighbourState::Probe | NeighbourState::Permanent);
+    dump_neighbours6()
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|m| m.header.ifindex == ifindex && complete(m.header.state))
+        .filter_map(|m| {
+            let mut ip = None;
+            let mut mac = None;
+            for a in m.attributes {
+                match a {
+                    NeighbourAttribute::Destination(NeighbourAddress::Inet6(a)) => ip = Some(a),
+                    NeighbourAttribute::LinkLayerAddress(b) if b.len() == 6 && b != [0; 6] => mac = Some(EthernetAddress([b[0], b[1], b[2], b[3], b[4], b[5]])),
+                    _ => {}
+                }
+            }
+            Some((ip?, mac?))
+        })
+        .collect()
+}
+
+/// Every IPv6 neighbour entry of this namespace (RTM_GETNEIGH dump).
+fn dump_neighbours6() -> std::io::Result<Vec<NeighbourMessage>> {
+    let mut sock = Socket::new(NETLINK_ROUTE)?;
+    sock.bind_auto()?;
+    sock.connect(&SocketAddr::new(0, 0))?;
+    let mut query = NeighbourMessage::default();
+    query.header.family = AddressFamily::Inet6;
+    let mut header = NetlinkHeader::default();
+    header.flags = NLM_F_REQUEST | NLM_F_DUMP;
+    header.sequence_number = 1;
+    let mut req = NetlinkMessage::new(header, NetlinkPayload::from(RouteNetlinkMessage::GetNeighbour(query)));
+    req.finalize();
+    let mut buf = vec![0; req.buffer_len()];
+    req.serialize(&mut buf);
+    sock.send(&buf, 0)?;
+    let mut out = Vec::new();
+    loop {
+        let (data, _) = sock.recv_from_full()?;
+        let mut offset = 0;
+        while offset < data.len() {
+            let reply = NetlinkMessage::<RouteNetlinkMessage>::deserialize(&data[offset..]).map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e.to_string()))?;
+            match reply.payload {
+                NetlinkPayload::Done(_) => return Ok(out),
+                NetlinkPayload::Error(e) => return Err(std::io::Error::other(format!("neighbour dump: {e:?}"))),
+                NetlinkPayload::InnerMessage(RouteNetlinkMessage::NewNeighbour(m)) => out.push(m),
+                _ => {}
+            }
+            let len = reply.header.length as usize;
+            if len == 0 {
+                return Ok(out);
+            }
+            offset += (len + 3) & !3;
+        }
+    }
+}
+
+/// The IPv6 next hop toward `dst` on `dev` (`/proc/net/ipv6_route`): its gateway, or `dst`
+/// itself when on-link.
+pub fn next_hop6(dev: &str, dst: Ipv6Addr) -> Ipv6Addr {
+    let text = std::fs::read_to_string("/proc/net/ipv6_route").unwrap_or_default();
+    next_hop6_in(&text, dev, dst)
+}
+
+fn next_hop6_in(text: &str, dev: &str, dst: Ipv6Addr) -> Ipv6Addr {
+    routes6_of(text, dev, dst)
+        .max_by_key(|&(_, len, _)| len)
+        .map(|(_, _, gw)| if gw == 0 { dst } else { Ipv6Addr::from(gw) })
+        .unwrap_or(dst)
+}
+
+/// The IPv6 routes of `dev` in the text of /proc/net/ipv6_route that cover `dst`, as
+/// (network, prefix length, gateway; 0 when on-link).
+fn routes6_of<'a>(text: &'a str, dev: &'a str, dst: Ipv6Addr) -> impl Iterator<Item = (u128, u8, u128)> + 'a {
+    let d = u128::from(dst);
+    let hex = |s: &str| u128::from_str_radix(s, 16).ok();
+    text.lines().filter_map(move |line| {
+        let f: Vec<&str> = line.split_whitespace().collect();
+        if f.len() < 10 || f[9] != dev {
+            return None;
+        }
+        let (net, len, gw) = (hex(f[0])?, u8::from_str_radix(f[1], 16).ok()?.min(128), hex(f[4])?);
+        let mask = if len == 0 { 0 } else { u128::MAX << (128 - u32::from(len)) };
+        (d & mask == net & mask).then_some((net & mask, len, gw))
+    })
+}
+
+/// The connected IPv6 subnet of `dev` that holds `addr` (an on-link route shorter than a
+/// host route): what CrossSubnet compares IPv6 peers against.
+pub fn connected_subnet6(dev: &str, addr: Ipv6Addr) -> Option<(Ipv6Addr, u8)> {
+    let text = std::fs::read_to_string("/proc/net/ipv6_route").unwrap_or_default();
+    connected_subnet6_in(&text, dev, addr)
+}
+
+fn connected_subnet6_in(text: &str, dev: &str, addr: Ipv6Addr) -> Option<(Ipv6Addr, u8)> {
+    routes6_of(text, dev, addr).filter(|&(_, len, gw)| gw == 0 && (1..128).contains(&len)).max_by_key(|&(_, len, _)| len).map(|(net, len, _)| (Ipv6Addr::from(net), len))
+}
 
 /// Complete IPv4 neighbour entries on `dev`.
 pub fn read_arp(dev: &str) -> HashMap<Ipv4Addr, EthernetAddress> {
@@ -94,9 +208,12 @@ fn connected_subnet_in(text: &str, dev: &str, addr: Ipv4Addr) -> Option<(Ipv4Add
         .map(|r| (Ipv4Addr::from(r.net), r.mask.count_ones() as u8))
 }
 
-/// Makes the kernel resolve `peer`'s next hop (it ARPs before sending the datagram).
-pub fn nudge(peer: Ipv4Addr) {
-    if let Ok(sock) = std::net::UdpSocket::bind("0.0.0.0:0") {
+/// Makes the kernel resolve `peer`'s next hop (it ARPs, or solicits its IPv6 neighbour,
+/// before sending the datagram).
+pub fn nudge(peer: impl Into<IpAddr>) {
+    let peer = peer.into();
+    let any = if peer.is_ipv4() { "0.0.0.0:0" } else { "[::]:0" };
+    if let Ok(sock) = std::net::UdpSocket::bind(any) {
         let _ = sock.send_to(b"", (peer, 9));
     }
 }
@@ -127,5 +244,24 @@ mod tests {
         assert_eq!(connected_subnet_in(text, "eth0", Ipv4Addr::new(10, 101, 0, 11)), None, "the default route is no subnet");
         assert_eq!(default_gateway_in(text, "eth0"), Some(Ipv4Addr::new(10, 100, 0, 1)));
         assert_eq!(default_gateway_in(text, "eth1"), None);
+    }
+
+    #[test]
+    fn ipv6_next_hop_is_the_gateway_or_the_peer() {
+        let text = "fd000100000000000000000000000000 40 00000000000000000000000000000000 00 00000000000000000000000000000000 00000100 00000001 00000000 00000001     eth0\n\
+                    00000000000000000000000000000000 00 00000000000000000000000000000000 00 fd000100000000000000000000000001 00000400 00000001 00000000 00000003     eth0\n\
+                    fd000200000000000000000000000000 40 00000000000000000000000000000000 00 00000000000000000000000000000000 00000100 00000001 00000000 00000001     eth1\n";
+        let ip = |s: &str| s.parse::<Ipv6Addr>().unwrap();
+        assert_eq!(next_hop6_in(text, "eth0", ip("fd00:100::12")), ip("fd00:100::12"));
+        assert_eq!(next_hop6_in(text, "eth0", ip("fd00:200::12")), ip("fd00:100::1"), "eth1's route is not eth0's");
+        assert_eq!(connected_subnet6_in(text, "eth0", ip("fd00:100::11")), Some((ip("fd00:100::"), 64)));
+        assert_eq!(connected_subnet6_in(text, "eth0", ip("fd00:200::11")), None, "the default route is no subnet");
+    }
+
+    #[test]
+    fn reads_ipv6_neighbours_of_loopback_without_error() {
+        // The dump itself must work here (loopback has no neighbours worth keeping).
+        dump_neighbours6().expect("an RTM_GETNEIGH dump");
+        assert!(read_ndp("lo").is_empty());
     }
 }

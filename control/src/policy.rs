@@ -10,7 +10,7 @@
 
 use std::{
     collections::BTreeMap,
-    net::Ipv4Addr,
+    net::{Ipv4Addr, Ipv6Addr},
     sync::Arc,
 };
 
@@ -32,25 +32,28 @@ pub struct PolicySync {
     policies: BTreeMap<PolicyId, Policy>,
 }
 
-/// The endpoints `cluster` and this node's pods (`local`: key → address) describe: every
-/// pod with an address; a local pod with its IPAM address, also before its manifest is
+/// A local pod's addresses, as IPAM gave them: IPv4, and IPv6 on a dual-stack node.
+pub type PodAddrs = (Ipv4Addr, Option<Ipv6Addr>);
+
+/// The endpoints `cluster` and this node's pods (`local`: key → addresses) describe: every
+/// pod with an address; a local pod with its IPAM addresses, also before its manifest is
 /// read (then without labels).
-fn wanted_endpoints(cluster: &ClusterState, local: &BTreeMap<EndpointKey, Ipv4Addr>) -> BTreeMap<EndpointKey, Endpoint> {
+fn wanted_endpoints(cluster: &ClusterState, local: &BTreeMap<EndpointKey, PodAddrs>) -> BTreeMap<EndpointKey, Endpoint> {
     let mut out = BTreeMap::new();
     for (key, pod) in &cluster.pods {
-        let ips = match local.get(key) {
-            Some(ip) => vec![*ip],
-            None => pod.ips.clone(),
+        let (ips, ips6) = match local.get(key) {
+            Some((ip, ip6)) => (vec![*ip], ip6.iter().copied().collect()),
+            None => (pod.ips.clone(), pod.ips6.clone()),
         };
-        if ips.is_empty() {
+        if ips.is_empty() && ips6.is_empty() {
             continue;
         }
-        let ep = Endpoint { namespace: key.0.clone(), name: key.1.clone(), labels: pod.labels.clone(), ips, ports: pod.ports.clone() };
+        let ep = Endpoint { namespace: key.0.clone(), name: key.1.clone(), labels: pod.labels.clone(), ips, ips6, ports: pod.ports.clone() };
         out.insert(key.clone(), ep.with_implicit_labels());
     }
-    for (key, ip) in local {
+    for (key, (ip, ip6)) in local {
         out.entry(key.clone()).or_insert_with(|| {
-            Endpoint { namespace: key.0.clone(), name: key.1.clone(), labels: Labels::new(), ips: vec![*ip], ports: Vec::new() }
+            Endpoint { namespace: key.0.clone(), name: key.1.clone(), labels: Labels::new(), ips: vec![*ip], ips6: ip6.iter().copied().collect(), ports: Vec::new() }
                 .with_implicit_labels()
         });
     }
@@ -66,7 +69,7 @@ impl PolicySync {
     /// Passes the differences between the wanted state and the last one to the compiler
     /// and returns the current tables. A policy the compiler refuses is left out and named
     /// in the log; the others stay in force.
-    pub fn sync(&mut self, cluster: &ClusterState, local: &BTreeMap<EndpointKey, Ipv4Addr>) -> Result<Arc<PolicyTables>, CompileError> {
+    pub fn sync(&mut self, cluster: &ClusterState, local: &BTreeMap<EndpointKey, PodAddrs>) -> Result<Arc<PolicyTables>, CompileError> {
         let c = &mut self.compiler;
         for (name, labels) in &cluster.namespaces {
             if self.namespaces.get(name) != Some(labels) {
@@ -141,7 +144,7 @@ mod tests {
     fn local_pods_take_their_ipam_address_and_remote_ones_their_manifest_address() {
         let mut cluster = ClusterState::default();
         read_documents(STATE, "state.yaml", &mut cluster).unwrap();
-        let local = BTreeMap::from([(("shop".to_string(), "cli".to_string()), Ipv4Addr::new(10, 244, 1, 7))]);
+        let local = BTreeMap::from([(("shop".to_string(), "cli".to_string()), (Ipv4Addr::new(10, 244, 1, 7), None))]);
         let mut sync = PolicySync::new();
         let tables = sync.sync(&cluster, &local).unwrap();
         assert_eq!(sync.endpoint_count(), 2);
@@ -151,6 +154,17 @@ mod tests {
         assert_eq!(verdict([10, 244, 1, 7], 8080), Verdict::Allow, "cli to web's named port http");
         assert_eq!(verdict([10, 244, 1, 7], 80), Verdict::Deny);
         assert_eq!(verdict([10, 244, 1, 8], 8080), Verdict::Deny, "not cli");
+
+        // Dual stack: the local pod's IPv6 address from IPAM, the remote one's from podIPs.
+        let v6 = |s: &str| s.parse::<Ipv6Addr>().unwrap();
+        let mut dual = cluster.clone();
+        dual.pods.get_mut(&("shop".to_string(), "web".to_string())).unwrap().ips6 = vec![v6("fd00:10:244:2::5")];
+        let local6 = BTreeMap::from([(("shop".to_string(), "cli".to_string()), (Ipv4Addr::new(10, 244, 1, 7), Some(v6("fd00:10:244:1::7"))))]);
+        let t6 = PolicySync::new().sync(&dual, &local6).unwrap();
+        assert!(std::ptr::eq(t6.peer6(v6("fd00:10:244:1::7")).unwrap(), t6.peer(Ipv4Addr::new(10, 244, 1, 7)).unwrap()), "one record for both families");
+        let key = policy_engine::compiler::Key6 { src: v6("fd00:10:244:1::7"), dst: v6("fd00:10:244:2::5"), proto: 6, src_port: 40000, dst_port: 8080 };
+        assert_eq!(t6.explain6(&key).verdict, Verdict::Allow, "cli to web over IPv6");
+        assert_eq!(t6.explain6(&policy_engine::compiler::Key6 { src: v6("fd00:10:244:1::8"), ..key }).verdict, Verdict::Deny);
 
         // Nothing changed: nothing is recompiled.
         sync.take_stats();

@@ -11,7 +11,7 @@
 
 use std::{
     fmt::Write as _,
-    net::Ipv4Addr,
+    net::{IpAddr, Ipv4Addr, Ipv6Addr},
     path::Path,
     time::Instant,
 };
@@ -20,9 +20,9 @@ use anyhow::{Context, Result, anyhow, bail};
 use policy_engine::{
     classbench,
     classifier::Key,
-    compiler::{PolicyCompiler, PolicyTables, key_of},
+    compiler::{PolicyCompiler, PolicyTables, key_of, key6_of},
     model::{Action, Direction, PolicyKind, parse_manifests, proto},
-    reference::{self, Decision, Packet},
+    reference::{self, Decision, IcmpFamily, Packet},
     world::World,
 };
 use serde_json::{Value, json};
@@ -33,19 +33,33 @@ use crate::{cluster::ClusterState, policy::PolicySync};
 /// ephemeral range).
 pub const DEFAULT_SRC_PORT: u16 = 32768;
 
-/// Resolves `NS/POD` (the pod's first address) or an IPv4 address.
-fn endpoint_addr(cluster: &ClusterState, s: &str) -> Result<Ipv4Addr> {
+/// Resolves `NS/POD` (the pod's first address of the family, IPv6 when `v6`) or an address.
+fn endpoint_addr(cluster: &ClusterState, s: &str, v6: bool) -> Result<IpAddr> {
     if let Ok(ip) = s.parse() {
         return Ok(ip);
     }
     let Some((ns, pod)) = s.split_once('/') else {
-        bail!("{s:?} is neither NAMESPACE/POD nor an IPv4 address");
+        bail!("{s:?} is neither NAMESPACE/POD nor an IP address");
     };
     let Some(p) = cluster.pods.get(&(ns.to_string(), pod.to_string())) else {
         let known: Vec<String> = cluster.pods.keys().map(|(n, p)| format!("{n}/{p}")).collect();
         bail!("no pod {s} in the state (pods there: {})", known.join(", "));
     };
-    p.ips.first().copied().ok_or_else(|| anyhow!("pod {s} has no IPv4 address (status.podIP) in the state"))
+    if v6 {
+        return p.ips6.first().map(|a| IpAddr::V6(*a)).ok_or_else(|| anyhow!("pod {s} has no IPv6 address (status.podIPs) in the state"));
+    }
+    p.ips.first().map(|a| IpAddr::V4(*a)).ok_or_else(|| anyhow!("pod {s} has no IPv4 address (status.podIP) in the state"))
+}
+
+/// The first packet of the connection `q` asks about, between `src` and `dst`.
+fn packet_of<A: IcmpFamily>(q: &ExplainQuery, src: A, dst: A) -> Result<Packet<A>> {
+    Ok(match q.protocol {
+        proto::ICMP | proto::ICMPV6 => {
+            let icmp_type = u8::try_from(q.port).map_err(|_| anyhow!("--port {}: an ICMP type is 0..=255", q.port))?;
+            Packet { protocol: q.protocol, ..Packet::icmp(src, dst, icmp_type, q.icmp_code) }
+        }
+        p => Packet { protocol: p, ..Packet::tcp(src, q.src_port, dst, q.port) },
+    })
 }
 
 /// Parses `--proto`.
@@ -75,23 +89,27 @@ fn compile_state(cluster: &ClusterState) -> Result<std::sync::Arc<PolicyTables>>
 
 /// `twill policy explain`: the decision, and its JSON form.
 pub fn explain(cluster: &ClusterState, q: &ExplainQuery) -> Result<(Decision, Value)> {
-    let src = endpoint_addr(cluster, &q.from)?;
-    let dst = endpoint_addr(cluster, &q.to)?;
-    let pkt = match q.protocol {
-        proto::ICMP | proto::ICMPV6 => {
-            let icmp_type = u8::try_from(q.port).map_err(|_| anyhow!("--port {}: an ICMP type is 0..=255", q.port))?;
-            Packet { protocol: q.protocol, ..Packet::icmp(src, dst, icmp_type, q.icmp_code) }
-        }
-        p => Packet { protocol: p, ..Packet::tcp(src, q.src_port, dst, q.port) },
-    };
+    // An IPv6 address on either side asks about IPv6; pods then answer with their IPv6 one.
+    let v6 = [&q.from, &q.to].iter().any(|s| s.parse::<Ipv6Addr>().is_ok());
+    let (src, dst) = (endpoint_addr(cluster, &q.from, v6)?, endpoint_addr(cluster, &q.to, v6)?);
     let tables = compile_state(cluster)?;
-    let d = tables.explain(&key_of(&pkt));
+    let (d, src_port) = match (src, dst) {
+        (IpAddr::V4(s), IpAddr::V4(d)) => {
+            let pkt = packet_of(q, s, d)?;
+            (tables.explain(&key_of(&pkt)), pkt.src_port)
+        }
+        (IpAddr::V6(s), IpAddr::V6(d)) => {
+            let pkt = packet_of(q, s, d)?;
+            (tables.explain6(&key6_of(&pkt)), pkt.src_port)
+        }
+        _ => bail!("--from {} ({src}) and --to {} ({dst}) are of different address families", q.from, q.to),
+    };
     let v = json!({
         "verdict": d.verdict.to_string(),
         "from": {"name": q.from, "ip": src.to_string()},
         "to": {"name": q.to, "ip": dst.to_string()},
         "protocol": q.protocol,
-        "src_port": pkt.src_port,
+        "src_port": src_port,
         "port": q.port,
         "egress": d.egress.as_ref().map(|e| e.to_json()),
         "ingress": d.ingress.as_ref().map(|e| e.to_json()),

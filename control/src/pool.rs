@@ -11,12 +11,19 @@
 //!
 //! Flannel's `vxlan` backend is VXLAN Always (with `DirectRouting: true`, CrossSubnet);
 //! `host-gw` is Never. Without a pool, the agent's `--encap` decides for every node.
+//!
+//! An IPv6 pool (dual stack) decides for IPv6 pods the same way, by its vxlanMode (IP-in-IP
+//! carries no IPv6, and twill has no NAT66: both are refused); IPv6 pods no IPv6 pool covers
+//! go as the node's IPv4 pods do.
 
 use std::collections::BTreeMap;
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, Ipv6Addr};
 
 use encap::vxlan::VxlanProfile;
-use forwarder::{Tunnel, route::Ipv4Prefix};
+use forwarder::{
+    Tunnel,
+    route::{Ipv4Prefix, Ipv6Prefix},
+};
 use serde::Deserialize;
 
 /// When an encapsulation is used.
@@ -27,12 +34,13 @@ pub enum EncapMode {
     Never,
 }
 
-/// A Calico IP pool.
+/// A Calico IP pool: of IPv4 pod addresses, or (`IpPool<Ipv6Prefix>`) of IPv6 ones.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
-pub struct IpPool {
+#[serde(bound(serialize = "P: std::fmt::Display"))]
+pub struct IpPool<P = Ipv4Prefix> {
     pub name: String,
     #[serde(serialize_with = "display")]
-    pub cidr: Ipv4Prefix,
+    pub cidr: P,
     pub block_size: u8,
     pub ipip_mode: EncapMode,
     pub vxlan_mode: EncapMode,
@@ -66,9 +74,16 @@ struct Spec {
     _assignment_mode: Option<String>,
 }
 
-impl IpPool {
+/// An IPPool of either family, as read.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AnyPool {
+    V4(IpPool),
+    V6(IpPool<Ipv6Prefix>),
+}
+
+impl AnyPool {
     /// Reads an IPPool object; the error names the field and what is accepted.
-    pub fn from_manifest(value: &serde_yaml::Value) -> Result<IpPool, String> {
+    pub fn from_manifest(value: &serde_yaml::Value) -> Result<AnyPool, String> {
         if value["apiVersion"].as_str() != Some("projectcalico.org/v3") {
             return Err(format!("apiVersion {:?}: IPPool is accepted as projectcalico.org/v3", value["apiVersion"]));
         }
@@ -76,17 +91,31 @@ impl IpPool {
         let spec: Spec = serde_yaml::from_value(value["spec"].clone()).map_err(|e| {
             format!("spec: {e} (accepted: cidr, blockSize, ipipMode, vxlanMode (Always, CrossSubnet, Never), natOutgoing, disabled, nodeSelector, allowedUses, disableBGPExport, assignmentMode)")
         })?;
-        let cidr: Ipv4Prefix = spec.cidr.parse().map_err(|e: String| format!("spec.cidr: {e} (IPv6 pools come with dual stack)"))?;
-        let block_size = spec.block_size.unwrap_or(26);
-        if !(20..=32).contains(&block_size) || block_size < cidr.len() {
-            return Err(format!("spec.blockSize: {block_size} must be 20..=32 and not shorter than the CIDR's /{}", cidr.len()));
-        }
         let ipip_mode = spec.ipip_mode.unwrap_or(EncapMode::Never);
         let vxlan_mode = spec.vxlan_mode.unwrap_or(EncapMode::Never);
         if ipip_mode != EncapMode::Never && vxlan_mode != EncapMode::Never {
             return Err("spec: ipipMode and vxlanMode cannot both be enabled (as Calico refuses); set one to Never".into());
         }
-        Ok(IpPool { name, cidr, block_size, ipip_mode, vxlan_mode, nat_outgoing: spec.nat_outgoing, disabled: spec.disabled })
+        if let Ok(cidr) = spec.cidr.parse::<Ipv6Prefix>() {
+            // Calico's IPv6 blocks: /122 by default, 116..=128.
+            let block_size = spec.block_size.unwrap_or(122);
+            if !(116..=128).contains(&block_size) || block_size < cidr.len() {
+                return Err(format!("spec.blockSize: {block_size} must be 116..=128 for an IPv6 pool and not shorter than the CIDR's /{}", cidr.len()));
+            }
+            if ipip_mode != EncapMode::Never {
+                return Err("spec.ipipMode: IP-in-IP carries no IPv6 (as Calico refuses it on IPv6 pools); accepted: Never, with vxlanMode for encapsulation".into());
+            }
+            if spec.nat_outgoing {
+                return Err("spec.natOutgoing: twill has no NAT66 (IPv6 pods do not leave the cluster yet); accepted: false on an IPv6 pool".into());
+            }
+            return Ok(AnyPool::V6(IpPool { name, cidr, block_size, ipip_mode, vxlan_mode, nat_outgoing: false, disabled: spec.disabled }));
+        }
+        let cidr: Ipv4Prefix = spec.cidr.parse().map_err(|e: String| format!("spec.cidr: {e} (or an IPv6 CIDR such as fd00:10:244::/48)"))?;
+        let block_size = spec.block_size.unwrap_or(26);
+        if !(20..=32).contains(&block_size) || block_size < cidr.len() {
+            return Err(format!("spec.blockSize: {block_size} must be 20..=32 and not shorter than the CIDR's /{}", cidr.len()));
+        }
+        Ok(AnyPool::V4(IpPool { name, cidr, block_size, ipip_mode, vxlan_mode, nat_outgoing: spec.nat_outgoing, disabled: spec.disabled }))
     }
 }
 
@@ -94,9 +123,30 @@ impl IpPool {
 mod tests {
     use super::*;
 
-    fn pool(spec: &str) -> Result<IpPool, String> {
+    fn any_pool(spec: &str) -> Result<AnyPool, String> {
         let text = format!("apiVersion: projectcalico.org/v3\nkind: IPPool\nmetadata: {{name: p}}\nspec: {spec}\n");
-        IpPool::from_manifest(&serde_yaml::from_str(&text).unwrap())
+        AnyPool::from_manifest(&serde_yaml::from_str(&text).unwrap())
+    }
+
+    fn pool(spec: &str) -> Result<IpPool, String> {
+        any_pool(spec).map(|p| match p {
+            AnyPool::V4(p) => p,
+            AnyPool::V6(p) => panic!("an IPv6 pool: {p:?}"),
+        })
+    }
+
+    #[test]
+    fn ipv6_pools_read_with_calicos_defaults_and_refusals() {
+        let Ok(AnyPool::V6(p)) = any_pool("{cidr: 'fd00:10:244::/48', vxlanMode: Never}") else { panic!("an IPv6 pool") };
+        assert_eq!((p.cidr.to_string().as_str(), p.block_size, p.vxlan_mode, p.nat_outgoing), ("fd00:10:244::/48", 122, EncapMode::Never, false));
+        for (spec, want) in [
+            ("{cidr: 'fd00:10:244::/48', ipipMode: Always}", "IP-in-IP carries no IPv6"),
+            ("{cidr: 'fd00:10:244::/48', natOutgoing: true}", "no NAT66"),
+            ("{cidr: 'fd00:10:244::/48', blockSize: 26}", "116..=128"),
+        ] {
+            let e = any_pool(spec).unwrap_err();
+            assert!(e.contains(want), "{spec}: {e}");
+        }
     }
 
     #[test]
@@ -150,16 +200,38 @@ pub fn parse_encap(s: &str) -> Result<DefaultEncap, String> {
 /// CrossSubnet routes directly when `my_subnet` holds the peer, Never always does.
 pub fn tunnel_to(pools: &BTreeMap<String, IpPool>, default: &DefaultEncap, my_subnet: Option<Ipv4Prefix>, peer_addr: Ipv4Addr, peer_pods: Ipv4Prefix) -> Tunnel {
     let pool = pools.values().filter(|p| p.cidr.contains(peer_pods.addr())).max_by_key(|p| p.cidr.len());
-    let (tunnel, mode) = match pool {
-        Some(p) if p.vxlan_mode != EncapMode::Never => (Tunnel::Vxlan, p.vxlan_mode),
-        Some(p) if p.ipip_mode != EncapMode::Never => (Tunnel::Ipip, p.ipip_mode),
-        Some(_) => (Tunnel::None, EncapMode::Never),
-        None => (default.tunnel, default.mode),
-    };
+    let encap = pool.map_or((default.tunnel, default.mode), pool_encap);
+    decide(encap, my_subnet.is_some_and(|s| s.contains(peer_addr)))
+}
+
+/// How this node carries IPv6 pod traffic to a peer at IPv6 underlay address `peer_addr6`
+/// whose IPv6 pod CIDR is `peer_pods6`: the IPv6 pool holding those pods decides (its
+/// vxlanMode; CrossSubnet against `my_subnet6`), else it goes as the IPv4 pods do (`v4`).
+pub fn tunnel6_to(pools6: &BTreeMap<String, IpPool<Ipv6Prefix>>, v4: Tunnel, my_subnet6: Option<Ipv6Prefix>, peer_addr6: Option<Ipv6Addr>, peer_pods6: Option<Ipv6Prefix>) -> Tunnel {
+    let pool = peer_pods6.and_then(|c| pools6.values().filter(|p| p.cidr.contains(c.addr())).max_by_key(|p| p.cidr.len()));
+    match pool {
+        Some(p) => decide(pool_encap(p), my_subnet6.zip(peer_addr6).is_some_and(|(s, a)| s.contains(a))),
+        None => v4,
+    }
+}
+
+/// The tunnel and mode a pool asks for.
+fn pool_encap<P>(p: &IpPool<P>) -> (Tunnel, EncapMode) {
+    if p.vxlan_mode != EncapMode::Never {
+        (Tunnel::Vxlan, p.vxlan_mode)
+    } else if p.ipip_mode != EncapMode::Never {
+        (Tunnel::Ipip, p.ipip_mode)
+    } else {
+        (Tunnel::None, EncapMode::Never)
+    }
+}
+
+/// `tunnel` under `mode`, for a peer in this node's underlay subnet or not.
+fn decide((tunnel, mode): (Tunnel, EncapMode), same_subnet: bool) -> Tunnel {
     match mode {
         EncapMode::Always => tunnel,
         EncapMode::Never => Tunnel::None,
-        EncapMode::CrossSubnet if my_subnet.is_some_and(|s| s.contains(peer_addr)) => Tunnel::None,
+        EncapMode::CrossSubnet if same_subnet => Tunnel::None,
         EncapMode::CrossSubnet => tunnel,
     }
 }
@@ -191,5 +263,20 @@ mod tunnel_tests {
         assert_eq!(flannel_dr.vxlan, VxlanProfile::FLANNEL);
         assert_eq!(tunnel_to(&BTreeMap::new(), &flannel_dr, Some(subnet), near, pods), Tunnel::None);
         assert_eq!(tunnel_to(&BTreeMap::new(), &flannel_dr, Some(subnet), far, pods), Tunnel::Vxlan);
+    }
+
+    #[test]
+    fn an_ipv6_pool_decides_for_ipv6_pods_and_without_one_they_go_as_ipv4_does() {
+        let pods6: Ipv6Prefix = "fd00:10:244:2::/64".parse().unwrap();
+        let (subnet6, near, far): (Ipv6Prefix, Ipv6Addr, Ipv6Addr) = ("fd00:100::/64".parse().unwrap(), "fd00:100::12".parse().unwrap(), "fd00:101::13".parse().unwrap());
+        let pool6 = |vx| IpPool { name: "p6".into(), cidr: "fd00:10:244::/48".parse::<Ipv6Prefix>().unwrap(), block_size: 122, ipip_mode: EncapMode::Never, vxlan_mode: vx, nat_outgoing: false, disabled: false };
+        let none = BTreeMap::new();
+        assert_eq!(tunnel6_to(&none, Tunnel::Ipip, Some(subnet6), Some(near), Some(pods6)), Tunnel::Ipip, "no IPv6 pool: as IPv4");
+        let never = BTreeMap::from([("p6".to_string(), pool6(EncapMode::Never))]);
+        assert_eq!(tunnel6_to(&never, Tunnel::Vxlan, Some(subnet6), Some(far), Some(pods6)), Tunnel::None);
+        let cross = BTreeMap::from([("p6".to_string(), pool6(EncapMode::CrossSubnet))]);
+        assert_eq!(tunnel6_to(&cross, Tunnel::Vxlan, Some(subnet6), Some(near), Some(pods6)), Tunnel::None);
+        assert_eq!(tunnel6_to(&cross, Tunnel::None, Some(subnet6), Some(far), Some(pods6)), Tunnel::Vxlan);
+        assert_eq!(tunnel6_to(&cross, Tunnel::None, Some(subnet6), Some(near), "fd00:99::/64".parse().ok()), Tunnel::None, "pods outside the pool: as IPv4");
     }
 }

@@ -99,6 +99,26 @@ fn explain_names_the_deciding_policy_and_rule() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+/// Dual-stack pods: an IPv6 address on one side asks about IPv6, and the pod on the other
+/// side answers with its IPv6 address; the same policies decide.
+#[test]
+fn explain_judges_ipv6_with_the_same_policies() {
+    let dir = scratch("explain6");
+    let dual = STATE
+        .replace("status: {podIP: 10.244.1.10}", "status: {podIP: 10.244.1.10, podIPs: [{ip: 10.244.1.10}, {ip: 'fd00:1::10'}]}")
+        .replace("status: {podIP: 10.244.2.20}", "status: {podIP: 10.244.2.20, podIPs: [{ip: 10.244.2.20}, {ip: 'fd00:2::20'}]}");
+    std::fs::write(dir.join("state.yaml"), dual).unwrap();
+    let d = dir.to_str().unwrap();
+    let v = explain(d, "fd00:2::20", "shop/web", "8080");
+    assert_eq!((v["verdict"].as_str(), v["to"]["ip"].as_str()), (Some("allow"), Some("fd00:1::10")), "{v:#}");
+    assert_eq!(v["ingress"]["decided_by"]["rule"]["policy"], "web-from-cli", "cli by its IPv6 address");
+    let v = explain(d, "fd00:9::9", "shop/web", "8080");
+    assert_eq!(v["verdict"], "deny", "{v:#}");
+    let (ok, _, err) = twill(&["policy", "explain", "--state", d, "--from", "10.9.9.9", "--to", "fd00:1::10", "--proto", "TCP", "--port", "80"]);
+    assert!(!ok && err.contains("different address families"), "{err}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 #[test]
 fn a_bad_policy_manifest_is_refused_with_file_and_field() {
     let dir = scratch("bad");
