@@ -34,6 +34,10 @@ impl Capture {
         for d in decode_as {
             args.extend(["-d".into(), (*d).into()]);
         }
+        // So that `udp.checksum.status` says good (1) or bad (0); Wireshark dissects the
+        // payload either way. A Linux sender's checksums seen on a veth or bridge are
+        // partial (offloaded): only a frame twill sent has a final one.
+        args.extend(["-o".into(), "udp.check_checksum:TRUE".into()]);
         // The first occurrence of each field: the outer header of a tunnelled packet.
         args.extend(["-T".into(), "fields".into(), "-E".into(), "separator=/t".into(), "-E".into(), "occurrence=f".into()]);
         for f in fields {

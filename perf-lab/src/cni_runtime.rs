@@ -97,6 +97,8 @@ fn invoke(call: &CniCall<'_>, command: &str, conf: &Value) -> Result<String> {
 #[derive(Debug, Clone)]
 pub struct Added {
     pub ip: Ipv4Addr,
+    /// A dual-stack pod's IPv6 address.
+    pub ip6: Option<std::net::Ipv6Addr>,
     /// The plugin's whole result, kept for DEL's `prevResult`.
     pub result: Value,
 }
@@ -116,7 +118,8 @@ pub fn add(call: &CniCall<'_>) -> Result<Added> {
             call.pod_namespace, call.pod_name
         )
     })?;
-    Ok(Added { ip, result })
+    let ip6 = result["ips"].as_array().into_iter().flatten().find_map(|e| e["address"].as_str()?.split('/').next()?.parse().ok());
+    Ok(Added { ip, ip6, result })
 }
 
 /// CNI DEL (idempotent on the plugin's side).

@@ -2,8 +2,8 @@
 //! plugin (flannel's delegate config: `cni0`, host-local IPAM, default gateway) wire it:
 //!
 //! - `flannel.1`: vxlan id 1, `local` = node IP, `dev eth0`, dstport 8472, `nolearning`,
-//!   MTU 1450, address `<pod subnet>.0/32`;
-//! - `cni0`: bridge with `<pod subnet>.1/24`, MTU 1450; each pod a veth on it (hairpin on),
+//!   MTU the uplink's less 50 (1450 on a 1500-byte uplink), address `<pod subnet>.0/32`;
+//! - `cni0`: bridge with `<pod subnet>.1/24`, the same MTU; each pod a veth on it (hairpin on),
 //!   the pod side `eth0` with `<pod subnet>.(j+1)/24` and `default via <pod subnet>.1`;
 //! - per peer node k: `route 10.244.k.0/24 via 10.244.k.0 dev flannel.1 onlink`, a permanent
 //!   neighbour 10.244.k.0 → k's VTEP MAC, and an FDB entry VTEP MAC → k's node IP.
@@ -18,16 +18,18 @@ use crate::netns::{self, ip};
 
 pub const VXLAN_DEV: &str = "flannel.1";
 pub const BRIDGE: &str = "cni0";
-pub const MTU: u32 = 1450;
+/// VXLAN's overhead on an IPv4 underlay: the pod MTU is the uplink's less this, as flanneld
+/// and calico-node set it.
+pub const VXLAN_OVERHEAD: u32 = 50;
 pub const VNI: u32 = 1;
 pub const VXLAN_PORT: u16 = 8472;
 
 /// What a flannel node needs to know about a peer to reach its pods.
 #[derive(Debug, Clone)]
-pub struct Peer {
-    /// e.g. "10.244.2.0/24"
+pub struct Peer<A = Ipv4Addr> {
+    /// e.g. "10.244.2.0/24" (IPv6: "fd00:10:244:2::/64")
     pub pod_cidr: String,
-    pub node_ip: Ipv4Addr,
+    pub node_ip: A,
     pub vtep_mac: String,
 }
 
@@ -51,10 +53,11 @@ fn host(cidr: &str, n: u32) -> Result<Ipv4Addr> {
     Ok(Ipv4Addr::from(u32::from(cidr_network(cidr)?) + n))
 }
 
-/// Creates `flannel.1` and `cni0` in node namespace `ns`; returns the VTEP MAC.
-pub fn setup_node(ns: &str, node_ip: Ipv4Addr, pod_cidr: &str) -> Result<String> {
+/// Creates `flannel.1` and `cni0` in node namespace `ns`, for pods of MTU `mtu`; returns
+/// the VTEP MAC.
+pub fn setup_node(ns: &str, node_ip: Ipv4Addr, pod_cidr: &str, mtu: u32) -> Result<String> {
     let local = node_ip.to_string();
-    let (vni, port, mtu) = (VNI.to_string(), VXLAN_PORT.to_string(), MTU.to_string());
+    let (vni, port, mtu) = (VNI.to_string(), VXLAN_PORT.to_string(), mtu.to_string());
     ip(
         ns,
         &[
@@ -104,19 +107,20 @@ pub fn setup_node(ns: &str, node_ip: Ipv4Addr, pod_cidr: &str) -> Result<String>
     netns::link_mac(ns, VXLAN_DEV)
 }
 
-/// Wires pod namespace `pod_ns` (already created) as the bridge plugin does; the host side
-/// of the veth is `host_veth` in `node_ns`. Returns the pod's address `<subnet>.(j+1)`.
+/// Wires pod namespace `pod_ns` (already created) as the bridge plugin does, with MTU
+/// `mtu`; the host side of the veth is `host_veth` in `node_ns`. Returns the pod's address
+/// `<subnet>.(j+1)`.
 pub fn add_pod(
     node_ns: &str,
     pod_cidr: &str,
     pod_ns: &str,
-    j: u32,
+    (j, mtu): (u32, u32),
     host_veth: &str,
 ) -> Result<Ipv4Addr> {
     let addr = host(pod_cidr, j + 1)?;
     let gw = host(pod_cidr, 1)?.to_string();
     let prefix = pod_cidr.split_once('/').map(|(_, l)| l).unwrap_or("24");
-    let mtu = MTU.to_string();
+    let mtu = mtu.to_string();
     ip(
         node_ns,
         &[
@@ -162,8 +166,8 @@ pub fn add_peer(ns: &str, p: &Peer) -> Result<()> {
 
 /// The peer recipe flanneld and Felix share, on vxlan device `dev`: `route <pod cidr> via
 /// <tunnel> dev <dev> onlink`, a permanent neighbour `<tunnel>` → the peer's VTEP MAC, an
-/// FDB entry VTEP MAC → the peer's node IP.
-pub fn add_peer_on(ns: &str, dev: &str, p: &Peer, tunnel: Ipv4Addr) -> Result<()> {
+/// FDB entry VTEP MAC → the peer's node IP. IPv4 or, over an IPv6 underlay, IPv6 throughout.
+pub fn add_peer_on<A: std::fmt::Display>(ns: &str, dev: &str, p: &Peer<A>, tunnel: A) -> Result<()> {
     let tunnel = tunnel.to_string();
     ip(
         ns,

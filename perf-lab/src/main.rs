@@ -117,10 +117,10 @@ enum Cmd {
         #[arg(long)]
         duration: Option<f64>,
         /// Sections to run (default all): paths (every data path, every measurement),
-        /// rules (the rules sweep), topologies (workers per node, pods per node, MTU),
-        /// routes (10, 10,000 and every IPv4 prefix of the BGP table), loaded (twill with
-        /// the full table and 1,000 rules).
-        #[arg(long, value_delimiter = ',', value_parser = ["paths", "rules", "topologies", "routes", "loaded"])]
+        /// rules (the rules sweep), topologies (workers per node, pods per node), mtu
+        /// (uplink MTU 1500 and 9000, twill and kernel-flannel), routes (10, 10,000 and every
+        /// IPv4 prefix of the BGP table), loaded (twill with the full table and 1,000 rules).
+        #[arg(long, value_delimiter = ',', value_parser = ["paths", "rules", "topologies", "mtu", "routes", "loaded"])]
         only: Vec<String>,
         /// Also write the report as JSON to this file.
         #[arg(long)]
@@ -160,6 +160,16 @@ struct TopoArgs {
     /// line; .gz is read as gzip): the agents' --routes, the kernel nodes' FIB, via the router.
     #[arg(long)]
     routes: Option<std::path::PathBuf>,
+    /// Dual stack: every node gets an IPv6 underlay address (fd00:100::{10+i}/64), twill and
+    /// kernel-calico nodes an IPv6 pod subnet (fd00:10:244:i::/64) and their pods an IPv6
+    /// address beside the IPv4 one (IPv6 pods cross the IPv6 underlay); `check` probes every
+    /// pair over both.
+    #[arg(long)]
+    dual_stack: bool,
+    /// MTU of every node's uplink and of the underlay (default 1500); twill derives its pod
+    /// MTU from it (8950 at 9000 with VXLAN).
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1280..=65535))]
+    uplink_mtu: Option<u32>,
     /// When up fails, leave what was built (agent logs in /run/twill-lab/n*/agent.log).
     #[arg(long)]
     keep_on_failure: bool,
@@ -194,6 +204,12 @@ impl TopoArgs {
         }
         if let Some(r) = &self.routes {
             t = t.routes(r);
+        }
+        if self.dual_stack {
+            t = t.dual_stack();
+        }
+        if let Some(m) = self.uplink_mtu {
+            t = t.uplink_mtu(m);
         }
         Ok(t)
     }
@@ -334,6 +350,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
                     cfg.rules.clear();
                 }
                 cfg.topologies &= has("topologies");
+                cfg.mtu &= has("mtu");
                 cfg.loaded &= has("loaded");
                 if !has("routes") {
                     cfg.routes.clear();

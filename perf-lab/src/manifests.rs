@@ -9,7 +9,7 @@
 //! plugin) and rewritten with `status.podIP` after, as kubelet reports it.
 
 use std::collections::BTreeMap;
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, Ipv6Addr};
 use std::path::Path;
 
 use anyhow::{Context, Result};
@@ -30,6 +30,9 @@ pub struct CalicoNode {
     /// The node's address with its underlay prefix length (`10.100.0.13/24`).
     pub address: String,
     pub vxlan_tunnel_addr: Ipv4Addr,
+    /// Dual stack: the node's IPv6 address with its prefix length and its
+    /// `vxlan-v6.calico` MAC.
+    pub v6: Option<(String, String)>,
 }
 
 /// Who published a node's identity besides its Node spec and status.
@@ -41,8 +44,8 @@ pub enum KernelNode {
 
 pub fn node(
     name: &str,
-    pod_cidr: &str,
-    address: Ipv4Addr,
+    (pod_cidr, pod_cidr6): (&str, Option<&str>),
+    (address, address6): (Ipv4Addr, Option<Ipv6Addr>),
     kernel: Option<&KernelNode>,
 ) -> Result<String> {
     let mut metadata = json!({
@@ -65,6 +68,10 @@ pub fn node(
                 "projectcalico.org/VXLANTunnelMACAddr": c.vtep_mac,
                 "projectcalico.org/IPv4VXLANTunnelAddr": c.vxlan_tunnel_addr.to_string(),
             });
+            if let Some((a6, mac6)) = &c.v6 {
+                metadata["annotations"]["projectcalico.org/IPv6Address"] = json!(a6);
+                metadata["annotations"]["projectcalico.org/VXLANTunnelMACAddrV6"] = json!(mac6);
+            }
         }
         None => {}
     }
@@ -72,12 +79,12 @@ pub fn node(
         "apiVersion": "v1",
         "kind": "Node",
         "metadata": metadata,
-        "spec": { "podCIDR": pod_cidr, "podCIDRs": [pod_cidr] },
+        "spec": { "podCIDR": pod_cidr, "podCIDRs": std::iter::once(pod_cidr).chain(pod_cidr6).collect::<Vec<_>>() },
         "status": {
-            "addresses": [
-                { "type": "InternalIP", "address": address.to_string() },
-                { "type": "Hostname", "address": name },
-            ],
+            "addresses": std::iter::once(json!({ "type": "InternalIP", "address": address.to_string() }))
+                .chain(address6.map(|a| json!({ "type": "InternalIP", "address": a.to_string() })))
+                .chain([json!({ "type": "Hostname", "address": name })])
+                .collect::<Vec<_>>(),
         },
     }))
 }
@@ -119,6 +126,26 @@ pub fn ip_pool(encap: Option<&str>) -> Result<String> {
 /// The file the lab's IPPool lives in.
 pub const POOL_FILE: &str = "ippool-lab.yaml";
 
+/// The lab's IPv6 IPPool (dual stack): all IPv6 pod CIDRs (fd00:10:244::/48), in VXLAN as
+/// the IPv4 pool is (`vxlanMode` of `encap`), natively where that is IP-in-IP (which
+/// carries no IPv6); no natOutgoing (twill has no NAT66). `vxlan_mode` overrides the mode.
+pub fn ip_pool6(encap: Option<&str>, vxlan_mode: Option<&str>) -> Result<String> {
+    let mode = match encap.unwrap_or("vxlan-flannel") {
+        "ipip" | "ipip-cross-subnet" | "direct" => "Never",
+        "cross-subnet" | "vxlan-flannel-direct-routing" => "CrossSubnet",
+        _ => "Always",
+    };
+    to_yaml(&json!({
+        "apiVersion": "projectcalico.org/v3",
+        "kind": "IPPool",
+        "metadata": { "name": "lab-ipv6" },
+        "spec": { "cidr": "fd00:10:244::/48", "blockSize": 122, "ipipMode": "Never", "vxlanMode": vxlan_mode.unwrap_or(mode), "natOutgoing": false },
+    }))
+}
+
+/// The file the lab's IPv6 IPPool lives in.
+pub const POOL6_FILE: &str = "ippool6-lab.yaml";
+
 /// What a lab pod is besides its name and node: labels beyond the lab's own, and named
 /// container ports (name, `TCP`/`UDP`/`SCTP`, port).
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -135,16 +162,18 @@ pub fn pod(
     host_ip: Ipv4Addr,
     ip: Option<Ipv4Addr>,
 ) -> Result<String> {
-    labelled_pod(name, namespace, node_name, host_ip, ip, &PodLabels::default())
+    labelled_pod(name, namespace, node_name, host_ip, ip, None, &PodLabels::default())
 }
 
-/// [`pod`] with extra labels and named container ports.
+/// [`pod`] with extra labels and named container ports, and for a dual-stack pod its IPv6
+/// address (`ip6`) as the second of `status.podIPs`.
 pub fn labelled_pod(
     name: &str,
     namespace: &str,
     node_name: &str,
     host_ip: Ipv4Addr,
     ip: Option<Ipv4Addr>,
+    ip6: Option<std::net::Ipv6Addr>,
     extra: &PodLabels,
 ) -> Result<String> {
     let status = match ip {
@@ -152,7 +181,7 @@ pub fn labelled_pod(
             "phase": "Running",
             "hostIP": host_ip.to_string(),
             "podIP": ip.to_string(),
-            "podIPs": [{ "ip": ip.to_string() }],
+            "podIPs": std::iter::once(ip.to_string()).chain(ip6.map(|a| a.to_string())).map(|a| json!({ "ip": a })).collect::<Vec<_>>(),
         }),
         None => json!({ "phase": "Pending", "hostIP": host_ip.to_string() }),
     };
@@ -212,7 +241,7 @@ mod tests {
             vtep_mac: "aa:bb:cc:dd:ee:01".into(),
             public_ip: Ipv4Addr::new(10, 100, 0, 13),
         };
-        let y = node("n3", "10.244.3.0/24", f.public_ip, Some(&KernelNode::Flannel(f))).unwrap();
+        let y = node("n3", ("10.244.3.0/24", None), (f.public_ip, None), Some(&KernelNode::Flannel(f))).unwrap();
         let n: Node = serde_yaml::from_str(&y).unwrap();
         assert_eq!(n.metadata.name.as_deref(), Some("n3"));
         assert_eq!(n.spec.unwrap().pod_cidr.as_deref(), Some("10.244.3.0/24"));
@@ -230,10 +259,16 @@ mod tests {
     }
 
     #[test]
-    fn twill_node_has_no_flannel_annotations() {
-        let y = node("n1", "10.244.1.0/24", Ipv4Addr::new(10, 100, 0, 11), None).unwrap();
+    fn twill_node_has_no_flannel_annotations_and_a_dual_stack_one_two_pod_cidrs() {
+        let y = node("n1", ("10.244.1.0/24", None), (Ipv4Addr::new(10, 100, 0, 11), None), None).unwrap();
         let n: Node = serde_yaml::from_str(&y).unwrap();
         assert!(n.metadata.annotations.is_none());
+        assert_eq!(n.spec.unwrap().pod_cidrs.unwrap(), ["10.244.1.0/24"]);
+        let y = node("n1", ("10.244.1.0/24", Some("fd00:10:244:1::/64")), (Ipv4Addr::new(10, 100, 0, 11), Some("fd00:100::11".parse().unwrap())), None).unwrap();
+        let n: Node = serde_yaml::from_str(&y).unwrap();
+        assert_eq!(n.spec.unwrap().pod_cidrs.unwrap(), ["10.244.1.0/24", "fd00:10:244:1::/64"]);
+        let internal: Vec<String> = n.status.unwrap().addresses.unwrap().into_iter().filter(|a| a.type_ == "InternalIP").map(|a| a.address).collect();
+        assert_eq!(internal, ["10.100.0.11", "fd00:100::11"], "an InternalIP per family");
     }
 
     #[test]

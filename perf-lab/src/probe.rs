@@ -1,11 +1,12 @@
 //! Reachability probes between pods, run from threads inside the pods' namespaces:
 //! ICMP echo over a raw socket (RFC 792; the reply must match identifier, sequence, payload
-//! and source), a TCP connect + echoed exchange, and a UDP request/response, against echo
-//! servers started in each destination pod. Every probe is time-bound: a failure is a
+//! and source; ICMPv6 echo, RFC 4443 §4, for IPv6), a TCP connect + echoed exchange, and a
+//! UDP request/response, against echo servers started in each destination pod (one socket
+//! for both families). Dual-stack pods are probed over IPv4 and over IPv6. Every probe is time-bound: a failure is a
 //! result with a reason, never a hang.
 
 use std::io::{Read, Write};
-use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, TcpListener, TcpStream, UdpSocket};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6, TcpListener, TcpStream, UdpSocket};
 use std::os::fd::AsRawFd;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU16, Ordering};
@@ -15,7 +16,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, anyhow, bail};
 use nix::errno::Errno;
 use nix::sys::socket::{
-    AddressFamily, MsgFlags, SockFlag, SockProtocol, SockType, SockaddrIn, recv, sendto,
+    AddressFamily, MsgFlags, SockFlag, SockProtocol, SockType, SockaddrIn, SockaddrIn6, SockaddrStorage, recv, recvfrom, sendto,
     setsockopt, socket, sockopt,
 };
 use nix::sys::time::TimeVal;
@@ -73,8 +74,9 @@ pub struct PairResult {
     pub dst: String,
     pub src_node: String,
     pub dst_node: String,
-    pub src_ip: Ipv4Addr,
-    pub dst_ip: Ipv4Addr,
+    /// IPv4 or IPv6 (a dual-stack pair is probed once per family).
+    pub src_ip: IpAddr,
+    pub dst_ip: IpAddr,
     pub path: PathKind,
     pub icmp: ProbeResult,
     pub tcp: ProbeResult,
@@ -105,7 +107,8 @@ impl EchoServers {
             let stop = s.stop.clone();
             s.threads.push(
                 netns::spawn_ready(&p.netns, move |ready| {
-                    let l = TcpListener::bind(("0.0.0.0", TCP_ECHO_PORT))
+                    // "::" takes IPv4 as well (net.ipv6.bindv6only is 0 in a new namespace).
+                    let l = TcpListener::bind(("::", TCP_ECHO_PORT))
                         .context("binding the TCP echo server")?;
                     l.set_nonblocking(true)?;
                     ready.signal();
@@ -116,7 +119,7 @@ impl EchoServers {
             let stop = s.stop.clone();
             s.threads.push(
                 netns::spawn_ready(&p.netns, move |ready| {
-                    let u = UdpSocket::bind(("0.0.0.0", UDP_ECHO_PORT))
+                    let u = UdpSocket::bind(("::", UDP_ECHO_PORT))
                         .context("binding the UDP echo server")?;
                     u.set_read_timeout(Some(Duration::from_millis(20)))?;
                     ready.signal();
@@ -172,7 +175,8 @@ fn echo_stream(mut s: TcpStream) -> std::io::Result<()> {
 }
 
 fn udp_echo_server(u: UdpSocket, stop: &AtomicBool) -> Result<()> {
-    let mut buf = [0u8; 2048];
+    // Any datagram, up to a jumbo pod MTU's and beyond.
+    let mut buf = vec![0u8; 65536];
     while !stop.load(Ordering::Relaxed) {
         match u.recv_from(&mut buf) {
             Ok((n, from)) => {
@@ -193,9 +197,10 @@ fn udp_echo_server(u: UdpSocket, stop: &AtomicBool) -> Result<()> {
 /// namespace stay in it).
 const PARALLEL_PER_SOURCE: usize = 16;
 
-/// Probes every ordered pair of distinct pods (ICMP, TCP, UDP). Sources run in parallel,
-/// each probing up to [`PARALLEL_PER_SOURCE`] destinations at once, so a broken lab fails
-/// in seconds. Errors only when probing could not start.
+/// Probes every ordered pair of distinct pods (ICMP, TCP, UDP), over IPv4 and, where both
+/// pods have an IPv6 address, over IPv6. Sources run in parallel, each probing up to
+/// [`PARALLEL_PER_SOURCE`] destinations at once, so a broken lab fails in seconds. Errors
+/// only when probing could not start.
 pub fn check_all_pairs(pods: &[PodState]) -> Result<Vec<PairResult>> {
     for p in pods {
         p.ip()?;
@@ -203,20 +208,22 @@ pub fn check_all_pairs(pods: &[PodState]) -> Result<Vec<PairResult>> {
     let _servers = EchoServers::start(pods)?;
     let mut workers = Vec::new();
     for src in pods {
-        let dsts: Vec<PodState> = pods
-            .iter()
-            .filter(|d| d.name != src.name)
-            .cloned()
-            .collect();
+        let mut pairs: Vec<(PodState, IpAddr, IpAddr)> = Vec::new();
+        for d in pods.iter().filter(|d| d.name != src.name) {
+            pairs.push((d.clone(), src.ip()?.into(), d.ip()?.into()));
+            if let (Some(a), Some(b)) = (src.ip6, d.ip6) {
+                pairs.push((d.clone(), a.into(), b.into()));
+            }
+        }
         let src = src.clone();
         let ns = src.netns.clone();
         workers.push(netns::spawn_in(&ns, move || {
-            let mut out = Vec::with_capacity(dsts.len());
-            for chunk in dsts.chunks(PARALLEL_PER_SOURCE) {
+            let mut out = Vec::with_capacity(pairs.len());
+            for chunk in pairs.chunks(PARALLEL_PER_SOURCE) {
                 thread::scope(|s| {
                     let hs: Vec<_> = chunk
                         .iter()
-                        .map(|dst| s.spawn(|| probe_pair(&src, dst)))
+                        .map(|(dst, from, to)| s.spawn(|| probe_pair(&src, dst, *from, *to)))
                         .collect();
                     out.extend(
                         hs.into_iter()
@@ -235,14 +242,13 @@ pub fn check_all_pairs(pods: &[PodState]) -> Result<Vec<PairResult>> {
 }
 
 /// Runs in the source pod's namespace.
-fn probe_pair(src: &PodState, dst: &PodState) -> PairResult {
-    let dst_ip = dst.ip.expect("checked by check_all_pairs");
+fn probe_pair(src: &PodState, dst: &PodState, src_ip: IpAddr, dst_ip: IpAddr) -> PairResult {
     PairResult {
         src: src.name.clone(),
         dst: dst.name.clone(),
         src_node: src.node.clone(),
         dst_node: dst.node.clone(),
-        src_ip: src.ip.expect("checked by check_all_pairs"),
+        src_ip,
         dst_ip,
         path: if src.node == dst.node {
             PathKind::SameNode
@@ -306,33 +312,39 @@ pub fn is_echo_reply(pkt: &[u8], from: Ipv4Addr, ident: u16, seq: u16, payload: 
         && checksum(icmp) == 0
 }
 
-/// ICMP echo to `dst` from the calling thread's namespace; `attempts` requests, each
-/// waited for `timeout`. Returns the round trip of the first matching reply.
-pub fn icmp_echo(dst: Ipv4Addr, attempts: u32, timeout: Duration) -> Result<Duration> {
-    let fd = socket(
-        AddressFamily::Inet,
-        SockType::Raw,
-        SockFlag::SOCK_CLOEXEC,
-        SockProtocol::Icmp,
-    )
-    .context("opening a raw ICMP socket")?;
+/// ICMP echo (ICMPv6 echo for an IPv6 `dst`) from the calling thread's namespace;
+/// `attempts` requests, each waited for `timeout`. Returns the round trip of the first
+/// matching reply.
+pub fn icmp_echo(dst: impl Into<IpAddr>, attempts: u32, timeout: Duration) -> Result<Duration> {
+    let dst = dst.into();
+    let (family, protocol) = match dst {
+        IpAddr::V4(_) => (AddressFamily::Inet, SockProtocol::Icmp),
+        IpAddr::V6(_) => (AddressFamily::Inet6, SockProtocol::IcmpV6),
+    };
+    let fd = socket(family, SockType::Raw, SockFlag::SOCK_CLOEXEC, protocol).context("opening a raw ICMP socket")?;
     setsockopt(&fd, sockopt::ReceiveTimeout, &TimeVal::new(0, 20_000))?;
     let ident =
         (std::process::id() as u16) ^ IDENT.fetch_add(1, Ordering::Relaxed).wrapping_mul(0x9e37);
-    let to = SockaddrIn::from(SocketAddrV4::new(dst, 0));
     let mut buf = [0u8; 1500];
     for seq in 1..=attempts as u16 {
         let payload: Vec<u8> = (0..32u8).map(|b| b ^ seq as u8 ^ (ident as u8)).collect();
-        let req = echo_request(ident, seq, &payload);
         let t0 = Instant::now();
-        sendto(fd.as_raw_fd(), &req, &to, MsgFlags::empty())
-            .with_context(|| format!("sending echo request to {dst}"))?;
+        match dst {
+            IpAddr::V4(v4) => sendto(fd.as_raw_fd(), &echo_request(ident, seq, &payload), &SockaddrIn::from(SocketAddrV4::new(v4, 0)), MsgFlags::empty()),
+            // The kernel fills in an ICMPv6 raw socket's checksum (RFC 3542 §3.1).
+            IpAddr::V6(v6) => sendto(fd.as_raw_fd(), &echo6_request(ident, seq, &payload), &SockaddrIn6::from(SocketAddrV6::new(v6, 0, 0, 0)), MsgFlags::empty()),
+        }
+        .with_context(|| format!("sending echo request to {dst}"))?;
         while t0.elapsed() < timeout {
-            match recv(fd.as_raw_fd(), &mut buf, MsgFlags::empty()) {
-                Ok(n) if is_echo_reply(&buf[..n], dst, ident, seq, &payload) => {
-                    return Ok(t0.elapsed());
-                }
-                Ok(_) | Err(Errno::EAGAIN | Errno::EINTR) => {}
+            let answer = match dst {
+                IpAddr::V4(v4) => recv(fd.as_raw_fd(), &mut buf, MsgFlags::empty()).map(|n| is_echo_reply(&buf[..n], v4, ident, seq, &payload)),
+                IpAddr::V6(v6) => recvfrom::<SockaddrStorage>(fd.as_raw_fd(), &mut buf).map(|(n, from)| {
+                    from.and_then(|f| f.as_sockaddr_in6().map(|a| a.ip())) == Some(v6) && is_echo6_reply(&buf[..n], ident, seq, &payload)
+                }),
+            };
+            match answer {
+                Ok(true) => return Ok(t0.elapsed()),
+                Ok(false) | Err(Errno::EAGAIN | Errno::EINTR) => {}
                 Err(e) => bail!("receiving echo reply from {dst}: {e}"),
             }
         }
@@ -340,16 +352,32 @@ pub fn icmp_echo(dst: Ipv4Addr, attempts: u32, timeout: Duration) -> Result<Dura
     bail!("no ICMP echo reply from {dst} to {attempts} requests ({timeout:?} each)")
 }
 
+/// An ICMPv6 echo request (type 128) with identifier, sequence and payload; checksum 0
+/// (the kernel computes it).
+fn echo6_request(ident: u16, seq: u16, payload: &[u8]) -> Vec<u8> {
+    let mut p = vec![128, 0, 0, 0];
+    p.extend_from_slice(&ident.to_be_bytes());
+    p.extend_from_slice(&seq.to_be_bytes());
+    p.extend_from_slice(payload);
+    p
+}
+
+/// Whether `icmp` (an ICMPv6 message, as a raw ICMPv6 socket delivers it: no IPv6 header;
+/// the kernel verified its checksum) is the echo reply (type 129) to our request.
+fn is_echo6_reply(icmp: &[u8], ident: u16, seq: u16, payload: &[u8]) -> bool {
+    icmp.len() >= 8 && icmp[0] == 129 && icmp[1] == 0 && icmp[4..6] == ident.to_be_bytes() && icmp[6..8] == seq.to_be_bytes() && &icmp[8..] == payload
+}
+
 /// TCP connect to `dst:port`, send 32 bytes, expect them echoed. Returns the exchange's RTT.
-pub fn tcp_exchange(dst: Ipv4Addr, port: u16, connect_timeout: Duration) -> Result<Duration> {
-    let addr = SocketAddr::from((dst, port));
+pub fn tcp_exchange(dst: impl Into<IpAddr>, port: u16, connect_timeout: Duration) -> Result<Duration> {
+    let addr = SocketAddr::from((dst.into(), port));
     let mut s = TcpStream::connect_timeout(&addr, connect_timeout)
         .with_context(|| format!("TCP connect to {addr}"))?;
     s.set_read_timeout(Some(Duration::from_secs(2)))?;
     s.set_write_timeout(Some(Duration::from_secs(2)))?;
     s.set_nodelay(true)?;
     let msg: Vec<u8> = (0..32u8)
-        .map(|b| b.wrapping_mul(7) ^ dst.octets()[3])
+        .map(|b| b.wrapping_mul(7) ^ (port as u8))
         .collect();
     let t0 = Instant::now();
     s.write_all(&msg)
@@ -366,13 +394,14 @@ pub fn tcp_exchange(dst: Ipv4Addr, port: u16, connect_timeout: Duration) -> Resu
 
 /// UDP request to `dst:port`, expect it echoed; `attempts` tries of `timeout` each.
 pub fn udp_exchange(
-    dst: Ipv4Addr,
+    dst: impl Into<IpAddr>,
     port: u16,
     attempts: u32,
     timeout: Duration,
 ) -> Result<Duration> {
-    let addr = SocketAddr::from((dst, port));
-    let s = UdpSocket::bind(("0.0.0.0", 0)).context("binding a UDP socket")?;
+    let addr = SocketAddr::from((dst.into(), port));
+    let any: IpAddr = if addr.is_ipv4() { Ipv4Addr::UNSPECIFIED.into() } else { Ipv6Addr::UNSPECIFIED.into() };
+    let s = UdpSocket::bind((any, 0)).context("binding a UDP socket")?;
     s.connect(addr)?;
     s.set_read_timeout(Some(Duration::from_millis(20)))?;
     let mut buf = [0u8; 256];

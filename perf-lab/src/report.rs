@@ -27,6 +27,8 @@ pub struct PodSummary {
     pub node: String,
     pub netns: String,
     pub ip: Option<String>,
+    /// A dual-stack pod's IPv6 address.
+    pub ip6: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -45,7 +47,7 @@ impl LabSummary {
                     name: n.name.clone(),
                     dataplane: n.dataplane.to_string(),
                     address: n.address.to_string(),
-                    pod_cidr: n.pod_cidr.clone(),
+                    pod_cidr: n.pod_cidr.clone() + &n.pod_cidr6.as_ref().map(|c| format!(" {c}")).unwrap_or_default(),
                     vtep_mac: n.vtep_mac.clone(),
                 })
                 .collect(),
@@ -57,6 +59,7 @@ impl LabSummary {
                     node: p.node.clone(),
                     netns: p.netns.clone(),
                     ip: p.ip.map(|i| i.to_string()),
+                    ip6: p.ip6.map(|i| i.to_string()),
                 })
                 .collect(),
         }
@@ -110,13 +113,13 @@ pub fn lab_table(s: &LabSummary) -> String {
     let mut out = String::new();
     let _ = writeln!(
         out,
-        "{:<6} {:<15} {:<13} {:<16} vtep mac",
+        "{:<6} {:<15} {:<13} {:<36} vtep mac",
         "node", "dataplane", "address", "pod cidr"
     );
     for n in &s.nodes {
         let _ = writeln!(
             out,
-            "{:<6} {:<15} {:<13} {:<16} {}",
+            "{:<6} {:<15} {:<13} {:<36} {}",
             n.name,
             n.dataplane,
             n.address,
@@ -128,11 +131,12 @@ pub fn lab_table(s: &LabSummary) -> String {
     for p in &s.pods {
         let _ = writeln!(
             out,
-            "{:<10} {:<6} {:<12} {}",
+            "{:<10} {:<6} {:<12} {}{}",
             p.name,
             p.node,
             p.netns,
-            p.ip.as_deref().unwrap_or("-")
+            p.ip.as_deref().unwrap_or("-"),
+            p.ip6.as_deref().map(|a| format!(" {a}")).unwrap_or_default()
         );
     }
     out
@@ -150,13 +154,13 @@ pub fn pairs_table(pairs: &[PairResult]) -> String {
     let mut out = String::new();
     let _ = writeln!(
         out,
-        "{:<22} {:<30} {:<10} {:<13} {:<13} {:<13}",
+        "{:<22} {:<40} {:<10} {:<13} {:<13} {:<13}",
         "pair", "addresses", "path", "icmp", "tcp", "udp"
     );
     for p in pairs {
         let _ = writeln!(
             out,
-            "{:<22} {:<30} {:<10} {:<13} {:<13} {:<13}",
+            "{:<22} {:<40} {:<10} {:<13} {:<13} {:<13}",
             format!("{} -> {}", p.src, p.dst),
             format!("{} -> {}", p.src_ip, p.dst_ip),
             match p.path {
@@ -236,8 +240,8 @@ mod tests {
             dst: "p1-n2".into(),
             src_node: "n1".into(),
             dst_node: "n2".into(),
-            src_ip: Ipv4Addr::new(10, 244, 1, 2),
-            dst_ip: Ipv4Addr::new(10, 244, 2, 2),
+            src_ip: Ipv4Addr::new(10, 244, 1, 2).into(),
+            dst_ip: Ipv4Addr::new(10, 244, 2, 2).into(),
             path: PathKind::CrossNode,
             icmp: r(ok),
             tcp: r(true),

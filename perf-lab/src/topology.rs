@@ -1,12 +1,13 @@
 //! The lab's cluster: an underlay namespace `tw-ul` with bridge `br0`, node namespaces
-//! `tw-n{i}` (eth0 = 10.100.0.{10+i}/24, pod CIDR 10.244.{i}.0/24), pod namespaces
+//! `tw-n{i}` (eth0 = 10.100.0.{10+i}/24, pod CIDR 10.244.{i}.0/24; dual stack: also
+//! fd00:100::{10+i}/64 and fd00:10:244:{i}::/64), pod namespaces
 //! `tw-n{i}-p{j}`, each node run by twill or wired as kernel Flannel (see
 //! [`crate::kernel_flannel`]), mixed freely. [`Topology`] describes one; [`Lab`] is a running
 //! one and the guard that tears it down. Its state is kept in `/run/twill-lab/lab.json`
 //! after every step, so `twill-lab down` can clean up after a lab that failed halfway.
 
 use std::fmt::{self, Write as _};
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, Ipv6Addr};
 use std::path::{Path, PathBuf};
 use std::sync::{Mutex, MutexGuard};
 use std::time::Duration;
@@ -98,6 +99,8 @@ pub struct Topology {
     /// Routes to networks outside the cluster, via the lab's router, on every node but the
     /// xdp-ceiling ones: the agents' `--routes FILE`, the kernel nodes' FIB.
     pub routes: Option<PathBuf>,
+    /// IPv6 pod subnets and addresses beside the IPv4 ones ([`Topology::dual_stack`]).
+    pub dual_stack: bool,
 }
 
 impl Topology {
@@ -144,6 +147,16 @@ impl Topology {
         self
     }
 
+    /// Dual stack: every node gets an IPv6 underlay address (fd00:100:<subnet>::<10+i>/64)
+    /// beside its IPv4 one; twill and kernel-calico nodes an IPv6 pod subnet
+    /// (fd00:10:244:i::/64) as well, and their pods an IPv6 address beside the IPv4 one.
+    /// IPv6 pod traffic then crosses the IPv6 underlay inside VXLAN (Calico's
+    /// `vxlan-v6.calico`).
+    pub fn dual_stack(mut self) -> Self {
+        self.dual_stack = true;
+        self
+    }
+
     /// Outside routes (a file of IPv4 CIDRs, as `twill agent --routes` reads) on every node.
     pub fn routes(mut self, file: &Path) -> Self {
         self.routes = Some(file.to_owned());
@@ -173,11 +186,20 @@ pub struct NodeState {
     pub netns: String,
     pub dataplane: Dataplane,
     pub address: Ipv4Addr,
+    /// The IPv6 underlay address of a node of a dual-stack lab (`fd00:100:<subnet>::<10+i>`).
+    #[serde(default)]
+    pub address6: Option<Ipv6Addr>,
     pub pod_cidr: String,
+    /// The IPv6 pod subnet of a dual-stack twill or kernel-calico node.
+    #[serde(default)]
+    pub pod_cidr6: Option<String>,
     /// The veth end in `tw-ul` attached to `br0`.
     pub underlay_link: String,
     /// flannel.1's MAC, or what the twill agent reports.
     pub vtep_mac: Option<String>,
+    /// A dual-stack kernel-calico node's `vxlan-v6.calico` MAC (a twill node has one VTEP MAC).
+    #[serde(default)]
+    pub vtep_mac6: Option<String>,
     pub agent: Option<AgentState>,
     /// Pods created so far (the next one is `p{next_pod+1}`).
     pub pods_created: u32,
@@ -200,6 +222,9 @@ pub struct PodState {
     pub ifname: String,
     /// Known once ADD succeeded (twill: from the CNI result).
     pub ip: Option<Ipv4Addr>,
+    /// A dual-stack pod's IPv6 address, from the CNI result.
+    #[serde(default)]
+    pub ip6: Option<std::net::Ipv6Addr>,
     /// Twill pods: the CNI container id used for ADD and DEL.
     pub container_id: Option<String>,
     /// Twill pods: the CNI ADD result (DEL's prevResult).
@@ -236,6 +261,10 @@ pub struct LabState {
     /// The outside routes every node carries ([`Topology::routes`]).
     #[serde(default)]
     pub routes: Option<PathBuf>,
+    /// Nodes have IPv6 underlay addresses, twill and kernel-calico pods IPv6 addresses
+    /// ([`Topology::dual_stack`]).
+    #[serde(default)]
+    pub dual_stack: bool,
 }
 
 impl LabState {
@@ -353,6 +382,7 @@ impl Lab {
                 encap: topo.encap.clone(),
                 uplink_mtu: topo.uplink_mtu,
                 routes: topo.routes.clone(),
+                dual_stack: topo.dual_stack,
                 binaries,
                 ..Default::default()
             },
@@ -388,6 +418,9 @@ impl Lab {
             &manifests::namespace(POD_NAMESPACE)?,
         )?;
         manifests::write(&manifests_dir(), manifests::POOL_FILE, &manifests::ip_pool(self.state.encap.as_deref())?)?;
+        if self.state.dual_stack {
+            manifests::write(&manifests_dir(), manifests::POOL6_FILE, &manifests::ip_pool6(self.state.encap.as_deref(), None)?)?;
+        }
         let mut created = Vec::new();
         for spec in &topo.nodes {
             created.push(self.create_node(spec.dataplane, spec.subnet)?);
@@ -528,9 +561,12 @@ impl Lab {
             netns: format!("tw-n{i}"),
             dataplane,
             address: Ipv4Addr::new(10, 100, subnet, (10 + i) as u8),
+            address6: self.state.dual_stack.then(|| Ipv6Addr::new(0xfd00, 0x100, u16::from(subnet), 0, 0, 0, 0, (10 + i) as u16)),
             pod_cidr: format!("10.244.{i}.0/24"),
+            pod_cidr6: (self.state.dual_stack && matches!(dataplane, Dataplane::Twill | Dataplane::KernelCalico)).then(|| format!("fd00:10:244:{i}::/64")),
             underlay_link: format!("tw-n{i}"),
             vtep_mac: None,
+            vtep_mac6: None,
             agent: None,
             pods_created: 0,
             kernel_peers: Vec::new(),
@@ -574,6 +610,11 @@ impl Lab {
                 "eth0",
             ],
         )?;
+        if let Some(a6) = node.address6 {
+            // The IPv6 underlay: one /64 per subnet on the same bridge (no router between
+            // them); no duplicate address detection to wait for.
+            ip(ns, &["addr", "add", &format!("{a6}/64"), "dev", "eth0", "nodad"])?;
+        }
         ip(ns, &["link", "set", "eth0", "up"])?;
         // Other subnets and the world outside through the lab's router (its address in
         // this node's subnet).
@@ -585,27 +626,37 @@ impl Lab {
         let mdir = manifests_dir();
         match dataplane {
             Dataplane::KernelFlannel => {
-                let mac = kernel_flannel::setup_node(ns, node.address, &node.pod_cidr)
+                let mac = kernel_flannel::setup_node(ns, node.address, &node.pod_cidr, self.kernel_pod_mtu())
                     .with_context(|| format!("wiring node {} as kernel Flannel", node.name))?;
                 let fb = KernelNode::Flannel(FlannelBackend { vtep_mac: mac.clone(), public_ip: node.address });
-                let y = manifests::node(&node.name, &node.pod_cidr, node.address, Some(&fb))?;
+                let y = manifests::node(&node.name, (&node.pod_cidr, None), (node.address, None), Some(&fb))?;
                 manifests::write(&mdir, &manifests::node_file(&node.name), &y)?;
                 self.node_mut(i).vtep_mac = Some(mac);
             }
             Dataplane::KernelCalico => {
-                let mac = kernel_calico::setup_node(ns, node.address, &node.pod_cidr)
-                    .with_context(|| format!("wiring node {} as kernel Calico", node.name))?;
+                let mtu = self.kernel_pod_mtu();
+                let wire = || -> Result<(String, Option<String>)> {
+                    let mac = kernel_calico::setup_node(ns, node.address, &node.pod_cidr, mtu)?;
+                    let mac6 = match (node.address6, &node.pod_cidr6) {
+                        (Some(a6), Some(c6)) => Some(kernel_calico::setup_node6(ns, a6, c6, mtu)?),
+                        _ => None,
+                    };
+                    Ok((mac, mac6))
+                };
+                let (mac, mac6) = wire().with_context(|| format!("wiring node {} as kernel Calico", node.name))?;
                 let id = KernelNode::Calico(CalicoNode {
                     vtep_mac: mac.clone(),
                     address: format!("{}/24", node.address),
                     vxlan_tunnel_addr: kernel_calico::tunnel_addr(&node.pod_cidr)?,
+                    v6: node.address6.zip(mac6.clone()).map(|(a6, m)| (format!("{a6}/64"), m)),
                 });
-                let y = manifests::node(&node.name, &node.pod_cidr, node.address, Some(&id))?;
+                let y = manifests::node(&node.name, (&node.pod_cidr, node.pod_cidr6.as_deref()), (node.address, node.address6), Some(&id))?;
                 manifests::write(&mdir, &manifests::node_file(&node.name), &y)?;
                 self.node_mut(i).vtep_mac = Some(mac);
+                self.node_mut(i).vtep_mac6 = mac6;
             }
             Dataplane::Twill | Dataplane::XdpCeiling => {
-                let y = manifests::node(&node.name, &node.pod_cidr, node.address, None)?;
+                let y = manifests::node(&node.name, (&node.pod_cidr, node.pod_cidr6.as_deref()), (node.address, node.address6), None)?;
                 manifests::write(&mdir, &manifests::node_file(&node.name), &y)?;
                 let bins = self
                     .state
@@ -619,8 +670,6 @@ impl Lab {
                     node: &node.name,
                     cores: &cores,
                     encap: self.state.encap.as_deref(),
-                    // veth takes native XDP only up to an MTU of about 3,500 bytes.
-                    xdp_mode: (self.state.uplink_mtu.unwrap_or(1500) > 3500).then_some("generic"),
                     pipeline: (dataplane == Dataplane::XdpCeiling).then_some("ceiling"),
                     routes: self.state.routes.as_deref().filter(|_| dataplane == Dataplane::Twill),
                 };
@@ -693,6 +742,12 @@ impl Lab {
                     _ => kernel_flannel::add_peer(&f.netns, &peer),
                 };
                 added.with_context(|| format!("installing peer {} on {} node {}", k.name, f.dataplane, f.name))?;
+                // Felix's IPv6 VXLAN manager, when both ends have an IPv6 underlay.
+                if let (Dataplane::KernelCalico, Some(_), Some(node_ip6), Some(pod_cidr6)) = (f.dataplane, f.address6, k.address6, &k.pod_cidr6) {
+                    let vtep_mac = k.vtep_mac6.clone().unwrap_or(peer.vtep_mac.clone());
+                    kernel_calico::add_peer6(&f.netns, &kernel_flannel::Peer { pod_cidr: pod_cidr6.clone(), node_ip: node_ip6, vtep_mac })
+                        .with_context(|| format!("installing IPv6 peer {} on {} node {}", k.name, f.dataplane, f.name))?;
+                }
                 if k.dataplane.runs_agent() {
                     kernel_flannel::finish_checksums_on_uplink(&f.netns)?;
                 }
@@ -704,6 +759,13 @@ impl Lab {
     }
 
     /// Adds a pod on node `n{index}` in namespace `default`; returns its name.
+    /// The pod MTU of the kernel paths: the uplink's less VXLAN's 50 bytes (70 over an IPv6
+    /// underlay, in a dual-stack lab), as flanneld and calico-node set it.
+    fn kernel_pod_mtu(&self) -> u32 {
+        let overhead = if self.state.dual_stack { kernel_calico::VXLAN6_OVERHEAD } else { kernel_flannel::VXLAN_OVERHEAD };
+        self.state.uplink_mtu.unwrap_or(1500) - overhead
+    }
+
     pub fn add_pod(&mut self, index: u32) -> Result<String> {
         self.add_pod_in(index, POD_NAMESPACE, &PodLabels::default())
     }
@@ -751,6 +813,7 @@ impl Lab {
             netns: pod_ns.clone(),
             ifname: "eth0".to_owned(),
             ip: None,
+            ip6: None,
             container_id: twill.then(|| format!("n{index}-p{j}-{}", random_hex(8))),
             cni_result: None,
             host_veth: match node.dataplane {
@@ -767,23 +830,24 @@ impl Lab {
         manifests::write(
             &mdir,
             &pod_file,
-            &manifests::labelled_pod(&name, namespace, &node.name, node.address, None, extra)?,
+            &manifests::labelled_pod(&name, namespace, &node.name, node.address, None, None, extra)?,
         )?;
         let pod = self.state.pods.last().cloned().expect("pod just pushed");
-        let (ip, result) = if twill {
+        let (ip, ip6, result) = if twill {
             let added = cni_runtime::add(&self.cni_call(&pod)?)?;
-            (added.ip, Some(added.result))
+            (added.ip, added.ip6, Some(added.result))
         } else {
             let host = pod
                 .host_veth
                 .as_deref()
                 .expect("flannel pod has a host veth");
-            let ip = match node.dataplane {
-                Dataplane::KernelCalico => kernel_calico::add_pod(&node.netns, &node.pod_cidr, &pod_ns, j, host),
-                _ => kernel_flannel::add_pod(&node.netns, &node.pod_cidr, &pod_ns, j, host),
-            }
-            .with_context(|| format!("wiring pod {name} on {} node {}", node.dataplane, node.name))?;
-            (ip, None)
+            let mtu = self.kernel_pod_mtu();
+            let wired = match node.dataplane {
+                Dataplane::KernelCalico => kernel_calico::add_pod(&node.netns, (&node.pod_cidr, node.pod_cidr6.as_deref()), &pod_ns, (j, mtu), host),
+                _ => kernel_flannel::add_pod(&node.netns, &node.pod_cidr, &pod_ns, (j, mtu), host).map(|ip| (ip, None)),
+            };
+            let (ip, ip6) = wired.with_context(|| format!("wiring pod {name} on {} node {}", node.dataplane, node.name))?;
+            (ip, ip6, None)
         };
         let p = self
             .state
@@ -792,11 +856,12 @@ impl Lab {
             .find(|p| p.name == name)
             .expect("pod just pushed");
         p.ip = Some(ip);
+        p.ip6 = ip6;
         p.cni_result = result;
         manifests::write(
             &mdir,
             &pod_file,
-            &manifests::labelled_pod(&name, namespace, &node.name, node.address, Some(ip), extra)?,
+            &manifests::labelled_pod(&name, namespace, &node.name, node.address, Some(ip), ip6, extra)?,
         )?;
         self.persist()?;
         Ok(name)

@@ -117,8 +117,6 @@ pub struct AgentConfig<'a> {
     pub node: &'a str,
     pub cores: &'a str,
     pub encap: Option<&'a str>,
-    /// `--xdp-mode` (native or generic); the agent's default when `None`.
-    pub xdp_mode: Option<&'a str>,
     /// `--pipeline` (full or ceiling); the agent's default when `None`.
     pub pipeline: Option<&'a str>,
     /// `--routes FILE`: networks outside the cluster.
@@ -154,9 +152,6 @@ pub fn start_agent(
         .arg("--state-dir")
         .arg(&files.state_dir)
         .args(["--idle", "adaptive"]);
-    if let Some(m) = cfg.xdp_mode {
-        cmd.args(["--xdp-mode", m]);
-    }
     if let Some(e) = cfg.encap {
         cmd.args(["--encap", e]);
     }

@@ -199,7 +199,10 @@ fn policy_matrix_in_both_dialects_and_a_change_under_traffic() {
     let last = cut.last_rx_at.expect("packets arrived");
     let took = last.saturating_duration_since(changed_at);
     eprintln!("policy change took effect after {took:?} (last packet of the cut flow: {cut:?}); the other flow: {kept:?}");
-    assert!(took <= Duration::from_millis(100), "the cut flow still arrived {took:?} after the change");
+    // Typically 12–30 ms here (the 20-ms datastore poll, the compile, one snapshot swap); the bound
+    // leaves room for a stall of this shared VM's host (one of 140 ms was seen), and still
+    // fails a change that waits for a flow to expire or a slower reload.
+    assert!(took <= Duration::from_millis(250), "the cut flow still arrived {took:?} after the change");
     assert!(cut.lost > 500, "the cut flow was not cut: {cut:?}");
     assert!(kept.sent > 1500, "{kept:?}");
     assert_eq!((kept.lost, kept.duplicates), (0, 0), "the unrelated flow was disturbed: {kept:?}");

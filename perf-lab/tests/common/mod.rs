@@ -3,9 +3,12 @@
 
 #![allow(dead_code, reason = "each test binary uses its own part")]
 
-use std::{collections::BTreeMap, sync::Mutex};
+use std::{collections::BTreeMap, net::SocketAddr, sync::Mutex, time::Duration};
 
-use perf_lab::{netns, topology::Lab};
+use perf_lab::{
+    netns,
+    topology::{Lab, PodState},
+};
 
 static SERIAL: Mutex<()> = Mutex::new(());
 
@@ -32,4 +35,38 @@ pub fn stats(lab: &Lab, node: &str) -> BTreeMap<String, u64> {
 pub fn down(lab: Lab) {
     lab.down().expect("lab down");
     assert_eq!(netns::list_lab(), Vec::<String>::new(), "down left namespaces behind");
+}
+
+/// Sends from `pod` to the UDP echo server at `to` one datagram of each of `sizes` bytes
+/// (pseudo-random contents, up to three tries each) and returns those, as (index, bytes),
+/// that did not come back byte for byte.
+pub fn not_echoed_intact(pod: &PodState, to: SocketAddr, sizes: &[usize]) -> Vec<(usize, usize)> {
+    let sizes = sizes.to_vec();
+    netns::spawn_in(&pod.netns, move || {
+        let s = std::net::UdpSocket::bind(if to.is_ipv4() { "0.0.0.0:0" } else { "[::]:0" })?;
+        s.connect(to)?;
+        s.set_read_timeout(Some(Duration::from_millis(300)))?;
+        let mut back = vec![0u8; 65536];
+        let mut bad = Vec::new();
+        for (i, &size) in sizes.iter().enumerate() {
+            let mut x = 0x9e37_79b9_7f4a_7c15u64 ^ size as u64;
+            let msg: Vec<u8> = (0..size)
+                .map(|_| {
+                    x ^= x << 13;
+                    x ^= x >> 7;
+                    x ^= x << 17;
+                    x as u8
+                })
+                .collect();
+            let ok = (0..3).any(|_| s.send(&msg).is_ok() && matches!(s.recv(&mut back), Ok(n) if back[..n] == msg[..]));
+            if !ok {
+                bad.push((i, size));
+            }
+        }
+        Ok(bad)
+    })
+    .expect("a thread in the pod")
+    .join()
+    .expect("the pod's thread ends")
+    .expect("the pod's socket works")
 }
