@@ -37,14 +37,15 @@ use forwarder::{
     policy::FlowTables,
     route::{Ipv4Prefix, Stage},
 };
-use benches::fixture::{self, BATCH, PEERS, POD, POD_PORT, peer_ip};
+use benches::{
+    classbench_policy,
+    fixture::{self, BATCH, PEERS, POD, POD_PORT, peer_ip},
+};
 use policy_engine::{
     classbench,
     classifier::{ClassRule, Key, linear_first_match},
     compiler::PolicyCompiler,
     dataset,
-    model::{Action, Cidr, Direction, EntityMatch, Policy, PolicyKind, PortSpec, Rule},
-    selector::Selector,
     world::Endpoint as PolicyEndpoint,
 };
 
@@ -65,19 +66,6 @@ fn bgp_v4() -> Vec<(u32, u8)> {
 
 fn peer_of_prefix(addr: u32, len: u8) -> u32 {
     (addr.wrapping_mul(0x9e37_79b9) ^ u32::from(len)).rotate_left(7) % PEERS
-}
-
-/// A ClassBench rule as a Calico rule (sources opened: the pod is the source).
-fn calico_rule(r: &ClassRule, i: usize) -> Rule {
-    let mut rule = Rule::any(Action::Allow, i);
-    rule.protocol = r.protocols.first().copied();
-    rule.destination = EntityMatch {
-        nets: r.dst.iter().map(|(a, l)| Cidr { addr: Ipv4Addr::from(a & (u32::MAX.checked_shl(32 - u32::from(*l)).unwrap_or(0))).into(), prefix: *l }).collect(),
-        ports: r.dst_ports.iter().map(|(lo, hi)| PortSpec::Range { lo: *lo, hi: *hi }).collect(),
-        ..EntityMatch::default()
-    };
-    rule.source.ports = r.src_ports.iter().map(|(lo, hi)| PortSpec::Range { lo: *lo, hi: *hi }).collect();
-    rule
 }
 
 struct Setup {
@@ -109,17 +97,7 @@ fn setup() -> Setup {
 
     let rules = classbench::parse_rules(&dataset::read("classbench/fw1_10k.gz").expect("ClassBench fw1_10k")).expect("parses");
     let opened: Vec<ClassRule> = rules.iter().map(|r| ClassRule { src: Vec::new(), ..r.clone() }).collect();
-    let policy = Policy {
-        kind: PolicyKind::CalicoGlobalNetworkPolicy,
-        name: "fw1-10k".into(),
-        namespace: None,
-        order: Some(1.0),
-        selector: Selector::All,
-        namespace_selector: None,
-        types: vec![Direction::Egress],
-        ingress: Vec::new(),
-        egress: rules.iter().enumerate().map(|(i, r)| calico_rule(r, i)).collect(),
-    };
+    let policy = classbench_policy::policy("fw1-10k", &rules, classbench_policy::ipv4);
     let mut c = PolicyCompiler::new();
     c.upsert_policy(policy).expect("policy compiles");
     c.upsert_endpoint(PolicyEndpoint::new("default", "pod", &[], POD)).expect("pod");
@@ -241,7 +219,7 @@ fn bench(c: &mut Criterion) {
     let mut buf = vec![0u8; 4096];
 
     // Established: every flow of the ring tracked, opened by the pod.
-    let established = FlowTables::new(4 * s.flows.len(), 2);
+    let established = FlowTables::new(4 * s.flows.len(), 1024, 2);
     for f in &s.flows {
         established.conntrack.insert(f, 1);
     }
@@ -256,7 +234,7 @@ fn bench(c: &mut Criterion) {
         })
     });
 
-    let churn = FlowTables::new(1 << 16, 1);
+    let churn = FlowTables::new(1 << 16, 1024, 1);
     let mut now = 1_000u64;
     g.bench_function("twill/first-packets", |b| {
         b.iter(|| {
@@ -334,7 +312,7 @@ fn main() {
     // TWILL_PIPELINE_PACKETS=n: run n packets once (for callgrind) instead of criterion.
     if let Some(n) = std::env::var("TWILL_PIPELINE_PACKETS").ok().and_then(|v| v.parse::<usize>().ok()) {
         let s = setup();
-        let flows = FlowTables::new(4 * s.flows.len(), 1);
+        let flows = FlowTables::new(4 * s.flows.len(), 1024, 1);
         for f in &s.flows {
             flows.conntrack.insert(f, 1);
         }

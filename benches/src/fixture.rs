@@ -29,6 +29,7 @@ pub const FRAME_LEN: usize = 60;
 pub fn node_config() -> NodeConfig {
     NodeConfig {
         node_ip: Ipv4Addr::new(10, 100, 0, 11),
+        node_ip6: None,
         uplink_mac: EthernetAddress([2, 0, 0, 0, 0, 0x11]),
         vtep_mac: EthernetAddress([0x0e, 0xaa, 0, 0, 0, 1]),
         gateway_mac: GATEWAY_MAC,
@@ -47,7 +48,7 @@ pub fn peer_ip(k: u32) -> Ipv4Addr {
 pub fn snapshot(version: u64) -> Snapshot {
     let node = node_config();
     let mut s = Snapshot::new(version, node.clone());
-    s.add_endpoint(Endpoint { ip: POD, mac: POD_MAC, port: POD_PORT, worker: 0 });
+    s.add_endpoint(Endpoint { ip: POD, ip6: None, mac: POD_MAC, port: POD_PORT, worker: 0 });
     for k in 0..PEERS {
         let vtep = EthernetAddress([0x0e, 0xbb, 0, 0, 0, k as u8]);
         let hop = EthernetAddress([2, 0, 0, 0, 1, k as u8]);

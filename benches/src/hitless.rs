@@ -159,7 +159,7 @@ pub fn run(workers: usize, duration: Duration, changes_per_second: u32) -> Hitle
     let mut compiler = PolicyCompiler::new();
     compiler.upsert_endpoint(PolicyEndpoint::new("default", "pod", &[("app", "x")], POD)).expect("pod compiles");
     let tables = Arc::new(Tables::new(snapshot(0, &mut compiler)));
-    let flows = Arc::new(FlowTables::new(1 << 16, workers));
+    let flows = Arc::new(FlowTables::new(1 << 16, 1024, workers));
     let stop = Arc::new(AtomicBool::new(false));
     let start = Arc::new(Barrier::new(workers + 1));
     let handles: Vec<_> = (0..workers)
