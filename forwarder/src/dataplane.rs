@@ -24,7 +24,7 @@ use crate::{
     policy::{self, FlowTables, PolicyLog},
     port::{CopyMode, Port, RING_SIZE},
     snapshot::{MAX_PORTS, MAX_UPLINK_QUEUES, PortId, Snapshot, Tables},
-    worker::{Command, IdleStrategy, Shared, Worker, WorkerConfig},
+    worker::{Command, IdleStrategy, Shared, Wakeup, Worker, WorkerConfig},
     xdp_hook::{AttachMode, HookMode, XdpHook},
 };
 
@@ -143,6 +143,7 @@ impl Dataplane {
             pool,
             handoff: (0..workers_n).map(|_| ArrayQueue::new(4096)).collect(),
             handoff_chains: (0..workers_n).map(|_| ArrayQueue::new(1024)).collect(),
+            wakeups: (0..workers_n).map(|_| Wakeup::new()).collect::<std::io::Result<_>>().map_err(Error::Wakeup)?,
             counters: (0..workers_n).map(|_| Arc::new(WorkerCounters::default())).collect(),
             stop: Default::default(),
             all_frames: descs,

@@ -41,6 +41,9 @@ pub enum Error {
     /// The UMEM could not be created.
     #[error("cannot create the UMEM: {0}")]
     Umem(String),
+    /// A worker's hand-off wake-up (an eventfd) could not be created.
+    #[error("cannot create a worker's wake-up eventfd: {0}")]
+    Wakeup(std::io::Error),
     /// Fewer uplink queues than workers.
     #[error(
         "uplink {ifname} has {queues} RX queue(s) but {workers} workers were asked for; each worker binds its own uplink queue: give fewer --cores or more queues (ethtool -L, or numrxqueues/numtxqueues for veth)"

@@ -22,9 +22,10 @@
 //! its rings and its partial chain held.
 
 use std::{
+    os::fd::{AsRawFd, FromRawFd, OwnedFd},
     sync::{
         Arc,
-        atomic::{AtomicBool, Ordering},
+        atomic::{AtomicBool, Ordering, fence},
     },
     time::{Duration, Instant},
 };
@@ -50,10 +51,22 @@ const NO_OWNER: PortId = PortId::MAX;
 pub enum IdleStrategy {
     /// Busy-poll forever (DPDK style): lowest latency, one core at 100%.
     Spin,
-    /// Spin for a while, then sleep in poll(2) on the ports for up to 1 ms, so a machine
-    /// with few cores keeps CPU for the kernel's own packet work.
-    Adaptive,
+    /// Spin for this long without work, then sleep in poll(2) on the ports for up to 1 ms,
+    /// so a machine with few cores keeps CPU for the kernel's own packet work and for the
+    /// threads a packet wakes on its way.
+    Adaptive(Duration),
 }
+
+impl IdleStrategy {
+    /// The adaptive strategy's default spin: long enough to catch the next frames of a
+    /// burst, short enough that a worker under a light load does not hold a core that the
+    /// kernel's softirqs, the other node's worker and the applications need. Measured
+    /// against longer spins in docs/perf.md ("Idle").
+    pub const DEFAULT_SPIN: Duration = Duration::from_micros(SPIN_US_DEFAULT);
+}
+
+/// [`IdleStrategy::DEFAULT_SPIN`] in microseconds.
+pub const SPIN_US_DEFAULT: u64 = 5;
 
 /// Frames the kernel sends per TX wakeup in copy mode.
 const COPY_MODE_TX_BATCH: usize = 32;
@@ -62,9 +75,6 @@ const COPY_MODE_TX_BATCH: usize = 32;
 /// each time the port has used a full batch between two refills, while the worker's
 /// budget allows.
 const MIN_POD_FILL: usize = 64;
-
-/// Empty turns before an adaptive worker sleeps.
-const SPIN_TURNS: u32 = 256;
 
 /// Descriptor option: more of this frame follows (if_xdp.h).
 const XDP_PKT_CONTD: u32 = 1;
@@ -106,6 +116,57 @@ struct Held {
     counters: Arc<WorkerCounters>,
 }
 
+/// How a worker asleep in poll(2) learns that another worker handed it a frame (its
+/// hand-off rings are memory, which poll cannot watch): an eventfd in its poll set, written
+/// only when it sleeps. The sleeper raises `asleep`, then takes a last look at its rings;
+/// a worker that hands over pushes, then clears `asleep` and writes the eventfd if it was
+/// raised (both sides fence between the two steps, so one of them sees the other's: no
+/// frame waits for the poll timeout, and busy workers make no system call for it).
+#[derive(Debug)]
+pub struct Wakeup {
+    asleep: AtomicBool,
+    fd: OwnedFd,
+}
+
+impl Wakeup {
+    pub fn new() -> std::io::Result<Wakeup> {
+        // SAFETY: eventfd(2) takes no pointers; a non-negative result is a new descriptor
+        // that nothing else owns.
+        let fd = unsafe { libc::eventfd(0, libc::EFD_NONBLOCK | libc::EFD_CLOEXEC) };
+        if fd < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        // SAFETY: see above.
+        Ok(Wakeup { asleep: AtomicBool::new(false), fd: unsafe { OwnedFd::from_raw_fd(fd) } })
+    }
+
+    /// After a push to the worker's rings: wakes it if it sleeps.
+    fn notify(&self) {
+        fence(Ordering::SeqCst);
+        if self.asleep.swap(false, Ordering::SeqCst) {
+            let one = 1u64.to_ne_bytes();
+            // SAFETY: writes 8 bytes from a live buffer to a descriptor this struct owns. A
+            // failure (the counter at its maximum) leaves the eventfd readable: still a wake.
+            unsafe { libc::write(self.fd.as_raw_fd(), one.as_ptr().cast(), one.len()) };
+        }
+    }
+
+    /// Before a sleep; then the caller looks at its rings once more.
+    fn raise(&self) {
+        self.asleep.store(true, Ordering::SeqCst);
+        fence(Ordering::SeqCst);
+    }
+
+    /// After a sleep: lowers the flag and empties the eventfd.
+    fn lower(&self) {
+        self.asleep.store(false, Ordering::Relaxed);
+        let mut buf = [0u8; 8];
+        // SAFETY: reads at most 8 bytes into a live buffer from a non-blocking descriptor
+        // this struct owns; nothing to read (EAGAIN) is the common case and harmless.
+        unsafe { libc::read(self.fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len()) };
+    }
+}
+
 /// State shared by the workers of a node and the control thread.
 #[derive(Debug)]
 pub struct Shared {
@@ -119,6 +180,8 @@ pub struct Shared {
     pub handoff: Vec<ArrayQueue<(FrameDesc, PortId)>>,
     /// The same for frames that span several chunks.
     pub handoff_chains: Vec<ArrayQueue<Chain>>,
+    /// Each worker's wake-up for its hand-off rings.
+    pub wakeups: Vec<Wakeup>,
     pub counters: Vec<Arc<WorkerCounters>>,
     pub stop: AtomicBool,
     /// The descriptor of every frame as the UMEM was created, by frame index.
@@ -219,7 +282,8 @@ impl Worker {
     pub fn run(mut self) {
         let held = Held { shared: Arc::clone(&self.shared), counters: Arc::clone(&self.counters) };
         let mut turn: u64 = 0;
-        let mut empty_turns: u32 = 0;
+        // When the last turn that moved a frame ended (the adaptive spin counts from it).
+        let mut last_work = Instant::now();
         while !self.shared.stop.load(Ordering::Relaxed) {
             if turn.is_multiple_of(64) {
                 self.handle_commands();
@@ -230,15 +294,16 @@ impl Worker {
             turn += 1;
             let work = self.turn(&held);
             if work > 0 {
-                empty_turns = 0;
+                last_work = Instant::now();
                 continue;
             }
-            empty_turns += 1;
-            if self.cfg.idle == IdleStrategy::Adaptive && empty_turns >= SPIN_TURNS {
-                self.sleep();
-                empty_turns = SPIN_TURNS / 2;
-            } else {
-                std::hint::spin_loop();
+            match self.cfg.idle {
+                IdleStrategy::Adaptive(spin) if last_work.elapsed() >= spin => {
+                    self.sleep();
+                    // Woken by a packet or the timeout: spin afresh before sleeping again.
+                    last_work = Instant::now();
+                }
+                _ => std::hint::spin_loop(),
             }
         }
         // Drain commands so nobody waits on an answer forever.
@@ -326,24 +391,36 @@ impl Worker {
         }
     }
 
+    /// The ports' sockets and, last, the worker's hand-off wake-up.
     fn refresh_pollfds(&mut self) {
+        let wakeup = self.shared.wakeups[self.index as usize].fd.as_raw_fd();
         self.pollfds = self
             .active
             .iter()
             .filter_map(|id| self.ports[*id as usize].as_ref())
-            .map(|p| libc::pollfd { fd: p.fd(), events: libc::POLLIN, revents: 0 })
+            .map(|p| p.fd())
+            .chain([wakeup])
+            .map(|fd| libc::pollfd { fd, events: libc::POLLIN, revents: 0 })
             .collect();
     }
 
+    /// Sleeps until a port has a frame, another worker hands one over, or 1 ms passes.
     fn sleep(&mut self) {
-        bump(&self.counters.idle_sleeps, 1);
         if self.pollfds.is_empty() {
-            std::thread::sleep(Duration::from_millis(1));
+            self.refresh_pollfds();
+        }
+        let i = self.index as usize;
+        let wakeup = &self.shared.wakeups[i];
+        wakeup.raise();
+        if !self.shared.handoff[i].is_empty() || !self.shared.handoff_chains[i].is_empty() {
+            wakeup.lower();
             return;
         }
+        bump(&self.counters.idle_sleeps, 1);
         // SAFETY: pollfds is a live, correctly sized array of pollfd for the call's duration;
-        // the descriptors belong to sockets this worker owns.
+        // the descriptors belong to sockets and an eventfd this worker's node owns.
         unsafe { libc::poll(self.pollfds.as_mut_ptr(), self.pollfds.len() as libc::nfds_t, 1) };
+        wakeup.lower();
     }
 
     /// One pass over everything; returns the number of frames moved.
@@ -612,7 +689,9 @@ impl Worker {
                 self.shared.handoff_chains.get(worker as usize).is_some_and(|q| q.push(chain).is_ok())
             }
         };
-        if !handed {
+        if handed {
+            self.shared.wakeups[worker as usize].notify();
+        } else {
             self.counters.count_drop(DropReason::HandoffFull);
             self.free.extend_from_slice(descs);
         }
@@ -703,4 +782,49 @@ fn frame_index(shared: &Shared, desc: &FrameDesc) -> usize {
 /// The descriptor of frame number `idx` (its data segment address as xsk-rs lays it out).
 fn frame_desc(shared: &Shared, idx: usize) -> FrameDesc {
     shared.all_frames[idx]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn readable(w: &Wakeup) -> bool {
+        let mut p = libc::pollfd { fd: w.fd.as_raw_fd(), events: libc::POLLIN, revents: 0 };
+        // SAFETY: one live pollfd for the call's duration.
+        unsafe { libc::poll(&mut p, 1, 0) == 1 }
+    }
+
+    #[test]
+    fn a_hand_over_wakes_a_sleeping_worker_once_and_an_awake_one_never() {
+        let w = Wakeup::new().unwrap();
+        w.notify();
+        assert!(!readable(&w), "a worker that is awake gets no write");
+        w.raise();
+        w.notify();
+        assert!(readable(&w), "a sleeping worker's poll set turns readable");
+        w.notify();
+        w.lower();
+        assert!(!readable(&w), "after the sleep the eventfd is empty again");
+        w.notify();
+        assert!(!readable(&w), "the first hand-over after a sleep cleared the flag");
+    }
+
+    #[test]
+    fn a_worker_asleep_in_poll_wakes_at_a_hand_over_before_its_timeout() {
+        let w = Arc::new(Wakeup::new().unwrap());
+        let sleeper = Arc::clone(&w);
+        let (tx, rx) = std::sync::mpsc::channel();
+        let t = std::thread::spawn(move || {
+            sleeper.raise();
+            tx.send(()).unwrap();
+            let mut p = libc::pollfd { fd: sleeper.fd.as_raw_fd(), events: libc::POLLIN, revents: 0 };
+            // SAFETY: one live pollfd for the call's duration.
+            let n = unsafe { libc::poll(&mut p, 1, 10_000) };
+            sleeper.lower();
+            n
+        });
+        rx.recv().unwrap();
+        w.notify();
+        assert_eq!(t.join().unwrap(), 1, "poll returned for the eventfd, not for its 10 s timeout");
+    }
 }
