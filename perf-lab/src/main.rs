@@ -156,6 +156,10 @@ struct TopoArgs {
     /// --encap for every agent.
     #[arg(long)]
     encap: Option<String>,
+    /// --idle for every agent: spin, adaptive or adaptive:USEC (default: the agent's,
+    /// adaptive with a 5 µs spin).
+    #[arg(long)]
+    idle: Option<String>,
     /// Routes to networks outside the cluster on every node (a file of IPv4 CIDRs, one per
     /// line; .gz is read as gzip): the agents' --routes, the kernel nodes' FIB, via the router.
     #[arg(long)]
@@ -201,6 +205,9 @@ impl TopoArgs {
         }
         if let Some(e) = &self.encap {
             t = t.encap(e);
+        }
+        if let Some(i) = &self.idle {
+            t = t.idle(i);
         }
         if let Some(r) = &self.routes {
             t = t.routes(r);

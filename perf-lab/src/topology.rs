@@ -92,6 +92,8 @@ pub struct Topology {
     pub cores: Option<String>,
     /// `--encap` for every agent; default: the agent's.
     pub encap: Option<String>,
+    /// `--idle` for every agent (spin, adaptive, adaptive:USEC); default: the agent's.
+    pub idle: Option<String>,
     /// Leave what was built in place when `up` fails (for reading agent logs).
     pub keep_on_failure: bool,
     /// MTU of the underlay and every node's uplink; default 1500.
@@ -128,6 +130,11 @@ impl Topology {
 
     pub fn cores(mut self, cores: &str) -> Self {
         self.cores = Some(cores.to_owned());
+        self
+    }
+
+    pub fn idle(mut self, idle: &str) -> Self {
+        self.idle = Some(idle.to_owned());
         self
     }
 
@@ -254,6 +261,8 @@ pub struct LabState {
     pub pods: Vec<PodState>,
     pub cores: Option<String>,
     pub encap: Option<String>,
+    #[serde(default)]
+    pub idle: Option<String>,
     pub binaries: Option<Binaries>,
     /// MTU of every node's uplink and the underlay (default 1500).
     #[serde(default)]
@@ -380,6 +389,7 @@ impl Lab {
             state: LabState {
                 cores: topo.cores.clone(),
                 encap: topo.encap.clone(),
+                idle: topo.idle.clone(),
                 uplink_mtu: topo.uplink_mtu,
                 routes: topo.routes.clone(),
                 dual_stack: topo.dual_stack,
@@ -670,6 +680,7 @@ impl Lab {
                     node: &node.name,
                     cores: &cores,
                     encap: self.state.encap.as_deref(),
+                    idle: self.state.idle.as_deref(),
                     pipeline: (dataplane == Dataplane::XdpCeiling).then_some("ceiling"),
                     routes: self.state.routes.as_deref().filter(|_| dataplane == Dataplane::Twill),
                 };

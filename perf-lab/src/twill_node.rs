@@ -117,6 +117,8 @@ pub struct AgentConfig<'a> {
     pub node: &'a str,
     pub cores: &'a str,
     pub encap: Option<&'a str>,
+    /// `--idle`; the agent's default when `None`.
+    pub idle: Option<&'a str>,
     /// `--pipeline` (full or ceiling); the agent's default when `None`.
     pub pipeline: Option<&'a str>,
     /// `--routes FILE`: networks outside the cluster.
@@ -150,10 +152,12 @@ pub fn start_agent(
         .arg("--socket")
         .arg(&files.socket)
         .arg("--state-dir")
-        .arg(&files.state_dir)
-        .args(["--idle", "adaptive"]);
+        .arg(&files.state_dir);
     if let Some(e) = cfg.encap {
         cmd.args(["--encap", e]);
+    }
+    if let Some(i) = cfg.idle {
+        cmd.args(["--idle", i]);
     }
     if let Some(p) = cfg.pipeline {
         cmd.args(["--pipeline", p]);
