@@ -6,8 +6,15 @@
 //! - The sender builds whole IPv4 + UDP packets and hands them to a raw IPv4 socket
 //!   (IP_HDRINCL) with sendmmsg(2) batches: no UDP socket per flow and no UDP stack on the
 //!   sending side, so the generator's own cost is small and the same for every data path.
-//!   (Not AF_PACKET: through the raw socket the pod's kernel resolves its gateway's MAC
-//!   on every data path alike, and from the route lookup on the skb takes the same way.)
+//!   (By default not AF_PACKET: through the raw socket the pod's kernel resolves its
+//!   gateway's MAC on every data path alike, and from the route lookup on the skb takes the
+//!   same way.)
+//! - [`SenderKind::Link`] sends whole Ethernet frames through an AF_PACKET socket bound to
+//!   the pod's interface instead, addressed to the MAC of the next hop the warm-up resolved:
+//!   no route lookup, netfilter or neighbour step per packet in the sending pod, so the
+//!   sender can offer a data path more than the raw socket could — the overload probe. The
+//!   sending pod's kernel does no forwarding for any data path then, so the kernel paths'
+//!   rates through it are not comparable with those of the raw sender.
 //!   Flows differ by UDP source port. UDP checksums are 0 (legal for IPv4): the payload
 //!   changes per packet and summing it would be the sender's biggest cost.
 //! - The sink is one UDP socket (recvmmsg(2), SO_TIMESTAMPNS): latency is the kernel's
@@ -48,7 +55,8 @@ pub const SINK_PORT: u16 = 9300;
 pub const FIRST_SRC_PORT: u16 = 20_000;
 pub const MAX_FLOWS: u32 = 20_000;
 /// Ethernet header and FCS around the IP packet.
-const L2_BYTES: usize = 14 + 4;
+const L2_BYTES: usize = ETH_HEADER + 4;
+const ETH_HEADER: usize = 14;
 const IP_UDP_BYTES: usize = 20 + 8;
 /// seq (8) + send time (8) + kind (1) + one spare byte: 18 bytes, a 64-byte frame.
 const STAMP_BYTES: usize = 18;
@@ -73,12 +81,32 @@ pub struct Stream {
     pub duration_s: f64,
     pub sender_core: Option<usize>,
     pub sink_core: Option<usize>,
+    /// How packets leave the sending pod.
+    #[serde(default)]
+    pub sender: SenderKind,
+}
+
+/// How the sender hands its packets to the sending pod's kernel.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, clap::ValueEnum)]
+pub enum SenderKind {
+    /// IPv4 packets through a raw socket: the pod's kernel routes each and adds the link
+    /// header, as for an application's packets.
+    #[default]
+    Raw,
+    /// Ethernet frames through an AF_PACKET socket on the pod's interface, to the next hop's
+    /// MAC: the faster sender, to overrun a data path (see the module doc).
+    Link,
 }
 
 impl Stream {
     /// 64-byte frames in one flow for `duration_s`, flat out unless [`Stream::paced`].
     pub fn new(duration_s: f64) -> Stream {
-        Stream { frame_bytes: 64, flows: 1, rate_pps: None, duration_s, sender_core: None, sink_core: None }
+        Stream { frame_bytes: 64, flows: 1, rate_pps: None, duration_s, sender_core: None, sink_core: None, sender: SenderKind::Raw }
+    }
+
+    pub fn sender(mut self, kind: SenderKind) -> Stream {
+        self.sender = kind;
+        self
     }
 
     pub fn paced(mut self, pps: f64) -> Stream {
@@ -202,6 +230,9 @@ pub fn start(src: &PodState, dst: &PodState, stream: &Stream) -> Result<Running>
         pin(cfg.sender_core)?;
         let mut sender = Sender::new(src_ip, dst_ip, &cfg)?;
         sender.warm_up(&sink_seen)?;
+        if cfg.sender == SenderKind::Link {
+            sender.to_link(dst_ip)?;
+        }
         sender.send(&cfg, &stop)
     })
     .with_context(|| format!("generator in pod {}", src.name))?;
@@ -293,6 +324,66 @@ pub fn stamp(p: &mut [u8], seq: u64, sent_ns: u64, kind: u8) {
     p[44] = kind;
 }
 
+/// The Ethernet frame of a packet from [`packet`], from `src` to `dst`, with its IPv4
+/// header checksum (the raw socket's kernel would have filled it in).
+pub fn frame(ip: &[u8], src: [u8; 6], dst: [u8; 6]) -> Vec<u8> {
+    let mut f = Vec::with_capacity(ETH_HEADER + ip.len());
+    f.extend_from_slice(&dst);
+    f.extend_from_slice(&src);
+    f.extend_from_slice(&0x0800u16.to_be_bytes());
+    f.extend_from_slice(ip);
+    let sum = crate::probe::checksum(&f[ETH_HEADER..ETH_HEADER + 20]);
+    f[ETH_HEADER + 10..ETH_HEADER + 12].copy_from_slice(&sum.to_be_bytes());
+    f
+}
+
+/// The interface and next hop the calling thread's network namespace routes `dst` by: the
+/// longest matching IPv4 route of /proc/thread-self/net/route (its gateway, or `dst` itself
+/// on a link route).
+fn next_hop(dst: Ipv4Addr) -> Result<(String, Ipv4Addr)> {
+    let table = std::fs::read_to_string("/proc/thread-self/net/route").context("reading /proc/thread-self/net/route")?;
+    route_in(&table, dst).with_context(|| format!("no route to {dst} in the sending pod"))
+}
+
+/// [`next_hop`] in the text of a /proc/net/route table.
+fn route_in(table: &str, dst: Ipv4Addr) -> Option<(String, Ipv4Addr)> {
+    let hex = |s: &str| u32::from_str_radix(s, 16).ok().map(|v| Ipv4Addr::from(v.to_ne_bytes()));
+    table
+        .lines()
+        .skip(1)
+        .filter_map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            let (dest, gw, mask) = (hex(f.get(1)?)?, hex(f.get(2)?)?, hex(f.get(7)?)?);
+            (u32::from(dst) & u32::from(mask) == u32::from(dest)).then(|| (u32::from(mask).count_ones(), f[0].to_string(), gw))
+        })
+        .max_by_key(|(len, ..)| *len)
+        .map(|(_, dev, gw)| (dev, if gw.is_unspecified() { dst } else { gw }))
+}
+
+/// The MAC of `ip` in the calling thread's neighbour table (/proc/thread-self/net/arp).
+fn neighbour_mac(ip: Ipv4Addr) -> Result<[u8; 6]> {
+    let arp = std::fs::read_to_string("/proc/thread-self/net/arp").context("reading /proc/thread-self/net/arp")?;
+    mac_in(&arp, ip).with_context(|| format!("the sending pod has no resolved neighbour entry for its next hop {ip}"))
+}
+
+/// [`neighbour_mac`] in the text of a /proc/net/arp table: complete (0x2) or permanent
+/// (0x4) entries only.
+fn mac_in(arp: &str, ip: Ipv4Addr) -> Option<[u8; 6]> {
+    arp.lines()
+        .skip(1)
+        .filter_map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            let flags = u32::from_str_radix(f.get(2)?.trim_start_matches("0x"), 16).ok()?;
+            (f[0].parse::<Ipv4Addr>().ok()? == ip && flags & 0x6 != 0).then(|| parse_mac(f.get(3)?))?
+        })
+        .next()
+}
+
+fn parse_mac(s: &str) -> Option<[u8; 6]> {
+    let v: Vec<u8> = s.split(':').map(|b| u8::from_str_radix(b, 16)).collect::<Result<_, _>>().ok()?;
+    v.try_into().ok()
+}
+
 /// A stamp read back from a UDP payload: (seq, send time ns, kind).
 pub fn read_stamp(payload: &[u8]) -> Option<(u64, u64, u8)> {
     let p = payload.get(..STAMP_BYTES)?;
@@ -309,6 +400,9 @@ struct Sender {
     bufs: Vec<Vec<u8>>,
     hdrs: MultiHeaders<SockaddrIn>,
     addrs: [Option<SockaddrIn>; BATCH],
+    /// Where the IPv4 packet starts in a template: 0, or the Ethernet header's length once
+    /// the sender sends frames ([`Sender::to_link`]).
+    ip_at: usize,
 }
 
 impl Sender {
@@ -324,7 +418,33 @@ impl Sender {
             bufs: vec![vec![0; ip_len]; BATCH],
             hdrs: MultiHeaders::preallocate(BATCH, None),
             addrs: [Some(SockaddrIn::from(SocketAddrV4::new(dst, SINK_PORT))); BATCH],
+            ip_at: 0,
         })
+    }
+
+    /// From now on sends Ethernet frames through an AF_PACKET socket bound to the interface
+    /// that routes `dst`, to the next hop's MAC (resolved by the warm-up).
+    fn to_link(&mut self, dst: Ipv4Addr) -> Result<()> {
+        let (dev, hop) = next_hop(dst)?;
+        let dst_mac = neighbour_mac(hop)?;
+        let link = nix::ifaddrs::getifaddrs()
+            .context("listing the sending pod's interfaces")?
+            .filter(|i| i.interface_name == dev)
+            .find_map(|i| i.address.and_then(|a| a.as_link_addr().copied()))
+            .with_context(|| format!("no link address for {dev} in the sending pod"))?;
+        let src_mac = link.addr().with_context(|| format!("{dev} has no MAC"))?;
+        let fd = socket(AddressFamily::Packet, SockType::Raw, SockFlag::empty(), None)
+            .context("opening an AF_PACKET socket (needs CAP_NET_RAW)")?;
+        nix::sys::socket::bind(fd.as_raw_fd(), &link).with_context(|| format!("binding the AF_PACKET socket to {dev}"))?;
+        let _ = setsockopt(&fd, sockopt::SndBufForce, &(4 << 20));
+        for t in &mut self.flows {
+            *t = frame(t, src_mac, dst_mac);
+        }
+        self.bufs = vec![vec![0; self.flows[0].len()]; BATCH];
+        self.addrs = [None; BATCH];
+        self.ip_at = ETH_HEADER;
+        self.fd = fd;
+        Ok(())
     }
 
     /// Sends `n` (at most [`BATCH`]) packets starting at `seq`; returns how many the
@@ -335,14 +455,14 @@ impl Sender {
         for (i, b) in self.bufs[..n].iter_mut().enumerate() {
             let s = seq + i as u64;
             b.copy_from_slice(&self.flows[(s % nflows) as usize]);
-            stamp(b, s, now_ns(), kind);
+            stamp(&mut b[self.ip_at..], s, now_ns(), kind);
         }
         let iovs: [[IoSlice<'_>; 1]; BATCH] = std::array::from_fn(|i| [IoSlice::new(&self.bufs[i])]);
         match sendmmsg(self.fd.as_raw_fd(), &mut self.hdrs, &iovs[..n], &self.addrs[..n], [], MsgFlags::empty()) {
             Ok(r) => Ok(r.count()),
             // A full queue somewhere on the sending node: the packets were not sent.
             Err(Errno::ENOBUFS | Errno::EAGAIN | Errno::EINTR) => Ok(0),
-            Err(e) => bail!("sendmmsg on the raw socket: {e}"),
+            Err(e) => bail!("sendmmsg on the sender's socket: {e}"),
         }
     }
 
@@ -544,6 +664,38 @@ mod tests {
         let e = Stream::new(1.0).paced(-1.0).check().unwrap_err().to_string();
         assert!(e.contains("rate -1"), "{e}");
         assert!(Stream::new(1.0).flows(MAX_FLOWS).frame(1400).paced(1e5).check().is_ok());
+    }
+
+    #[test]
+    fn link_frames_carry_the_packet_behind_an_ethernet_header_with_a_good_ip_checksum() {
+        let (a, b) = (Ipv4Addr::new(10, 244, 1, 2), Ipv4Addr::new(10, 244, 2, 2));
+        let ip = packet(a, b, FIRST_SRC_PORT, MIN_FRAME - L2_BYTES);
+        let f = frame(&ip, [2, 0, 0, 0, 0, 1], [0xee; 6]);
+        assert_eq!(f.len() + 4, MIN_FRAME);
+        let eth = etherparse::Ethernet2HeaderSlice::from_slice(&f).unwrap().to_header();
+        assert_eq!((eth.source, eth.destination, eth.ether_type.0), ([2, 0, 0, 0, 0, 1], [0xee; 6], 0x0800));
+        let h = etherparse::Ipv4HeaderSlice::from_slice(&f[ETH_HEADER..]).unwrap().to_header();
+        assert_eq!(h.header_checksum, h.calc_header_checksum());
+        assert_eq!(&f[ETH_HEADER + 20..], &ip[20..]);
+    }
+
+    #[test]
+    fn the_next_hop_is_the_longest_route_s_gateway_and_its_neighbour_entry_gives_the_mac() {
+        // As a Calico-style pod sees it: a default route via 169.254.1.1 and a link route.
+        let route = "Iface\tDestination\tGateway \tFlags\tRefCnt\tUse\tMetric\tMask\t\tMTU\tWindow\tIRTT\n\
+                     eth0\t00000000\t0101FEA9\t0003\t0\t0\t0\t00000000\t0\t0\t0\n\
+                     eth0\t0101FEA9\t00000000\t0005\t0\t0\t0\tFFFFFFFF\t0\t0\t0\n\
+                     eth1\t0002F40A\t0102F40A\t0003\t0\t0\t0\t00FFFFFF\t0\t0\t0\n";
+        let gw = Ipv4Addr::new(169, 254, 1, 1);
+        assert_eq!(route_in(route, Ipv4Addr::new(10, 244, 1, 2)), Some(("eth0".into(), gw)));
+        assert_eq!(route_in(route, Ipv4Addr::new(10, 244, 2, 9)), Some(("eth1".into(), Ipv4Addr::new(10, 244, 2, 1))));
+        assert_eq!(route_in(route, gw), Some(("eth0".into(), gw)), "a link route: the destination itself");
+        assert_eq!(route_in("Iface\tDestination\n", gw), None);
+        let arp = "IP address       HW type     Flags       HW address            Mask     Device\n\
+                   10.244.1.3       0x1         0x0         00:00:00:00:00:00     *        eth0\n\
+                   169.254.1.1      0x1         0x2         ee:ee:ee:ee:ee:ee     *        eth0\n";
+        assert_eq!(mac_in(arp, gw), Some([0xee; 6]));
+        assert_eq!(mac_in(arp, Ipv4Addr::new(10, 244, 1, 3)), None, "an incomplete entry is no MAC");
     }
 
     #[test]

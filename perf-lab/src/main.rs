@@ -85,8 +85,12 @@ enum Cmd {
         #[arg(long, default_value_t = 3.0)]
         duration: f64,
         /// Pin the sender and the sink: `SENDER,SINK` core numbers.
-        #[arg(long, value_delimiter = ',', num_args = 2)]
+        #[arg(long, value_delimiter = ',')]
         pin: Vec<usize>,
+        /// raw: IPv4 through a raw socket, routed by the pod's kernel; link: Ethernet frames
+        /// through AF_PACKET to the next hop, the faster sender that can overrun a data path.
+        #[arg(long, value_enum, default_value = "raw")]
+        sender: generator::SenderKind,
         #[arg(long)]
         json: bool,
     },
@@ -298,15 +302,17 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 print!("{}", report::measurements_table(&r));
             }
         }
-        Cmd::Stream { src, dst, rate, flows, frame, duration, pin, json } => {
+        Cmd::Stream { src, dst, rate, flows, frame, duration, pin, sender, json } => {
             let lab = Lab::attach()?;
             let (a, b) = pair(&lab, src, dst)?;
-            let mut stream = Stream::new(duration).flows(flows).frame(frame);
+            let mut stream = Stream::new(duration).flows(flows).frame(frame).sender(sender);
             if let Some(r) = rate {
                 stream = stream.paced(r);
             }
-            if let [s, k] = pin[..] {
-                stream = stream.pinned(s, k);
+            match pin[..] {
+                [] => {}
+                [s, k] => stream = stream.pinned(s, k),
+                _ => bail!("--pin {}: two core numbers are needed, SENDER,SINK", pin.iter().map(|c| c.to_string()).collect::<Vec<_>>().join(",")),
             }
             let r = generator::run(a, b, &stream)?;
             if json {
