@@ -282,8 +282,9 @@ impl Worker {
     pub fn run(mut self) {
         let held = Held { shared: Arc::clone(&self.shared), counters: Arc::clone(&self.counters) };
         let mut turn: u64 = 0;
-        // When the last turn that moved a frame ended (the adaptive spin counts from it).
-        let mut last_work = Instant::now();
+        // Since when the turns have found no work (the adaptive spin counts from it); read
+        // from the clock on empty turns only, so busy turns pay nothing for it.
+        let mut idle_since: Option<Instant> = None;
         while !self.shared.stop.load(Ordering::Relaxed) {
             if turn.is_multiple_of(64) {
                 self.handle_commands();
@@ -294,14 +295,14 @@ impl Worker {
             turn += 1;
             let work = self.turn(&held);
             if work > 0 {
-                last_work = Instant::now();
+                idle_since = None;
                 continue;
             }
             match self.cfg.idle {
-                IdleStrategy::Adaptive(spin) if last_work.elapsed() >= spin => {
+                IdleStrategy::Adaptive(spin) if idle_since.get_or_insert_with(Instant::now).elapsed() >= spin => {
                     self.sleep();
                     // Woken by a packet or the timeout: spin afresh before sleeping again.
-                    last_work = Instant::now();
+                    idle_since = None;
                 }
                 _ => std::hint::spin_loop(),
             }
