@@ -231,7 +231,7 @@ pub fn start(src: &PodState, dst: &PodState, stream: &Stream) -> Result<Running>
         let mut sender = Sender::new(src_ip, dst_ip, &cfg)?;
         sender.warm_up(&sink_seen)?;
         if cfg.sender == SenderKind::Link {
-            sender.to_link(dst_ip)?;
+            sender.switch_to_link(dst_ip)?;
         }
         sender.send(&cfg, &stop)
     })
@@ -401,7 +401,7 @@ struct Sender {
     hdrs: MultiHeaders<SockaddrIn>,
     addrs: [Option<SockaddrIn>; BATCH],
     /// Where the IPv4 packet starts in a template: 0, or the Ethernet header's length once
-    /// the sender sends frames ([`Sender::to_link`]).
+    /// the sender sends frames ([`Sender::switch_to_link`]).
     ip_at: usize,
 }
 
@@ -424,7 +424,7 @@ impl Sender {
 
     /// From now on sends Ethernet frames through an AF_PACKET socket bound to the interface
     /// that routes `dst`, to the next hop's MAC (resolved by the warm-up).
-    fn to_link(&mut self, dst: Ipv4Addr) -> Result<()> {
+    fn switch_to_link(&mut self, dst: Ipv4Addr) -> Result<()> {
         let (dev, hop) = next_hop(dst)?;
         let dst_mac = neighbour_mac(hop)?;
         let link = nix::ifaddrs::getifaddrs()
