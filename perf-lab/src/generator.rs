@@ -8,15 +8,15 @@
 //!   sending side, so the generator's own cost is small and the same for every data path.
 //!   (By default not AF_PACKET: through the raw socket the pod's kernel resolves its
 //!   gateway's MAC on every data path alike, and from the route lookup on the skb takes the
-//!   same way.)
+//!   same way.) Flows differ by UDP source port. UDP checksums are 0 (legal for IPv4): the
+//!   payload changes per packet and summing it would be the sender's biggest cost.
 //! - [`SenderKind::Link`] sends whole Ethernet frames through an AF_PACKET socket bound to
 //!   the pod's interface instead, addressed to the MAC of the next hop the warm-up resolved:
-//!   no route lookup, netfilter or neighbour step per packet in the sending pod, so the
-//!   sender can offer a data path more than the raw socket could — the overload probe. The
-//!   sending pod's kernel does no forwarding for any data path then, so the kernel paths'
-//!   rates through it are not comparable with those of the raw sender.
-//!   Flows differ by UDP source port. UDP checksums are 0 (legal for IPv4): the payload
-//!   changes per packet and summing it would be the sender's biggest cost.
+//!   the sending pod's own stack (route lookup, netfilter, neighbour) is skipped per packet,
+//!   on every data path alike, so the sender can offer a data path more than the raw socket
+//!   could — the overload probe. What lies behind the pod's veth (the host's forwarding in
+//!   softirq, twill's XDP hook) runs as before. The bench uses it for its overload probe
+//!   only; the NDR and every other probe come from the raw sender.
 //! - The sink is one UDP socket (recvmmsg(2), SO_TIMESTAMPNS): latency is the kernel's
 //!   receive stamp minus the sender's CLOCK_REALTIME stamp — both on this machine's clock.
 //! - Before measuring, the sender trickles warm-up packets until the sink has seen one, so
