@@ -661,16 +661,27 @@ pub(crate) mod tests {
         assert_eq!(ct.track(&other, 5, false), None, "another port is another flow");
     }
 
+    /// The flow's other direction, for any family (its key with the opener flipped).
+    pub(crate) fn reversed<F: Tuple>(f: &F) -> F {
+        let (key, lo) = f.key();
+        F::from_key(&key, !lo)
+    }
+
     #[test]
     fn entries_expire_per_protocol_and_state() {
+        expire_per_protocol_and_state(flow);
+    }
+
+    /// Unreplied UDP, established TCP and closing TCP each live as long as their timeout.
+    pub(crate) fn expire_per_protocol_and_state<F: Tuple>(flow: impl Fn(u32, u8) -> F) {
         let t = Timeouts::default();
-        let ct = Conntrack::new(1024, t);
+        let ct = Table::<F>::new(1024, t);
         let (tcp, udp) = (flow(1, 6), flow(2, 17));
         ct.insert(&tcp, 0);
         ct.insert(&udp, 0);
         assert!(ct.track(&udp, t.udp_new - 1, false).is_some());
         assert!(ct.track(&udp, 2 * t.udp_new, false).is_none(), "unreplied UDP expired");
-        ct.track(&tcp.reversed(), 10, false);
+        ct.track(&reversed(&tcp), 10, false);
         assert!(ct.track(&tcp, t.tcp_new * 10, false).is_some(), "established TCP outlives the SYN timeout");
         ct.track(&tcp, t.tcp_new * 10, true);
         assert!(ct.track(&tcp, t.tcp_new * 10 + t.tcp_closing + 2000, false).is_none(), "closing TCP expired");
@@ -769,33 +780,36 @@ pub(crate) mod tests {
     /// Two threads, one per direction, as when a flow's directions land on different workers.
     #[test]
     fn both_directions_on_different_threads_agree() {
-        let ct = Arc::new(Conntrack::new(1 << 16, Timeouts::default()));
-        let flows: Vec<Flow> = (0..20_000).map(|i| flow(i, 6)).collect();
+        directions_on_two_threads_agree(flow);
+    }
+
+    /// One thread opens 20,000 flows while another answers them: a reply is never taken
+    /// for an opener, and afterwards every flow is established.
+    pub(crate) fn directions_on_two_threads_agree<F: Tuple + Send + Sync + 'static>(flow: impl Fn(u32, u8) -> F) {
+        let ct = Arc::new(Table::<F>::new(1 << 16, Timeouts::default()));
+        let flows: Arc<Vec<F>> = Arc::new((0..20_000).map(|i| flow(i, 6)).collect());
         let opener = {
-            let (ct, flows) = (Arc::clone(&ct), flows.clone());
+            let (ct, flows) = (Arc::clone(&ct), Arc::clone(&flows));
             std::thread::spawn(move || {
-                for f in &flows {
+                for f in flows.iter() {
                     assert_ne!(ct.insert(f, 0), Insert::Full);
                 }
             })
         };
         let replier = {
-            let (ct, flows) = (Arc::clone(&ct), flows.clone());
+            let (ct, flows) = (Arc::clone(&ct), Arc::clone(&flows));
             std::thread::spawn(move || {
-                let mut answered = 0;
-                for f in &flows {
-                    if let Some(t) = ct.track(&f.reversed(), 1, false) {
+                for f in flows.iter() {
+                    if let Some(t) = ct.track(&reversed(f), 1, false) {
                         assert!(t.reply, "a reply is never taken for an opener");
-                        answered += 1;
                     }
                 }
-                answered
             })
         };
         opener.join().unwrap();
-        let _ = replier.join().unwrap();
-        for f in &flows {
-            let t = ct.track(&f.reversed(), 2, false).expect("every flow is tracked");
+        replier.join().unwrap();
+        for f in flows.iter() {
+            let t = ct.track(&reversed(f), 2, false).expect("every flow is tracked");
             assert!(t.reply);
             assert_eq!(t.state, State::Established);
         }

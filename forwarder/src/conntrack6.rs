@@ -233,17 +233,7 @@ mod tests {
 
     #[test]
     fn entries_expire_per_protocol_and_state() {
-        let t = Timeouts::default();
-        let ct = Conntrack6::new(1024, t);
-        let (tcp, udp) = (flow(1, 6), flow(2, 17));
-        ct.insert(&tcp, 0);
-        ct.insert(&udp, 0);
-        assert!(ct.track(&udp, t.udp_new - 1, false).is_some());
-        assert!(ct.track(&udp, 2 * t.udp_new, false).is_none(), "unreplied UDP expired");
-        ct.track(&tcp.reversed(), 10, false);
-        assert!(ct.track(&tcp, t.tcp_new * 10, false).is_some(), "established TCP outlives the SYN timeout");
-        ct.track(&tcp, t.tcp_new * 10, true);
-        assert!(ct.track(&tcp, t.tcp_new * 10 + t.tcp_closing + 2000, false).is_none(), "closing TCP expired");
+        crate::conntrack::tests::expire_per_protocol_and_state(flow);
     }
 
     /// Expired entries are swept empty, so their 20-bit timestamps never wrap into the future.
@@ -292,33 +282,7 @@ mod tests {
     /// Two threads, one per direction, as when a flow's directions land on different workers.
     #[test]
     fn both_directions_on_different_threads_agree() {
-        let ct = Arc::new(Conntrack6::new(1 << 16, Timeouts::default()));
-        let flows: Vec<Flow6> = (0..20_000).map(|i| flow(i, 6)).collect();
-        let opener = {
-            let (ct, flows) = (Arc::clone(&ct), flows.clone());
-            std::thread::spawn(move || {
-                for f in &flows {
-                    assert_ne!(ct.insert(f, 0), Insert::Full);
-                }
-            })
-        };
-        let replier = {
-            let (ct, flows) = (Arc::clone(&ct), flows.clone());
-            std::thread::spawn(move || {
-                for f in &flows {
-                    if let Some(t) = ct.track(&f.reversed(), 1, false) {
-                        assert!(t.reply, "a reply is never taken for an opener");
-                    }
-                }
-            })
-        };
-        opener.join().unwrap();
-        replier.join().unwrap();
-        for f in &flows {
-            let t = ct.track(&f.reversed(), 2, false).expect("every flow is tracked");
-            assert!(t.reply);
-            assert_eq!(t.state, State::Established);
-        }
+        crate::conntrack::tests::directions_on_two_threads_agree(flow);
     }
 
     /// Writers insert and remove, over and over, flows that share ports and every address
