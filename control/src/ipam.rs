@@ -166,7 +166,7 @@ mod tests {
     }
 
     #[test]
-    fn allocates_skips_reserved_and_is_idempotent() {
+    fn allocates_past_reserved_addresses_and_is_idempotent() {
         let dir = tmpdir("basic");
         let mut ipam = Ipam::open(&dir, "10.244.1.0/24".parse().unwrap()).unwrap();
         let a = ipam.allocate("c1", "default", "p1", "eth0").unwrap();

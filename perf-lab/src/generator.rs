@@ -12,7 +12,7 @@
 //!   payload changes per packet and summing it would be the sender's biggest cost.
 //! - [`SenderKind::Link`] sends whole Ethernet frames through an AF_PACKET socket bound to
 //!   the pod's interface instead, addressed to the MAC of the next hop the warm-up resolved:
-//!   the sending pod's own stack (route lookup, netfilter, neighbour) is skipped per packet,
+//!   the sending pod's own stack (route lookup, netfilter, neighbour) is bypassed per packet,
 //!   on every data path alike, so the sender can offer a data path more than the raw socket
 //!   could — the overload probe. What lies behind the pod's veth (the host's forwarding in
 //!   softirq, twill's XDP hook) runs as before. The bench uses it for its overload probe

@@ -569,7 +569,7 @@ mod tests {
     }
 
     #[test]
-    fn documents_split_and_skip() {
+    fn documents_split_and_other_kinds_are_left_out() {
         let docs = split_documents("a: 1\n---\nb: 2\n--- \n");
         assert_eq!(docs.len(), 3);
         assert_eq!(docs[1], (3, "b: 2\n".to_string()));

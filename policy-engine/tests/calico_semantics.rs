@@ -187,7 +187,7 @@ spec:
 }
 
 #[test]
-fn pass_skips_the_rest_of_the_tier() {
+fn pass_leaves_the_rest_of_the_tier_unread() {
     let ps = policies(
         r#"
 apiVersion: projectcalico.org/v3
