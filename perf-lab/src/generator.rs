@@ -226,12 +226,13 @@ pub fn start(src: &PodState, dst: &PodState, stream: &Stream) -> Result<Running>
     .with_context(|| format!("sink in pod {}", dst.name))?;
     let cpu_before = busy_cpu_s()?;
     let (cfg, stop) = (stream.clone(), stop_sender.clone());
+    let (ns, ifname) = (src.netns.clone(), src.ifname.clone());
     let sender = netns::spawn_in(&src.netns, move || {
         pin(cfg.sender_core)?;
         let mut sender = Sender::new(src_ip, dst_ip, &cfg)?;
         sender.warm_up(&sink_seen)?;
         if cfg.sender == SenderKind::Link {
-            sender.switch_to_link(dst_ip)?;
+            sender.switch_to_link(&ns, &ifname, dst_ip)?;
         }
         sender.send(&cfg, &stop)
     })
@@ -337,48 +338,7 @@ pub fn frame(ip: &[u8], src: [u8; 6], dst: [u8; 6]) -> Vec<u8> {
     f
 }
 
-/// The interface and next hop the calling thread's network namespace routes `dst` by: the
-/// longest matching IPv4 route of /proc/thread-self/net/route (its gateway, or `dst` itself
-/// on a link route).
-fn next_hop(dst: Ipv4Addr) -> Result<(String, Ipv4Addr)> {
-    let table = std::fs::read_to_string("/proc/thread-self/net/route").context("reading /proc/thread-self/net/route")?;
-    route_in(&table, dst).with_context(|| format!("no route to {dst} in the sending pod"))
-}
-
-/// [`next_hop`] in the text of a /proc/net/route table.
-fn route_in(table: &str, dst: Ipv4Addr) -> Option<(String, Ipv4Addr)> {
-    let hex = |s: &str| u32::from_str_radix(s, 16).ok().map(|v| Ipv4Addr::from(v.to_ne_bytes()));
-    table
-        .lines()
-        .skip(1)
-        .filter_map(|l| {
-            let f: Vec<&str> = l.split_whitespace().collect();
-            let (dest, gw, mask) = (hex(f.get(1)?)?, hex(f.get(2)?)?, hex(f.get(7)?)?);
-            (u32::from(dst) & u32::from(mask) == u32::from(dest)).then(|| (u32::from(mask).count_ones(), f[0].to_string(), gw))
-        })
-        .max_by_key(|(len, ..)| *len)
-        .map(|(_, dev, gw)| (dev, if gw.is_unspecified() { dst } else { gw }))
-}
-
-/// The MAC of `ip` in the calling thread's neighbour table (/proc/thread-self/net/arp).
-fn neighbour_mac(ip: Ipv4Addr) -> Result<[u8; 6]> {
-    let arp = std::fs::read_to_string("/proc/thread-self/net/arp").context("reading /proc/thread-self/net/arp")?;
-    mac_in(&arp, ip).with_context(|| format!("the sending pod has no resolved neighbour entry for its next hop {ip}"))
-}
-
-/// [`neighbour_mac`] in the text of a /proc/net/arp table: complete (0x2) or permanent
-/// (0x4) entries only.
-fn mac_in(arp: &str, ip: Ipv4Addr) -> Option<[u8; 6]> {
-    arp.lines()
-        .skip(1)
-        .filter_map(|l| {
-            let f: Vec<&str> = l.split_whitespace().collect();
-            let flags = u32::from_str_radix(f.get(2)?.trim_start_matches("0x"), 16).ok()?;
-            (f[0].parse::<Ipv4Addr>().ok()? == ip && flags & 0x6 != 0).then(|| parse_mac(f.get(3)?))?
-        })
-        .next()
-}
-
+/// `aa:bb:cc:dd:ee:ff` as bytes.
 fn parse_mac(s: &str) -> Option<[u8; 6]> {
     let v: Vec<u8> = s.split(':').map(|b| u8::from_str_radix(b, 16)).collect::<Result<_, _>>().ok()?;
     v.try_into().ok()
@@ -422,11 +382,13 @@ impl Sender {
         })
     }
 
-    /// From now on sends Ethernet frames through an AF_PACKET socket bound to the interface
-    /// that routes `dst`, to the next hop's MAC (resolved by the warm-up).
-    fn switch_to_link(&mut self, dst: Ipv4Addr) -> Result<()> {
-        let (dev, hop) = next_hop(dst)?;
-        let dst_mac = neighbour_mac(hop)?;
+    /// From now on sends Ethernet frames through an AF_PACKET socket bound to the pod's
+    /// interface `dev` (in namespace `ns`, the calling thread's), to the MAC of the next hop
+    /// to `dst` (resolved by the warm-up).
+    fn switch_to_link(&mut self, ns: &str, dev: &str, dst: Ipv4Addr) -> Result<()> {
+        let hop = netns::next_hop(ns, dst.into())?;
+        let mac = netns::neighbour_mac(ns, hop, dev)?;
+        let dst_mac = parse_mac(&mac).with_context(|| format!("{hop}'s MAC {mac:?} in {ns}"))?;
         let link = nix::ifaddrs::getifaddrs()
             .context("listing the sending pod's interfaces")?
             .filter(|i| i.interface_name == dev)
@@ -677,25 +639,6 @@ mod tests {
         let h = etherparse::Ipv4HeaderSlice::from_slice(&f[ETH_HEADER..]).unwrap().to_header();
         assert_eq!(h.header_checksum, h.calc_header_checksum());
         assert_eq!(&f[ETH_HEADER + 20..], &ip[20..]);
-    }
-
-    #[test]
-    fn the_next_hop_is_the_longest_route_s_gateway_and_its_neighbour_entry_gives_the_mac() {
-        // As a Calico-style pod sees it: a default route via 169.254.1.1 and a link route.
-        let route = "Iface\tDestination\tGateway \tFlags\tRefCnt\tUse\tMetric\tMask\t\tMTU\tWindow\tIRTT\n\
-                     eth0\t00000000\t0101FEA9\t0003\t0\t0\t0\t00000000\t0\t0\t0\n\
-                     eth0\t0101FEA9\t00000000\t0005\t0\t0\t0\tFFFFFFFF\t0\t0\t0\n\
-                     eth1\t0002F40A\t0102F40A\t0003\t0\t0\t0\t00FFFFFF\t0\t0\t0\n";
-        let gw = Ipv4Addr::new(169, 254, 1, 1);
-        assert_eq!(route_in(route, Ipv4Addr::new(10, 244, 1, 2)), Some(("eth0".into(), gw)));
-        assert_eq!(route_in(route, Ipv4Addr::new(10, 244, 2, 9)), Some(("eth1".into(), Ipv4Addr::new(10, 244, 2, 1))));
-        assert_eq!(route_in(route, gw), Some(("eth0".into(), gw)), "a link route: the destination itself");
-        assert_eq!(route_in("Iface\tDestination\n", gw), None);
-        let arp = "IP address       HW type     Flags       HW address            Mask     Device\n\
-                   10.244.1.3       0x1         0x0         00:00:00:00:00:00     *        eth0\n\
-                   169.254.1.1      0x1         0x2         ee:ee:ee:ee:ee:ee     *        eth0\n";
-        assert_eq!(mac_in(arp, gw), Some([0xee; 6]));
-        assert_eq!(mac_in(arp, Ipv4Addr::new(10, 244, 1, 3)), None, "an incomplete entry is no MAC");
     }
 
     #[test]

@@ -4,6 +4,7 @@
 //! The calling thread never changes namespace.
 
 use std::fs::File;
+use std::net::IpAddr;
 use std::path::PathBuf;
 use std::process::Command;
 use std::thread::{self, JoinHandle};
@@ -97,6 +98,29 @@ pub fn link_mac(ns: &str, link: &str) -> Result<String> {
         .and_then(|a| a.as_str())
         .map(str::to_owned)
         .ok_or_else(|| anyhow!("`ip -n {ns} link show dev {link}` has no MAC address: {out}"))
+}
+
+/// The next hop `ns` routes `dst` through: the route's gateway, or `dst` on a link route.
+pub fn next_hop(ns: &str, dst: IpAddr) -> Result<IpAddr> {
+    let out = ip(ns, &["-j", "route", "get", &dst.to_string()])?;
+    let v: serde_json::Value = serde_json::from_str(&out).with_context(|| format!("parsing `ip -n {ns} -j route get {dst}`"))?;
+    match v.get(0).and_then(|r| r.get("gateway")) {
+        None => Ok(dst),
+        Some(g) => g.as_str().and_then(|g| g.parse().ok()).ok_or_else(|| anyhow!("`ip -n {ns} route get {dst}`: gateway {g}")),
+    }
+}
+
+/// The MAC of neighbour `ip` on `dev` in `ns`, if resolved (any state with a link-layer
+/// address but FAILED / INCOMPLETE).
+pub fn neighbour_mac(ns: &str, ip: IpAddr, dev: &str) -> Result<String> {
+    let out = self::ip(ns, &["-j", "neigh", "show", &ip.to_string(), "dev", dev])?;
+    let v: serde_json::Value = serde_json::from_str(&out).with_context(|| format!("parsing `ip -n {ns} -j neigh show {ip} dev {dev}`"))?;
+    v.as_array()
+        .into_iter()
+        .flatten()
+        .filter(|n| !n.get("state").and_then(|s| s.as_array()).is_some_and(|s| s.iter().any(|s| s == "FAILED" || s == "INCOMPLETE")))
+        .find_map(|n| n.get("lladdr").and_then(|a| a.as_str()).map(str::to_owned))
+        .ok_or_else(|| anyhow!("{ns} has no resolved neighbour entry for {ip} on {dev}: {out}"))
 }
 
 /// Writes a sysctl (`net.ipv4.ip_forward` style key) inside `ns`: /proc/sys/net resolves
