@@ -769,7 +769,6 @@ impl Lab {
         Ok(())
     }
 
-    /// Adds a pod on node `n{index}` in namespace `default`; returns its name.
     /// The pod MTU of the kernel paths: the uplink's less VXLAN's 50 bytes (70 over an IPv6
     /// underlay, in a dual-stack lab), as flanneld and calico-node set it.
     fn kernel_pod_mtu(&self) -> u32 {
@@ -777,6 +776,7 @@ impl Lab {
         self.state.uplink_mtu.unwrap_or(1500) - overhead
     }
 
+    /// Adds a pod on node `n{index}` in namespace `default`; returns its name.
     pub fn add_pod(&mut self, index: u32) -> Result<String> {
         self.add_pod_in(index, POD_NAMESPACE, &PodLabels::default())
     }
