@@ -22,13 +22,27 @@ use netlink_sys::{Socket, SocketAddr, protocols::NETLINK_ROUTE};
 /// Complete IPv6 neighbour entries on `dev` (reachable, stale, delay, probe, permanent);
 /// empty when the dump fails (the peers then stay unresolved and are nudged again).
 pub fn read_ndp(dev: &str) -> HashMap<Ipv6Addr, EthernetAddress> {
-    let Ok(ifindex) = forwarder::xdp_hook::ifindex(dev) else {
-        return HashMap::new();
+    let ifindex = match forwarder::xdp_hook::ifindex(dev) {
+        Ok(i) => i,
+        Err(e) => {
+            tracing::warn!(%dev, "IPv6 neighbours: {e}");
+            return HashMap::new();
+        }
     };
+    match dump_neighbours6() {
+        Ok(msgs) => ndp_entries(msgs, ifindex),
+        Err(e) => {
+            tracing::warn!(%dev, "IPv6 neighbours: the RTM_GETNEIGH dump failed: {e}");
+            HashMap::new()
+        }
+    }
+}
+
+/// The complete entries on interface `ifindex` among a neighbour dump's messages, with a
+/// real (six-byte, non-zero) MAC.
+fn ndp_entries(msgs: Vec<NeighbourMessage>, ifindex: u32) -> HashMap<Ipv6Addr, EthernetAddress> {
     let complete = |s: NeighbourState| matches!(s, NeighbourState::Reachable | NeighbourState::Stale | NeighbourState::Delay | NeighbourState::Probe | NeighbourState::Permanent);
-    dump_neighbours6()
-        .unwrap_or_default()
-        .into_iter()
+    msgs.into_iter()
         .filter(|m| m.header.ifindex == ifindex && complete(m.header.state))
         .filter_map(|m| {
             let mut ip = None;
@@ -263,5 +277,32 @@ mod tests {
         // The dump itself must work here (loopback has no neighbours worth keeping).
         dump_neighbours6().expect("an RTM_GETNEIGH dump");
         assert!(read_ndp("lo").is_empty());
+    }
+
+    #[test]
+    fn only_complete_entries_with_a_real_mac_on_the_interface_count() {
+        let entry = |ifindex: u32, state: NeighbourState, ip: &str, mac: &[u8]| {
+            let mut m = NeighbourMessage::default();
+            m.header.ifindex = ifindex;
+            m.header.state = state;
+            m.attributes = vec![
+                NeighbourAttribute::Destination(NeighbourAddress::Inet6(ip.parse().unwrap())),
+                NeighbourAttribute::LinkLayerAddress(mac.to_vec()),
+            ];
+            m
+        };
+        let mac = [2, 0, 0, 0, 0, 7];
+        let msgs = vec![
+            entry(2, NeighbourState::Reachable, "fd00:100::12", &mac),
+            entry(2, NeighbourState::Stale, "fd00:100::13", &mac),
+            entry(2, NeighbourState::Incomplete, "fd00:100::14", &mac),
+            entry(2, NeighbourState::Reachable, "fd00:100::15", &[0; 6]),
+            entry(2, NeighbourState::Reachable, "fd00:100::16", &mac[..4]),
+            entry(3, NeighbourState::Reachable, "fd00:100::17", &mac),
+        ];
+        let got = ndp_entries(msgs, 2);
+        let want: HashMap<Ipv6Addr, EthernetAddress> =
+            ["fd00:100::12", "fd00:100::13"].iter().map(|ip| (ip.parse().unwrap(), EthernetAddress(mac))).collect();
+        assert_eq!(got, want, "incomplete, all-zero, short and other interfaces' entries are left out");
     }
 }
