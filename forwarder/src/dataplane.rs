@@ -12,6 +12,7 @@ use std::{
 use crossbeam::{
     channel::{Sender, bounded},
     queue::ArrayQueue,
+    utils::CachePadded,
 };
 use xsk_rs::{
     Umem,
@@ -109,8 +110,8 @@ impl Dataplane {
     /// queue = worker index) and starts the workers on `first`.
     pub fn start(cfg: DataplaneConfig, first: Snapshot) -> Result<Self, Error> {
         let available = core_affinity::get_core_ids().unwrap_or_default();
-        if cfg.cores.is_empty() {
-            return Err(Error::Config("--cores needs at least one core".into()));
+        if cfg.cores.is_empty() || cfg.cores.len() > MAX_UPLINK_QUEUES {
+            return Err(Error::Config(format!("--cores needs 1 to {MAX_UPLINK_QUEUES} cores (a worker per uplink queue), not {}", cfg.cores.len())));
         }
         for &c in &cfg.cores {
             if !available.iter().any(|id| id.id == c) {
@@ -143,7 +144,7 @@ impl Dataplane {
             pool,
             handoff: (0..workers_n).map(|_| ArrayQueue::new(4096)).collect(),
             handoff_chains: (0..workers_n).map(|_| ArrayQueue::new(1024)).collect(),
-            wakeups: (0..workers_n).map(|_| Wakeup::new()).collect::<std::io::Result<_>>().map_err(Error::Wakeup)?,
+            wakeups: (0..workers_n).map(|_| Wakeup::new().map(CachePadded::new)).collect::<std::io::Result<_>>().map_err(Error::Wakeup)?,
             counters: (0..workers_n).map(|_| Arc::new(WorkerCounters::default())).collect(),
             stop: Default::default(),
             all_frames: descs,

@@ -30,7 +30,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use crossbeam::{channel::Receiver, queue::ArrayQueue};
+use crossbeam::{channel::Receiver, queue::ArrayQueue, utils::CachePadded};
 use xsk_rs::{FrameDesc, Umem};
 
 use crate::{
@@ -62,11 +62,8 @@ impl IdleStrategy {
     /// burst, short enough that a worker under a light load does not hold a core that the
     /// kernel's softirqs, the other node's worker and the applications need. Measured
     /// against longer spins in docs/perf.md ("Idle").
-    pub const DEFAULT_SPIN: Duration = Duration::from_micros(SPIN_US_DEFAULT);
+    pub const DEFAULT_SPIN: Duration = Duration::from_micros(5);
 }
-
-/// [`IdleStrategy::DEFAULT_SPIN`] in microseconds.
-pub const SPIN_US_DEFAULT: u64 = 5;
 
 /// Frames the kernel sends per TX wakeup in copy mode.
 const COPY_MODE_TX_BATCH: usize = 32;
@@ -119,9 +116,10 @@ struct Held {
 /// How a worker asleep in poll(2) learns that another worker handed it a frame (its
 /// hand-off rings are memory, which poll cannot watch): an eventfd in its poll set, written
 /// only when it sleeps. The sleeper raises `asleep`, then takes a last look at its rings;
-/// a worker that hands over pushes, then clears `asleep` and writes the eventfd if it was
-/// raised (both sides fence between the two steps, so one of them sees the other's: no
-/// frame waits for the poll timeout, and busy workers make no system call for it).
+/// a worker that handed over during a turn pushes, then, once at the turn's end, clears
+/// `asleep` and writes the eventfd if it was raised (both sides fence between the two
+/// steps, so one of them sees the other's: no frame waits for the poll timeout, and busy
+/// workers make no system call for it). Each worker's sits on its own cache line.
 #[derive(Debug)]
 pub struct Wakeup {
     asleep: AtomicBool,
@@ -140,10 +138,10 @@ impl Wakeup {
         Ok(Wakeup { asleep: AtomicBool::new(false), fd: unsafe { OwnedFd::from_raw_fd(fd) } })
     }
 
-    /// After a push to the worker's rings: wakes it if it sleeps.
+    /// After pushes to the worker's rings: wakes it if it sleeps.
     fn notify(&self) {
         fence(Ordering::SeqCst);
-        if self.asleep.swap(false, Ordering::SeqCst) {
+        if self.asleep.load(Ordering::Relaxed) && self.asleep.swap(false, Ordering::SeqCst) {
             let one = 1u64.to_ne_bytes();
             // SAFETY: writes 8 bytes from a live buffer to a descriptor this struct owns. A
             // failure (the counter at its maximum) leaves the eventfd readable: still a wake.
@@ -157,9 +155,13 @@ impl Wakeup {
         fence(Ordering::SeqCst);
     }
 
-    /// After a sleep: lowers the flag and empties the eventfd.
+    /// After a sleep (or instead of one).
     fn lower(&self) {
         self.asleep.store(false, Ordering::Relaxed);
+    }
+
+    /// Empties the eventfd, after a poll that found it readable.
+    fn drain(&self) {
         let mut buf = [0u8; 8];
         // SAFETY: reads at most 8 bytes into a live buffer from a non-blocking descriptor
         // this struct owns; nothing to read (EAGAIN) is the common case and harmless.
@@ -181,7 +183,7 @@ pub struct Shared {
     /// The same for frames that span several chunks.
     pub handoff_chains: Vec<ArrayQueue<Chain>>,
     /// Each worker's wake-up for its hand-off rings.
-    pub wakeups: Vec<Wakeup>,
+    pub wakeups: Vec<CachePadded<Wakeup>>,
     pub counters: Vec<Arc<WorkerCounters>>,
     pub stop: AtomicBool,
     /// The descriptor of every frame as the UMEM was created, by frame index.
@@ -247,6 +249,9 @@ pub struct Worker {
     last_xsk_read: Instant,
     /// The uplink socket this worker transmits on (its first uplink queue).
     uplink_tx: Option<PortId>,
+    /// Workers handed a frame this turn, one bit each (a worker per uplink queue, so at
+    /// most [`crate::snapshot::MAX_UPLINK_QUEUES`] = 64): woken, if asleep, at the turn's end.
+    to_wake: u64,
 }
 
 impl Worker {
@@ -274,6 +279,7 @@ impl Worker {
             retired_xsk: [0; 4],
             last_xsk_read: Instant::now(),
             uplink_tx: None,
+            to_wake: 0,
             shared,
         }
     }
@@ -422,6 +428,9 @@ impl Worker {
         // the descriptors belong to sockets and an eventfd this worker's node owns.
         unsafe { libc::poll(self.pollfds.as_mut_ptr(), self.pollfds.len() as libc::nfds_t, 1) };
         wakeup.lower();
+        if self.pollfds.last().is_some_and(|p| p.revents & libc::POLLIN != 0) {
+            wakeup.drain();
+        }
     }
 
     /// One pass over everything; returns the number of frames moved.
@@ -454,6 +463,10 @@ impl Worker {
         }
         self.flush_tx();
         self.balance_free_list();
+        while self.to_wake != 0 {
+            self.shared.wakeups[self.to_wake.trailing_zeros() as usize].notify();
+            self.to_wake &= self.to_wake - 1;
+        }
         work
     }
 
@@ -691,7 +704,7 @@ impl Worker {
             }
         };
         if handed {
-            self.shared.wakeups[worker as usize].notify();
+            self.to_wake |= 1 << worker;
         } else {
             self.counters.count_drop(DropReason::HandoffFull);
             self.free.extend_from_slice(descs);
@@ -805,6 +818,7 @@ mod tests {
         assert!(readable(&w), "a sleeping worker's poll set turns readable");
         w.notify();
         w.lower();
+        w.drain();
         assert!(!readable(&w), "after the sleep the eventfd is empty again");
         w.notify();
         assert!(!readable(&w), "the first hand-over after a sleep cleared the flag");
