@@ -169,7 +169,11 @@ pub fn verify(src: Ipv6Addr, dst: Ipv6Addr, icmp: &[u8]) -> bool {
 /// directly (next header 58); `None` for anything else, a broken header or an empty
 /// payload. Cheap: reads three bytes once the lengths are checked.
 pub fn message_type(ipv6_packet: &[u8]) -> Option<u8> {
-    let ip = Ipv6Packet::new_checked(ipv6_packet).ok()?;
+    message_type_of(&Ipv6Packet::new_checked(ipv6_packet).ok()?)
+}
+
+/// [`message_type`] of an IPv6 packet already checked.
+pub fn message_type_of<T: AsRef<[u8]>>(ip: &Ipv6Packet<T>) -> Option<u8> {
     if ip.next_header() != NEXT_HEADER {
         return None;
     }

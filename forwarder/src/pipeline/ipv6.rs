@@ -34,9 +34,11 @@ use crate::{
     snapshot::{GATEWAY_IP6, PortId, RemoteNode, RouteTarget, Snapshot, Tunnel},
 };
 
-/// ICMPv6 types of Neighbor Discovery (RFC 4861 §4) and MLD (RFC 2710, RFC 3810): never
-/// forwarded, only answered (a solicitation of the gateway) or dropped.
-const NDP_AND_MLD: [u8; 9] = [130, 131, 132, 133, 134, 135, 136, 137, 143];
+/// Whether an ICMPv6 type is Neighbor Discovery (RFC 4861 §4) or MLD (RFC 2710, RFC 3810):
+/// never forwarded, only answered (a solicitation of the gateway) or dropped.
+fn ndp_or_mld(icmp_type: u8) -> bool {
+    matches!(icmp_type, 130..=137 | 143)
+}
 
 /// A pod's IPv6 frame `buf[..len]` (Ethernet source already checked against the pod's).
 pub(super) fn from_pod(snap: &Snapshot, fs: &FlowState, worker: u16, in_port: PortId, pod_ip6: Option<std::net::Ipv6Addr>, buf: &mut [u8], len: usize) -> Verdict {
@@ -44,7 +46,7 @@ pub(super) fn from_pod(snap: &Snapshot, fs: &FlowState, worker: u16, in_port: Po
         return Verdict::Drop(DropReason::BadIpHeader);
     };
     let (src, dst) = (ip.src_addr(), ip.dst_addr());
-    if icmpv6::message_type(ip.into_inner()).is_some_and(|t| NDP_AND_MLD.contains(&t)) {
+    if icmpv6::message_type_of(&ip).is_some_and(ndp_or_mld) {
         // The whole buffer: an advertisement is longer than a solicitation without options.
         return match icmpv6::advert_in_place(buf, GATEWAY_IP6, snap.node.gateway_mac) {
             Ok(n) => Verdict::Forward { port: in_port, worker, len: n, kind: Kind::NdpReply },
@@ -53,7 +55,7 @@ pub(super) fn from_pod(snap: &Snapshot, fs: &FlowState, worker: u16, in_port: Po
     }
     if dst.is_multicast() {
         // MLD reports carry a hop-by-hop header before their ICMPv6 (RFC 3810 §5).
-        let mld = flow::parse_flow_info6(&buf[ETH_LEN..len]).is_ok_and(|f| f.tuple.proto == icmpv6::NEXT_HEADER && f.icmp.is_some_and(|(t, _)| NDP_AND_MLD.contains(&t)));
+        let mld = flow::parse_flow_info6(&buf[ETH_LEN..len]).is_ok_and(|f| f.tuple.proto == icmpv6::NEXT_HEADER && f.icmp.is_some_and(|(t, _)| ndp_or_mld(t)));
         return Verdict::Drop(if mld { DropReason::NdpIgnored } else { DropReason::NoRoute });
     }
     if Some(src) != pod_ip6 {
