@@ -892,12 +892,6 @@ impl RuleSet {
         &self.classifier
     }
 
-    /// The classifier IPv6 keys are judged by (the IPv4 one when it serves both families),
-    /// for reports.
-    pub fn classifier6(&self) -> &Classifier {
-        self.v6.as_ref().map_or(&self.classifier, |v6| &v6.classifier)
-    }
-
     /// Whether IPv6 keys have a classifier of their own (some rule has nets or an
     /// `ipVersion`), for tests and reports.
     pub fn has_own_v6_rules(&self) -> bool {
@@ -919,6 +913,11 @@ impl RuleSet {
 
     fn log_matches6<'a>(&'a self, tables: &'a PolicyTables, key: &'a Key6, before: u32) -> impl Iterator<Item = u32> + 'a {
         let (_, _, logs, k) = self.parts6(key);
+        self.logs_matching6(tables, key, logs, k, before)
+    }
+
+    /// [`RuleSet::log_matches6`] with the key's parts already found.
+    fn logs_matching6<'a>(&'a self, tables: &'a PolicyTables, key: &'a Key6, logs: &'a [(u32, ClassRule)], k: Key, before: u32) -> impl Iterator<Item = u32> + 'a {
         logs.iter()
             .take_while(move |(e, _)| *e < before)
             .filter(move |(_, r)| r.fields_match(&k) && r.guard.is_none_or(|g| self.guards[g as usize].passes6(tables, key)))
@@ -944,19 +943,9 @@ impl RuleSet {
         let logged = if logs.is_empty() {
             None
         } else {
-            self.log_matches6(tables, key, hit.unwrap_or(u32::MAX)).next()
+            self.logs_matching6(tables, key, logs, k, hit.unwrap_or(u32::MAX)).next()
         };
         Judgement { verdict, decided, logged }
-    }
-
-    /// [`RuleSet::classify_batch`] for IPv6 keys.
-    pub fn classify_batch6(&self, tables: &PolicyTables, keys: &[Key6], out: &mut [Option<u32>]) {
-        for (k, o) in keys.iter().zip(out.iter_mut()) {
-            let (classifier, decisive, _, ck) = self.parts6(k);
-            *o = classifier
-                .classify_with(&ck, |g, _| self.guards[g as usize].passes6(tables, k))
-                .map(|i| decisive[i as usize]);
-        }
     }
 
     /// The policy and rule behind an entry of [`Decided`] or [`Judgement::logged`].

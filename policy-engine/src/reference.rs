@@ -418,17 +418,6 @@ pub fn evaluate_direction(
     conn_direction(policies, world, &pkt.into(), ep, dir)
 }
 
-/// Evaluates one direction of one endpoint for an IPv6 connection.
-pub fn evaluate_direction6(
-    policies: &[Policy],
-    world: &World,
-    pkt: &Packet6,
-    ep: &Endpoint,
-    dir: Direction,
-) -> DirectionDecision {
-    conn_direction(policies, world, &pkt.into(), ep, dir)
-}
-
 fn conn_direction(
     policies: &[Policy],
     world: &World,
