@@ -272,12 +272,18 @@ impl Agent {
         tunnels_to(&self.cluster, &self.cfg.encap, self.subnets, peer)
     }
 
+    /// `peer`'s IPv6 underlay address when this node has one too (IPv6 pods then cross the
+    /// IPv6 underlay; `forwarder::snapshot::RemoteNode::with_underlay6` for the tables).
+    fn underlay6(&self, peer: &cluster::NodeInfo) -> Option<std::net::Ipv6Addr> {
+        self.node.node_ip6.and(peer.address6)
+    }
+
     /// Bytes the tunnel to `peer` adds: its IPv4 tunnel's, or, when both nodes have an IPv6
     /// underlay, what its IPv6 tunnel adds there if more (VXLAN over IPv6: 70).
     fn overhead_to(&self, peer: &cluster::NodeInfo) -> usize {
         let t = self.tunnels_to(peer);
         let v6 = match t.v6 {
-            Tunnel::Vxlan if self.node.node_ip6.is_some() && peer.address6.is_some() => encap::vxlan6::OVERHEAD,
+            Tunnel::Vxlan if self.underlay6(peer).is_some() => encap::vxlan6::OVERHEAD,
             _ => 0,
         };
         t.v4.overhead().max(v6)
@@ -348,20 +354,21 @@ impl Agent {
     pub fn refresh_neighbours(&mut self, quiet: bool) {
         let arp = neighbour::read_arp(&self.cfg.uplink);
         let ndp = if self.node.node_ip6.is_some() { neighbour::read_ndp(&self.cfg.uplink) } else { std::collections::HashMap::new() };
+        let routes = neighbour::Routes::read();
         let mut next = calc::Neighbours::default();
         for (name, n) in &self.cluster.nodes {
             if *name == self.cfg.node {
                 continue;
             }
-            let hop = neighbour::next_hop(&self.cfg.uplink, n.address);
+            let hop = routes.next_hop(&self.cfg.uplink, n.address);
             match arp.get(&hop) {
                 Some(mac) => {
                     next.peers.insert(n.address, *mac);
                 }
                 None => neighbour::nudge(n.address),
             }
-            if let Some(a6) = n.address6.filter(|_| self.node.node_ip6.is_some()) {
-                match ndp.get(&neighbour::next_hop6(&self.cfg.uplink, a6)) {
+            if let Some(a6) = self.underlay6(n) {
+                match ndp.get(&routes.next_hop6(&self.cfg.uplink, a6)) {
                     Some(mac) => {
                         next.peers6.insert(a6, *mac);
                     }
@@ -395,7 +402,7 @@ impl Agent {
     /// Whether a peer node's next hop, or the default gateway when pods may leave the
     /// cluster, has no MAC yet (the agent then looks again soon).
     fn unresolved_peers(&self) -> bool {
-        let peers6 = if self.node.node_ip6.is_some() { self.cluster.nodes.values().filter(|n| n.name != self.cfg.node && n.address6.is_some()).count() } else { 0 };
+        let peers6 = self.cluster.nodes.values().filter(|n| n.name != self.cfg.node && self.underlay6(n).is_some()).count();
         self.cluster.nodes.len().saturating_sub(1) > self.neighbours.peers.len() || peers6 > self.neighbours.peers6.len() || (self.leaves_cluster() && self.neighbours.gateway.is_none())
     }
 
@@ -490,7 +497,7 @@ impl Agent {
                             let t = self.tunnels_to(n);
                             v["tunnel"] = json!(t.v4.name());
                             // Over the IPv6 underlay, when both nodes have one.
-                            v["tunnel6"] = json!(n.address6.filter(|_| self.node.node_ip6.is_some()).map(|_| t.v6.name()));
+                            v["tunnel6"] = json!(self.underlay6(n).map(|_| t.v6.name()));
                         }
                         v
                     })

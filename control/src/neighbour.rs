@@ -1,4 +1,4 @@
-//! Underlay next hops, from the kernel: the route to a peer (`/proc/net/route`,
+//! Underlay next hops, from the kernel: the route to a peer ([`Routes`]: `/proc/net/route`,
 //! `/proc/net/ipv6_route`) and the neighbour table of this network namespace (IPv4:
 //! `/proc/net/arp`; IPv6, which has no such file: a netlink dump of Neighbor Discovery's
 //! cache). A peer whose next hop has no complete entry is nudged (one UDP datagram to the
@@ -95,11 +95,31 @@ fn dump_neighbours6() -> std::io::Result<Vec<NeighbourMessage>> {
     }
 }
 
-/// The IPv6 next hop toward `dst` on `dev` (`/proc/net/ipv6_route`): its gateway, or `dst`
-/// itself when on-link.
-pub fn next_hop6(dev: &str, dst: Ipv6Addr) -> Ipv6Addr {
-    let text = std::fs::read_to_string("/proc/net/ipv6_route").unwrap_or_default();
-    next_hop6_in(&text, dev, dst)
+/// This namespace's routing tables, read once for a round of next-hop lookups
+/// (/proc/net/route and /proc/net/ipv6_route; a table that cannot be read is empty, so every
+/// destination is its own next hop).
+#[derive(Debug)]
+pub struct Routes {
+    v4: String,
+    v6: String,
+}
+
+impl Routes {
+    pub fn read() -> Routes {
+        let read = |f: &str| std::fs::read_to_string(f).unwrap_or_default();
+        Routes { v4: read("/proc/net/route"), v6: read("/proc/net/ipv6_route") }
+    }
+
+    /// The next hop on `dev` towards `dst`: the gateway of the longest route covering it,
+    /// or `dst` itself when on-link (or no route matches).
+    pub fn next_hop(&self, dev: &str, dst: Ipv4Addr) -> Ipv4Addr {
+        next_hop_in(&self.v4, dev, dst)
+    }
+
+    /// [`Routes::next_hop`] for IPv6.
+    pub fn next_hop6(&self, dev: &str, dst: Ipv6Addr) -> Ipv6Addr {
+        next_hop6_in(&self.v6, dev, dst)
+    }
 }
 
 fn next_hop6_in(text: &str, dev: &str, dst: Ipv6Addr) -> Ipv6Addr {
@@ -159,12 +179,6 @@ fn parse_arp(text: &str, dev: &str) -> HashMap<Ipv4Addr, EthernetAddress> {
             (mac.0 != [0; 6]).then_some((f[0].parse().ok()?, mac))
         })
         .collect()
-}
-
-/// The next hop toward `dst` on `dev`: its gateway, or `dst` itself when on-link.
-pub fn next_hop(dev: &str, dst: Ipv4Addr) -> Ipv4Addr {
-    let text = std::fs::read_to_string("/proc/net/route").unwrap_or_default();
-    next_hop_in(&text, dev, dst)
 }
 
 fn next_hop_in(text: &str, dev: &str, dst: Ipv4Addr) -> Ipv4Addr {
