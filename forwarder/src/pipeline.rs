@@ -81,7 +81,8 @@ pub fn process(snap: &Snapshot, fs: &FlowState, worker: u16, in_port: PortId, bu
 /// [`Stage::Second`] [`PREFETCH_SECOND`] frames ahead, so the misses of different frames
 /// overlap instead of queueing. Reads fixed offsets (a pod's IPv4 frame, or one inside
 /// VXLAN or IP-in-IP with 20-byte headers) and only hints: a frame it guesses wrong about
-/// is processed all the same.
+/// is processed all the same. IPv6 frames (and chain continuations) are left alone: their
+/// address bytes read as IPv4 would only fetch lines nobody reads.
 #[inline]
 pub fn prefetch(snap: &Snapshot, fs: &FlowState, frame: &[u8], stage: Stage) {
     let word = |at: usize| frame.get(at..at + 4).map_or(0, |b| u32::from_be_bytes([b[0], b[1], b[2], b[3]]));
@@ -91,6 +92,9 @@ pub fn prefetch(snap: &Snapshot, fs: &FlowState, frame: &[u8], stage: Stage) {
         Some(4) => ETH_LEN + 20,
         _ => ETH_LEN,
     };
+    if frame.get(ip).is_none_or(|b| b >> 4 != 4) {
+        return;
+    }
     let (src, dst, ports) = (word(ip + 12), word(ip + 16), word(ip + 20));
     snap.routes.prefetch(std::net::Ipv4Addr::from(dst), stage);
     let proto = frame.get(ip + 9).copied().unwrap_or(0);
