@@ -33,7 +33,7 @@ use std::net::{Ipv4Addr, Ipv6Addr};
 use crate::icmpv4::{self, Icmpv4Packet, Message};
 use crate::icmpv6::{self, Icmpv6Packet};
 use crate::ipv4::{IpProtocol, Ipv4Packet};
-use crate::ipv6::{self, Ipv6Packet};
+use crate::ipv6::{self, EXT_DST_OPTS, EXT_FRAGMENT, EXT_HOP_BY_HOP, EXT_ROUTING, Ipv6Packet};
 use crate::net_endian::{read_u16, read_u32};
 use crate::{Error, tcp, udp};
 
@@ -246,11 +246,6 @@ pub fn parse_flow_info(ip_packet: &[u8]) -> Result<FlowInfo, Error> {
 /// RFC 8200 §4.1 orders at most six kinds, each once but destination options twice.
 pub const MAX_EXT_HEADERS: usize = 8;
 
-/// IPv6 extension header numbers [`parse_flow_info6`] walks (RFC 8200 §4).
-const EXT_HOP_BY_HOP: u8 = 0;
-const EXT_ROUTING: u8 = 43;
-const EXT_FRAGMENT: u8 = 44;
-const EXT_DST_OPTS: u8 = 60;
 const FRAGMENT_HEADER_LEN: usize = 8;
 
 /// ICMPv6 echo request and reply (RFC 4443 §4).

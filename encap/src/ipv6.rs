@@ -20,6 +20,13 @@ use crate::net_endian::{read_u16, read_u32, write_u16, write_u32};
 /// Length of the fixed IPv6 header.
 pub const HEADER_LEN: usize = 40;
 
+/// Extension header numbers (RFC 8200 §4): hop-by-hop options, routing, fragment and
+/// destination options.
+pub const EXT_HOP_BY_HOP: u8 = 0;
+pub const EXT_ROUTING: u8 = 43;
+pub const EXT_FRAGMENT: u8 = 44;
+pub const EXT_DST_OPTS: u8 = 60;
+
 /// The minimum link MTU every IPv6 link must carry (RFC 8200 §5): the largest ICMPv6 error
 /// may be (RFC 4443 §2.4 (c)).
 pub const MIN_MTU: usize = 1280;

@@ -33,8 +33,6 @@ use crate::vxlan::{self, Decapsulated, DecapError, VxlanPacket, VxlanProfile, Vx
 
 /// IPv6's next header for UDP.
 const NEXT_HEADER_UDP: u8 = 17;
-/// IPv6's fragment header.
-const NEXT_HEADER_FRAGMENT: u8 = 44;
 
 /// Bytes VXLAN over IPv6 adds in front of the inner Ethernet frame: outer Ethernet 14 +
 /// IPv6 40 + UDP 8 + VXLAN 8. A pod MTU of at most the underlay MTU minus 70 fits.
@@ -124,23 +122,14 @@ pub fn decap6(frame: &[u8], local_ip: Ipv6Addr, profile: VxlanProfile) -> Result
     if eth.ethertype() != EtherType::Ipv6 {
         return Err(DecapError::NotIpv6);
     }
-    let ip_bytes = &frame[ethernet::HEADER_LEN..];
-    if ip_bytes.len() < ipv6::HEADER_LEN {
-        return Err(DecapError::Truncated);
-    }
-    let ip = Ipv6Packet::new_unchecked(ip_bytes);
-    if ip.version() != 6 {
-        return Err(DecapError::BadIpHeader);
-    }
-    if ipv6::HEADER_LEN + usize::from(ip.payload_len()) > ip_bytes.len() {
-        return Err(DecapError::Truncated);
-    }
+    let ip = Ipv6Packet::new_checked(&frame[ethernet::HEADER_LEN..])
+        .map_err(|e| if e == crate::Error::Malformed { DecapError::BadIpHeader } else { DecapError::Truncated })?;
     if ip.dst_addr() != local_ip {
         return Err(DecapError::NotForUs);
     }
     match ip.next_header() {
         NEXT_HEADER_UDP => {}
-        NEXT_HEADER_FRAGMENT => return Err(DecapError::Fragment),
+        ipv6::EXT_FRAGMENT => return Err(DecapError::Fragment),
         _ => return Err(DecapError::WrongProtocol),
     }
     let (vni, inner) = vxlan::udp_vxlan(ip.payload(), profile)?;
