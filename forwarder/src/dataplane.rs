@@ -143,7 +143,6 @@ impl Dataplane {
             frame_count: descs.len(),
             pool,
             handoff: (0..workers_n).map(|_| ArrayQueue::new(4096)).collect(),
-            handoff_chains: (0..workers_n).map(|_| ArrayQueue::new(1024)).collect(),
             wakeups: (0..workers_n).map(|_| Wakeup::new().map(CachePadded::new)).collect::<std::io::Result<_>>().map_err(Error::Wakeup)?,
             counters: (0..workers_n).map(|_| Arc::new(WorkerCounters::default())).collect(),
             stop: Default::default(),

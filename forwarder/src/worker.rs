@@ -80,8 +80,9 @@ const XDP_PKT_CONTD: u32 = 1;
 /// quote, and is processed in place; a longer one is copied out like a chain.
 const IN_PLACE_MAX: usize = MAX_FRAME - 256;
 
-/// The descriptors of one frame that spans several UMEM chunks, with its egress port: what
-/// a hand-off of such a frame carries.
+/// The descriptors of one frame (one UMEM chunk, or a chain of them) with its egress port:
+/// what a hand-off carries. Frames of every length share one ring per worker, so a flow's
+/// short frame never overtakes its longer one on the way between workers.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Chain {
     descs: [FrameDesc; MAX_CHAIN],
@@ -90,6 +91,12 @@ pub struct Chain {
 }
 
 impl Chain {
+    fn new(port: PortId, descs: &[FrameDesc]) -> Chain {
+        let mut chain = Chain { n: descs.len() as u8, port, ..Chain::default() };
+        chain.descs[..descs.len()].copy_from_slice(descs);
+        chain
+    }
+
     fn descs(&self) -> &[FrameDesc] {
         &self.descs[..usize::from(self.n)]
     }
@@ -178,10 +185,8 @@ pub struct Shared {
     pub frame_count: usize,
     /// Frames no worker holds; workers take from it when empty and give back when full.
     pub pool: ArrayQueue<FrameDesc>,
-    /// Inbound hand-off ring of each worker: (frame, egress port).
-    pub handoff: Vec<ArrayQueue<(FrameDesc, PortId)>>,
-    /// The same for frames that span several chunks.
-    pub handoff_chains: Vec<ArrayQueue<Chain>>,
+    /// Inbound hand-off ring of each worker: frames other workers routed to its ports.
+    pub handoff: Vec<ArrayQueue<Chain>>,
     /// Each worker's wake-up for its hand-off rings.
     pub wakeups: Vec<CachePadded<Wakeup>>,
     pub counters: Vec<Arc<WorkerCounters>>,
@@ -419,7 +424,7 @@ impl Worker {
         let i = self.index as usize;
         let wakeup = &self.shared.wakeups[i];
         wakeup.raise();
-        if !self.shared.handoff[i].is_empty() || !self.shared.handoff_chains[i].is_empty() {
+        if !self.shared.handoff[i].is_empty() {
             wakeup.lower();
             return;
         }
@@ -445,12 +450,7 @@ impl Worker {
 
         // Frames other workers routed to our ports.
         for _ in 0..self.cfg.batch {
-            let Some((desc, port)) = self.shared.handoff[self.index as usize].pop() else { break };
-            work += 1;
-            self.queue_tx(port, &[desc]);
-        }
-        for _ in 0..self.cfg.batch {
-            let Some(chain) = self.shared.handoff_chains[self.index as usize].pop() else { break };
+            let Some(chain) = self.shared.handoff[self.index as usize].pop() else { break };
             work += 1;
             self.queue_tx(chain.port, chain.descs());
         }
@@ -695,15 +695,7 @@ impl Worker {
         if is_uplink(port) || port == NO_OWNER || worker == self.index {
             return self.queue_tx(port, descs);
         }
-        let handed = match descs {
-            [desc] => self.shared.handoff.get(worker as usize).is_some_and(|q| q.push((*desc, port)).is_ok()),
-            _ => {
-                let mut chain = Chain { n: descs.len() as u8, port, ..Chain::default() };
-                chain.descs[..descs.len()].copy_from_slice(descs);
-                self.shared.handoff_chains.get(worker as usize).is_some_and(|q| q.push(chain).is_ok())
-            }
-        };
-        if handed {
+        if self.shared.handoff.get(worker as usize).is_some_and(|q| q.push(Chain::new(port, descs)).is_ok()) {
             self.to_wake |= 1 << worker;
         } else {
             self.counters.count_drop(DropReason::HandoffFull);

@@ -70,3 +70,47 @@ pub fn not_echoed_intact(pod: &PodState, to: SocketAddr, sizes: &[usize]) -> Vec
     .expect("the pod's thread ends")
     .expect("the pod's socket works")
 }
+
+/// Sends from `pod` to the UDP echo server at `to`, in bursts, `bursts` times the datagrams
+/// of `sizes` bytes (one socket, so one flow), each numbered in its first four bytes, and
+/// returns (datagrams sent, echoes received, echoes that came back after a later one).
+pub fn echoes_out_of_order(pod: &PodState, to: SocketAddr, sizes: &[usize], bursts: u32) -> (u32, u32, u32) {
+    let sizes = sizes.to_vec();
+    netns::spawn_in(&pod.netns, move || {
+        let s = std::net::UdpSocket::bind(if to.is_ipv4() { "0.0.0.0:0" } else { "[::]:0" })?;
+        s.connect(to)?;
+        s.set_read_timeout(Some(Duration::from_millis(300)))?;
+        let (mut seq, mut echoed, mut late, mut highest) = (0u32, 0, 0, None);
+        let mut back = vec![0u8; 65536];
+        let mut msg = vec![0u8; sizes.iter().copied().max().unwrap_or(0).max(4)];
+        let mut read = |wait: bool| -> std::io::Result<()> {
+            s.set_nonblocking(!wait)?;
+            while let Ok(n) = s.recv(&mut back) {
+                if n >= 4 {
+                    let got = u32::from_be_bytes([back[0], back[1], back[2], back[3]]);
+                    echoed += 1;
+                    if highest.is_some_and(|h| got < h) {
+                        late += 1;
+                    }
+                    highest = highest.max(Some(got));
+                }
+            }
+            Ok(())
+        };
+        for _ in 0..bursts {
+            for &size in &sizes {
+                msg[..4].copy_from_slice(&seq.to_be_bytes());
+                s.send(&msg[..size.max(4)])?;
+                seq += 1;
+            }
+            read(false)?;
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        read(true)?;
+        Ok((seq, echoed, late))
+    })
+    .expect("a thread in the pod")
+    .join()
+    .expect("the pod's thread ends")
+    .expect("the pod's socket works")
+}
