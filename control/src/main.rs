@@ -152,8 +152,9 @@ struct AgentArgs {
     /// Frames per RX batch (1..=256).
     #[arg(long, default_value_t = 64)]
     batch: usize,
-    /// spin | adaptive[:USEC] — adaptive workers spin USEC microseconds without work
-    /// (default 5), then sleep in poll(2) for at most 1 ms; spin never sleeps.
+    /// spin | yield | adaptive[:USEC] — adaptive workers spin USEC microseconds without
+    /// work (default 5), then sleep in poll(2) for at most 1 ms; spin never sleeps; yield
+    /// never sleeps but gives the core to any other runnable thread after an empty turn.
     #[arg(long, default_value = "adaptive", value_parser = parse_idle)]
     idle: IdleStrategy,
     /// native | generic XDP attach mode.
@@ -219,9 +220,10 @@ fn parse_cores(s: &str) -> Result<CoreList, String> {
 }
 
 fn parse_idle(s: &str) -> Result<IdleStrategy, String> {
-    let accepted = || format!("{s:?}: accepted idle strategies are spin, adaptive, adaptive:USEC (0..=1000 microseconds of spinning before a sleep)");
+    let accepted = || format!("{s:?}: accepted idle strategies are spin, yield, adaptive, adaptive:USEC (0..=1000 microseconds of spinning before a sleep)");
     match s.split_once(':') {
         None if s == "spin" => Ok(IdleStrategy::Spin),
+        None if s == "yield" => Ok(IdleStrategy::Yield),
         None if s == "adaptive" => Ok(IdleStrategy::Adaptive(IdleStrategy::DEFAULT_SPIN)),
         Some(("adaptive", us)) => match us.parse::<u64>() {
             Ok(us @ 0..=1000) => Ok(IdleStrategy::Adaptive(std::time::Duration::from_micros(us))),
@@ -419,12 +421,13 @@ mod tests {
     #[test]
     fn idle_strategies_parse_and_a_bad_one_names_what_is_accepted() {
         assert_eq!(parse_idle("spin"), Ok(IdleStrategy::Spin));
+        assert_eq!(parse_idle("yield"), Ok(IdleStrategy::Yield));
         assert_eq!(parse_idle("adaptive"), Ok(IdleStrategy::Adaptive(IdleStrategy::DEFAULT_SPIN)));
         assert_eq!(parse_idle("adaptive:0"), Ok(IdleStrategy::Adaptive(std::time::Duration::ZERO)));
         assert_eq!(parse_idle("adaptive:200"), Ok(IdleStrategy::Adaptive(std::time::Duration::from_micros(200))));
         for bad in ["adaptive:", "adaptive:1001", "adaptive:-1", "spin:5", "busy"] {
             let e = parse_idle(bad).unwrap_err();
-            assert!(e.contains(bad) && e.contains("spin, adaptive, adaptive:USEC"), "{e}");
+            assert!(e.contains(bad) && e.contains("spin, yield, adaptive, adaptive:USEC"), "{e}");
         }
     }
 }

@@ -51,6 +51,10 @@ const NO_OWNER: PortId = PortId::MAX;
 pub enum IdleStrategy {
     /// Busy-poll forever (DPDK style): lowest latency, one core at 100%.
     Spin,
+    /// Busy-poll, but give the core away (sched_yield(2)) after every turn without work:
+    /// the worker never sleeps, so no frame waits for its wake-up, and any other runnable
+    /// thread on the core (a sender, a sink, the kernel's softirq thread) runs first.
+    Yield,
     /// Spin for this long without work, then sleep in poll(2) on the ports for up to 1 ms,
     /// so a machine with few cores keeps CPU for the kernel's own packet work and for the
     /// threads a packet wakes on its way.
@@ -315,6 +319,7 @@ impl Worker {
                     // Woken by a packet or the timeout: spin afresh before sleeping again.
                     idle_since = None;
                 }
+                IdleStrategy::Yield => std::thread::yield_now(),
                 _ => std::hint::spin_loop(),
             }
         }

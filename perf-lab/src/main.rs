@@ -160,7 +160,7 @@ struct TopoArgs {
     /// --encap for every agent.
     #[arg(long)]
     encap: Option<String>,
-    /// --idle for every agent: spin, adaptive or adaptive:USEC (default: the agent's,
+    /// --idle for every agent: spin, yield, adaptive or adaptive:USEC (default: the agent's,
     /// adaptive with a 5 µs spin).
     #[arg(long)]
     idle: Option<String>,

@@ -66,6 +66,24 @@ fn two_workers_per_node_hand_frames_to_each_other() {
     down(lab);
 }
 
+/// `--idle yield` and `--idle spin` workers (two per node, so hand-offs too) carry every
+/// pod pair without ever sleeping in poll(2); the default adaptive ones sleep when idle.
+#[test]
+fn workers_that_never_sleep_carry_every_pod_pair() {
+    let _g = setup();
+    for idle in ["yield", "spin", "adaptive"] {
+        let lab = Topology::uniform(2, 2, Dataplane::Twill).cores("0,1").idle(idle).up().unwrap();
+        assert_all_pairs_ok(&lab, 12);
+        std::thread::sleep(Duration::from_millis(100));
+        for n in ["n1", "n2"] {
+            let s = stats(&lab, n);
+            assert_eq!(s["drop_handoff_full"] + s["drop_no_such_port"], 0, "{idle}, {n}: {s:?}");
+            assert_eq!(s["idle_sleeps"] == 0, idle != "adaptive", "{idle}, {n}: {s:?}");
+        }
+        down(lab);
+    }
+}
+
 #[test]
 fn direct_routing_profile_reaches_every_pod() {
     let _g = setup();
