@@ -152,9 +152,11 @@ struct AgentArgs {
     /// Frames per RX batch (1..=256).
     #[arg(long, default_value_t = 64)]
     batch: usize,
-    /// spin | yield | adaptive[:USEC] — adaptive workers spin USEC microseconds without
-    /// work (default 5), then sleep in poll(2) for at most 1 ms; spin never sleeps; yield
-    /// never sleeps but gives the core to any other runnable thread after an empty turn.
+    /// spin | yield | adaptive[:SPIN[:NAP]] — adaptive workers spin SPIN microseconds
+    /// without work (default 5), nap NAP microseconds between turns while frames came within
+    /// the last millisecond (default 50; 0: never), then sleep in poll(2) for at most 1 ms;
+    /// spin never sleeps; yield never sleeps but gives the core to any other runnable
+    /// thread after an empty turn.
     #[arg(long, default_value = "adaptive", value_parser = parse_idle)]
     idle: IdleStrategy,
     /// native | generic XDP attach mode.
@@ -220,15 +222,23 @@ fn parse_cores(s: &str) -> Result<CoreList, String> {
 }
 
 fn parse_idle(s: &str) -> Result<IdleStrategy, String> {
-    let accepted = || format!("{s:?}: accepted idle strategies are spin, yield, adaptive, adaptive:USEC (0..=1000 microseconds of spinning before a sleep)");
-    match s.split_once(':') {
-        None if s == "spin" => Ok(IdleStrategy::Spin),
-        None if s == "yield" => Ok(IdleStrategy::Yield),
-        None if s == "adaptive" => Ok(IdleStrategy::Adaptive(IdleStrategy::DEFAULT_SPIN)),
-        Some(("adaptive", us)) => match us.parse::<u64>() {
-            Ok(us @ 0..=1000) => Ok(IdleStrategy::Adaptive(std::time::Duration::from_micros(us))),
-            _ => Err(accepted()),
-        },
+    let accepted = || {
+        format!(
+            "{s:?}: accepted idle strategies are spin, yield, adaptive, adaptive:SPIN, adaptive:SPIN:NAP \
+             (microseconds, 0..=1000 each: spinning before a nap, napping while traffic flows)"
+        )
+    };
+    let micros = |v: &str| match v.parse::<u64>() {
+        Ok(us @ 0..=1000) => Ok(std::time::Duration::from_micros(us)),
+        _ => Err(accepted()),
+    };
+    let mut parts = s.split(':');
+    match (parts.next(), parts.next(), parts.next(), parts.next()) {
+        (Some("spin"), None, ..) => Ok(IdleStrategy::Spin),
+        (Some("yield"), None, ..) => Ok(IdleStrategy::Yield),
+        (Some("adaptive"), None, ..) => Ok(IdleStrategy::ADAPTIVE),
+        (Some("adaptive"), Some(spin), None, _) => Ok(IdleStrategy::Adaptive { spin: micros(spin)?, nap: IdleStrategy::DEFAULT_NAP }),
+        (Some("adaptive"), Some(spin), Some(nap), None) => Ok(IdleStrategy::Adaptive { spin: micros(spin)?, nap: micros(nap)? }),
         _ => Err(accepted()),
     }
 }
@@ -422,12 +432,15 @@ mod tests {
     fn idle_strategies_parse_and_a_bad_one_names_what_is_accepted() {
         assert_eq!(parse_idle("spin"), Ok(IdleStrategy::Spin));
         assert_eq!(parse_idle("yield"), Ok(IdleStrategy::Yield));
-        assert_eq!(parse_idle("adaptive"), Ok(IdleStrategy::Adaptive(IdleStrategy::DEFAULT_SPIN)));
-        assert_eq!(parse_idle("adaptive:0"), Ok(IdleStrategy::Adaptive(std::time::Duration::ZERO)));
-        assert_eq!(parse_idle("adaptive:200"), Ok(IdleStrategy::Adaptive(std::time::Duration::from_micros(200))));
-        for bad in ["adaptive:", "adaptive:1001", "adaptive:-1", "spin:5", "busy"] {
+        let us = std::time::Duration::from_micros;
+        assert_eq!(parse_idle("adaptive"), Ok(IdleStrategy::Adaptive { spin: us(5), nap: us(50) }));
+        assert_eq!(parse_idle("adaptive:0"), Ok(IdleStrategy::Adaptive { spin: us(0), nap: IdleStrategy::DEFAULT_NAP }));
+        assert_eq!(parse_idle("adaptive:200"), Ok(IdleStrategy::Adaptive { spin: us(200), nap: IdleStrategy::DEFAULT_NAP }));
+        assert_eq!(parse_idle("adaptive:5:0"), Ok(IdleStrategy::Adaptive { spin: us(5), nap: us(0) }));
+        assert_eq!(parse_idle("adaptive:0:100"), Ok(IdleStrategy::Adaptive { spin: us(0), nap: us(100) }));
+        for bad in ["adaptive:", "adaptive:1001", "adaptive:-1", "adaptive:5:", "adaptive:5:2000", "adaptive:1:2:3", "spin:5", "yield:1", "busy"] {
             let e = parse_idle(bad).unwrap_err();
-            assert!(e.contains(bad) && e.contains("spin, yield, adaptive, adaptive:USEC"), "{e}");
+            assert!(e.contains(bad) && e.contains("spin, yield, adaptive, adaptive:SPIN, adaptive:SPIN:NAP"), "{e}");
         }
     }
 }

@@ -125,7 +125,10 @@ pub struct WorkerCounters {
     /// Pod packets that left the cluster by an outside route with the pod's own address.
     pub routed_out: AtomicU64,
     pub snapshot_version: AtomicU64,
+    /// Times a worker slept in poll(2) for want of work.
     pub idle_sleeps: AtomicU64,
+    /// Times an adaptive worker napped between turns while traffic flowed.
+    pub idle_naps: AtomicU64,
     /// Packets of tracked connections (passed without a policy lookup).
     pub ct_established: AtomicU64,
     /// Connections policy allowed and the tracker took in.
@@ -177,6 +180,7 @@ impl WorkerCounters {
             ("nat_in".to_string(), self.nat_in.load(Relaxed)),
             ("snapshot_version".to_string(), self.snapshot_version.load(Relaxed)),
             ("idle_sleeps".to_string(), self.idle_sleeps.load(Relaxed)),
+            ("idle_naps".to_string(), self.idle_naps.load(Relaxed)),
             ("ct_established".to_string(), self.ct_established.load(Relaxed)),
             ("ct_new".to_string(), self.ct_new.load(Relaxed)),
             ("ct_related".to_string(), self.ct_related.load(Relaxed)),

@@ -160,8 +160,8 @@ struct TopoArgs {
     /// --encap for every agent.
     #[arg(long)]
     encap: Option<String>,
-    /// --idle for every agent: spin, yield, adaptive or adaptive:USEC (default: the agent's,
-    /// adaptive with a 5 µs spin).
+    /// --idle for every agent: spin, yield, adaptive or adaptive:SPIN[:NAP] (default: the agent's,
+    /// adaptive with a 5 µs spin and 50 µs naps).
     #[arg(long)]
     idle: Option<String>,
     /// Routes to networks outside the cluster on every node (a file of IPv4 CIDRs, one per

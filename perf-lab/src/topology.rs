@@ -92,7 +92,7 @@ pub struct Topology {
     pub cores: Option<String>,
     /// `--encap` for every agent; default: the agent's.
     pub encap: Option<String>,
-    /// `--idle` for every agent (spin, yield, adaptive, adaptive:USEC); default: the agent's.
+    /// `--idle` for every agent (spin, yield, adaptive, adaptive:SPIN[:NAP]); default: the agent's.
     pub idle: Option<String>,
     /// Leave what was built in place when `up` fails (for reading agent logs).
     pub keep_on_failure: bool,
