@@ -140,8 +140,8 @@ struct Held {
 }
 
 /// How a worker asleep in poll(2) learns that another worker handed it a frame (its
-/// hand-off rings are memory, which poll cannot watch): an eventfd in its poll set, written
-/// only when it sleeps. The sleeper raises `asleep`, then takes a last look at its rings;
+/// hand-off ring is memory, which poll cannot watch): an eventfd in its poll set, written
+/// only when it sleeps. The sleeper raises `asleep`, then takes a last look at its ring;
 /// a worker that handed over during a turn pushes, then, once at the turn's end, clears
 /// `asleep` and writes the eventfd if it was raised (both sides fence between the two
 /// steps, so one of them sees the other's: no frame waits for the poll timeout, and busy
@@ -206,7 +206,7 @@ pub struct Shared {
     pub pool: ArrayQueue<FrameDesc>,
     /// Inbound hand-off ring of each worker: frames other workers routed to its ports.
     pub handoff: Vec<ArrayQueue<Chain>>,
-    /// Each worker's wake-up for its hand-off rings.
+    /// Each worker's wake-up for its hand-off ring.
     pub wakeups: Vec<CachePadded<Wakeup>>,
     pub counters: Vec<Arc<WorkerCounters>>,
     pub stop: AtomicBool,
@@ -700,8 +700,7 @@ impl Worker {
             data.cursor().set_pos(part.len());
             desc.set_options(if k + 1 < need { XDP_PKT_CONTD } else { 0 });
         }
-        let mut out = Chain { n: need as u8, ..Chain::default() };
-        out.descs[..need].copy_from_slice(&chain[..need]);
+        let out = Chain::new(NO_OWNER, &chain[..need]);
         chain.drain(..need);
         Some(out)
     }
