@@ -21,7 +21,11 @@
 //!   receive stamp minus the sender's CLOCK_REALTIME stamp — both on this machine's clock.
 //! - Before measuring, the sender trickles warm-up packets until the sink has seen one, so
 //!   neighbour resolution and first-packet work on every hop are not counted as loss.
-//! - Both threads are pinned when asked (`sender_core`, `sink_core`).
+//! - [`Stream::senders`] sender threads share the stream: each sends its share of the
+//!   rate on its own flows, with sequence numbers of its own residue (thread k of T sends
+//!   k, k+T, k+2T, ...), so the sink's loss, duplicate and per-flow reorder accounting
+//!   stays exact. One thread cannot offer every data path twice its no-drop rate.
+//! - The threads are pinned when asked (`sender_core` for every sender, `sink_core`).
 //! - The machine's busy CPU time over the run is read from /proc/stat: CPU per million
 //!   delivered packets, the generator and sink included (they are the same for every path).
 
@@ -68,6 +72,8 @@ const KIND_WARMUP: u8 = 2;
 const BATCH: usize = 32;
 const SINK_QUIET: Duration = Duration::from_millis(300);
 const WARMUP_LIMIT: Duration = Duration::from_secs(3);
+/// Most sender threads a stream may have.
+pub const MAX_SENDERS: u32 = 4;
 
 /// What to send.
 #[derive(Debug, Clone, Serialize)]
@@ -84,6 +90,8 @@ pub struct Stream {
     /// How packets leave the sending pod.
     #[serde(default)]
     pub sender: SenderKind,
+    /// Sender threads, 1 to [`MAX_SENDERS`], each with `flows / senders` of the flows.
+    pub senders: u32,
 }
 
 /// How the sender hands its packets to the sending pod's kernel.
@@ -101,7 +109,13 @@ pub enum SenderKind {
 impl Stream {
     /// 64-byte frames in one flow for `duration_s`, flat out unless [`Stream::paced`].
     pub fn new(duration_s: f64) -> Stream {
-        Stream { frame_bytes: 64, flows: 1, rate_pps: None, duration_s, sender_core: None, sink_core: None, sender: SenderKind::Raw }
+        Stream { frame_bytes: 64, flows: 1, rate_pps: None, duration_s, sender_core: None, sink_core: None, sender: SenderKind::Raw, senders: 1 }
+    }
+
+    /// Sends from `n` threads (the flows must be a multiple of `n`).
+    pub fn senders(mut self, n: u32) -> Stream {
+        self.senders = n;
+        self
     }
 
     pub fn sender(mut self, kind: SenderKind) -> Stream {
@@ -136,6 +150,12 @@ impl Stream {
         }
         if !(1..=MAX_FLOWS).contains(&self.flows) {
             bail!("{} flows: accepted are 1 to {MAX_FLOWS}", self.flows);
+        }
+        if !(1..=MAX_SENDERS).contains(&self.senders) {
+            bail!("{} senders: accepted are 1 to {MAX_SENDERS}", self.senders);
+        }
+        if !self.flows.is_multiple_of(self.senders) {
+            bail!("{} flows from {} senders: the flows must be a multiple of the senders, so that each flow has one sender", self.flows, self.senders);
         }
         if let Some(r) = self.rate_pps
             && !(r.is_finite() && r > 0.0)
@@ -203,7 +223,7 @@ pub struct Running {
     stream: Stream,
     stop_sender: Arc<AtomicBool>,
     stop_sink: Arc<AtomicBool>,
-    sender: JoinHandle<Result<(u64, f64)>>,
+    senders: Vec<JoinHandle<Result<(u64, f64)>>>,
     sink: JoinHandle<Result<SinkStats>>,
     cpu_before: f64,
 }
@@ -225,19 +245,23 @@ pub fn start(src: &PodState, dst: &PodState, stream: &Stream) -> Result<Running>
     })
     .with_context(|| format!("sink in pod {}", dst.name))?;
     let cpu_before = busy_cpu_s()?;
-    let (cfg, stop) = (stream.clone(), stop_sender.clone());
-    let (ns, ifname) = (src.netns.clone(), src.ifname.clone());
-    let sender = netns::spawn_in(&src.netns, move || {
-        pin(cfg.sender_core)?;
-        let mut sender = Sender::new(src_ip, dst_ip, &cfg)?;
-        sender.warm_up(&sink_seen)?;
-        if cfg.sender == SenderKind::Link {
-            sender.switch_to_link(&ns, &ifname, dst_ip)?;
-        }
-        sender.send(&cfg, &stop)
-    })
-    .with_context(|| format!("generator in pod {}", src.name))?;
-    Ok(Running { src: src.name.clone(), dst: dst.name.clone(), stream: stream.clone(), stop_sender, stop_sink, sender, sink, cpu_before })
+    let senders = (0..stream.senders)
+        .map(|lane| {
+            let (cfg, stop, seen) = (stream.clone(), stop_sender.clone(), sink_seen.clone());
+            let (ns, ifname) = (src.netns.clone(), src.ifname.clone());
+            netns::spawn_in(&src.netns, move || {
+                pin(cfg.sender_core)?;
+                let mut sender = Sender::new(src_ip, dst_ip, &cfg, lane)?;
+                sender.warm_up(&seen)?;
+                if cfg.sender == SenderKind::Link {
+                    sender.switch_to_link(&ns, &ifname, dst_ip)?;
+                }
+                sender.send(&cfg, &stop)
+            })
+            .with_context(|| format!("generator in pod {}", src.name))
+        })
+        .collect::<Result<_>>()?;
+    Ok(Running { src: src.name.clone(), dst: dst.name.clone(), stream: stream.clone(), stop_sender, stop_sink, senders, sink, cpu_before })
 }
 
 impl Running {
@@ -249,11 +273,16 @@ impl Running {
 
     /// Waits for the stream to run out and the sink to drain.
     pub fn wait(self) -> Result<StreamStats> {
-        let sent = netns::join(self.sender);
+        let by_sender: Vec<Result<(u64, f64)>> = self.senders.into_iter().map(netns::join).collect();
         self.stop_sink.store(true, Ordering::Relaxed);
         let got = netns::join(self.sink).with_context(|| format!("sink in pod {}", self.dst));
         let cpu_s = busy_cpu_s()? - self.cpu_before;
-        let (sent, secs) = sent.with_context(|| format!("generator in pod {} to {}", self.src, self.dst))?;
+        let (mut sent, mut secs) = (0u64, 0.0f64);
+        for r in by_sender {
+            let (n, s) = r.with_context(|| format!("generator in pod {} to {}", self.src, self.dst))?;
+            sent += n;
+            secs = secs.max(s);
+        }
         let got = got?;
         let lost = sent.saturating_sub(got.received);
         let ip_bytes = (self.stream.frame_bytes - L2_BYTES) as f64;
@@ -363,15 +392,20 @@ struct Sender {
     /// Where the IPv4 packet starts in a template: 0, or the Ethernet header's length once
     /// the sender sends frames ([`Sender::switch_to_link`]).
     ip_at: usize,
+    /// This thread's packet `i` carries sequence number `i * stride + lane`.
+    lane: u64,
+    stride: u64,
 }
 
 impl Sender {
-    fn new(src: Ipv4Addr, dst: Ipv4Addr, s: &Stream) -> Result<Sender> {
+    /// Sender thread `lane` of the stream's [`Stream::senders`], with its share of the flows
+    /// (those whose index leaves `lane` modulo the senders).
+    fn new(src: Ipv4Addr, dst: Ipv4Addr, s: &Stream, lane: u32) -> Result<Sender> {
         let fd = socket(AddressFamily::Inet, SockType::Raw, SockFlag::empty(), SockProtocol::Raw)
             .context("opening a raw IPv4 socket (needs CAP_NET_RAW)")?;
         let _ = setsockopt(&fd, sockopt::SndBufForce, &(4 << 20));
         let ip_len = s.frame_bytes - L2_BYTES;
-        let flows = (0..s.flows).map(|i| packet(src, dst, FIRST_SRC_PORT + i as u16, ip_len)).collect();
+        let flows = (lane..s.flows).step_by(s.senders as usize).map(|i| packet(src, dst, FIRST_SRC_PORT + i as u16, ip_len)).collect();
         Ok(Sender {
             fd,
             flows,
@@ -379,6 +413,8 @@ impl Sender {
             hdrs: MultiHeaders::preallocate(BATCH, None),
             addrs: [Some(SockaddrIn::from(SocketAddrV4::new(dst, SINK_PORT))); BATCH],
             ip_at: 0,
+            lane: u64::from(lane),
+            stride: u64::from(s.senders),
         })
     }
 
@@ -409,16 +445,10 @@ impl Sender {
         Ok(())
     }
 
-    /// Sends `n` (at most [`BATCH`]) packets starting at `seq`; returns how many the
-    /// kernel took.
-    fn batch(&mut self, n: usize, seq: u64, kind: u8) -> Result<usize> {
-        let n = n.min(BATCH);
-        let nflows = self.flows.len() as u64;
-        for (i, b) in self.bufs[..n].iter_mut().enumerate() {
-            let s = seq + i as u64;
-            b.copy_from_slice(&self.flows[(s % nflows) as usize]);
-            stamp(&mut b[self.ip_at..], s, now_ns(), kind);
-        }
+    /// Sends `n` (at most [`BATCH`]) packets, this thread's `i`-th onwards; returns how
+    /// many the kernel took.
+    fn batch(&mut self, n: usize, i: u64, kind: u8) -> Result<usize> {
+        let n = self.fill(n, i, kind);
         let iovs: [[IoSlice<'_>; 1]; BATCH] = std::array::from_fn(|i| [IoSlice::new(&self.bufs[i])]);
         match sendmmsg(self.fd.as_raw_fd(), &mut self.hdrs, &iovs[..n], &self.addrs[..n], [], MsgFlags::empty()) {
             Ok(r) => Ok(r.count()),
@@ -426,6 +456,20 @@ impl Sender {
             Err(Errno::ENOBUFS | Errno::EAGAIN | Errno::EINTR) => Ok(0),
             Err(e) => bail!("sendmmsg on the sender's socket: {e}"),
         }
+    }
+
+    /// Writes this thread's packets `i` to `i + n` (at most [`BATCH`]) into the batch
+    /// buffers: packet `k` on the thread's flow `k` modulo its flows, stamped with sequence
+    /// number `k * stride + lane`. Returns how many it wrote.
+    fn fill(&mut self, n: usize, i: u64, kind: u8) -> usize {
+        let n = n.min(BATCH);
+        let nflows = self.flows.len() as u64;
+        for (j, b) in self.bufs[..n].iter_mut().enumerate() {
+            let k = i + j as u64;
+            b.copy_from_slice(&self.flows[(k % nflows) as usize]);
+            stamp(&mut b[self.ip_at..], k * self.stride + self.lane, now_ns(), kind);
+        }
+        n
     }
 
     fn warm_up(&mut self, seen: &AtomicBool) -> Result<()> {
@@ -455,7 +499,7 @@ impl Sender {
             if elapsed >= d || stop.load(Ordering::Relaxed) {
                 break;
             }
-            let n = match s.rate_pps {
+            let n = match s.rate_pps.map(|r| r / f64::from(s.senders)) {
                 None => BATCH,
                 Some(rate) => {
                     let due = (elapsed.as_secs_f64() * rate) as u64;
@@ -626,6 +670,36 @@ mod tests {
         let e = Stream::new(1.0).paced(-1.0).check().unwrap_err().to_string();
         assert!(e.contains("rate -1"), "{e}");
         assert!(Stream::new(1.0).flows(MAX_FLOWS).frame(1400).paced(1e5).check().is_ok());
+        for n in [0, MAX_SENDERS + 1] {
+            let e = Stream::new(1.0).senders(n).flows(20).check().unwrap_err().to_string();
+            assert!(e.contains(&format!("{n} senders")) && e.contains("1 to 4"), "{e}");
+        }
+        let e = Stream::new(1.0).senders(2).flows(3).check().unwrap_err().to_string();
+        assert!(e.contains("3 flows from 2 senders") && e.contains("multiple"), "{e}");
+        assert!(Stream::new(1.0).senders(2).flows(2).check().is_ok());
+    }
+
+    /// Two sender threads share the flows and the sequence numbers without overlap: thread
+    /// k of T sends the flows k, k+T, ... and the numbers k, k+T, k+2T, ...
+    #[test]
+    fn sender_threads_split_flows_and_sequence_numbers() {
+        let (a, b) = (Ipv4Addr::new(10, 244, 1, 2), Ipv4Addr::new(10, 244, 2, 2));
+        let s = Stream::new(1.0).senders(2).flows(4);
+        let mut seen = Vec::new();
+        for lane in 0..2 {
+            let mut t = Sender::new(a, b, &s, lane).expect("a raw socket: run as root, as CI does");
+            assert_eq!(t.fill(4, 0, KIND_MEASURED), 4);
+            for b in &t.bufs[..4] {
+                let port = u16::from_be_bytes([b[20], b[21]]);
+                let (seq, _, kind) = read_stamp(&b[28..]).expect("a stamp");
+                assert_eq!(kind, KIND_MEASURED);
+                seen.push((lane, port - FIRST_SRC_PORT, seq));
+            }
+        }
+        assert_eq!(
+            seen,
+            [(0, 0, 0), (0, 2, 2), (0, 0, 4), (0, 2, 6), (1, 1, 1), (1, 3, 3), (1, 1, 5), (1, 3, 7)],
+        );
     }
 
     #[test]

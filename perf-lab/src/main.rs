@@ -91,6 +91,10 @@ enum Cmd {
         /// through AF_PACKET to the next hop, the faster sender that can overrun a data path.
         #[arg(long, value_enum, default_value = "raw")]
         sender: generator::SenderKind,
+        /// Sender threads, 1 to 4, each with its share of the rate and of the flows (which
+        /// must be a multiple of them).
+        #[arg(long, default_value_t = 1)]
+        senders: u32,
         #[arg(long)]
         json: bool,
     },
@@ -302,10 +306,10 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 print!("{}", report::measurements_table(&r));
             }
         }
-        Cmd::Stream { src, dst, rate, flows, frame, duration, pin, sender, json } => {
+        Cmd::Stream { src, dst, rate, flows, frame, duration, pin, sender, senders, json } => {
             let lab = Lab::attach()?;
             let (a, b) = pair(&lab, src, dst)?;
-            let mut stream = Stream::new(duration).flows(flows).frame(frame).sender(sender);
+            let mut stream = Stream::new(duration).flows(flows).frame(frame).sender(sender).senders(senders);
             if let Some(r) = rate {
                 stream = stream.paced(r);
             }
