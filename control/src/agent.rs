@@ -289,6 +289,22 @@ impl Agent {
         t.v4.overhead().max(v6)
     }
 
+    /// What VXLAN over IPv6 adds to this node's own IPv6 pods whatever peers the agent knows
+    /// yet: 70 when the node has an IPv6 underlay and IPv6 pods, and their pool (else the
+    /// IPv4 one, else the default) tunnels them in VXLAN to a peer in another subnet. A
+    /// pod's MTU so does not depend on whether the peers' manifests were read before it
+    /// came.
+    fn own_overhead6(&self) -> usize {
+        let Some(me) = self.cluster.nodes.get(&self.cfg.node) else { return 0 };
+        if self.node.node_ip6.is_none() || me.pod_cidr6.is_none() {
+            return 0;
+        }
+        match tunnels_to(&self.cluster, &self.cfg.encap, Subnets { v4: None, v6: None }, me).v6 {
+            Tunnel::Vxlan => encap::vxlan6::OVERHEAD,
+            _ => 0,
+        }
+    }
+
     /// The pod MTU: what the uplink MTU and the longest frame the data plane carries (a
     /// chain of UMEM chunks on multi-buffer sockets, else one) leave after the largest
     /// tunnel overhead this node uses (VXLAN 50, over IPv6 70, IP-in-IP 20, direct 0).
@@ -299,7 +315,7 @@ impl Agent {
             .values()
             .filter(|n| n.name != self.cfg.node)
             .map(|n| self.overhead_to(n))
-            .chain([self.cfg.encap.tunnel.overhead()])
+            .chain([self.cfg.encap.tunnel.overhead(), self.own_overhead6()])
             .max()
             .unwrap_or(0);
         let ip_room = usize::from(self.node.uplink_mtu).min(self.dataplane.max_frame() - 14);
