@@ -260,7 +260,12 @@ pub fn start(src: &PodState, dst: &PodState, stream: &Stream) -> Result<Running>
             })
             .with_context(|| format!("generator in pod {}", src.name))
         })
-        .collect::<Result<_>>()?;
+        .collect::<Result<Vec<_>>>()
+        .inspect_err(|_| {
+            // The threads already started stop, and so does the sink.
+            stop_sender.store(true, Ordering::Relaxed);
+            stop_sink.store(true, Ordering::Relaxed);
+        })?;
     Ok(Running { src: src.name.clone(), dst: dst.name.clone(), stream: stream.clone(), stop_sender, stop_sink, senders, sink, cpu_before })
 }
 
