@@ -93,6 +93,13 @@ fn tunnels_to(cluster: &ClusterState, encap: &DefaultEncap, subnets: Subnets, pe
     calc::Tunnels { v4, v6: pool::tunnel6_to(&cluster.pools6, v4, subnets.v6, peer.address6, peer.pod_cidr6) }
 }
 
+/// Bytes tunnels `t` add: the IPv4 tunnel's, or VXLAN over IPv6's 70 when the IPv6 pods go
+/// in VXLAN `over_ipv6` (an IPv6 underlay at both ends), if more.
+fn overhead_of(t: calc::Tunnels, over_ipv6: bool) -> usize {
+    let v6 = if t.v6 == Tunnel::Vxlan && over_ipv6 { encap::vxlan6::OVERHEAD } else { 0 };
+    t.v4.overhead().max(v6)
+}
+
 /// Everything the agent owns, behind one lock.
 pub struct Agent {
     cfg: AgentConfig,
@@ -278,31 +285,19 @@ impl Agent {
         self.node.node_ip6.and(peer.address6)
     }
 
-    /// Bytes the tunnel to `peer` adds: its IPv4 tunnel's, or, when both nodes have an IPv6
-    /// underlay, what its IPv6 tunnel adds there if more (VXLAN over IPv6: 70).
+    /// Bytes the tunnel to `peer` adds ([`overhead_of`]; VXLAN over IPv6 when both nodes
+    /// have an IPv6 underlay).
     fn overhead_to(&self, peer: &cluster::NodeInfo) -> usize {
-        let t = self.tunnels_to(peer);
-        let v6 = match t.v6 {
-            Tunnel::Vxlan if self.underlay6(peer).is_some() => encap::vxlan6::OVERHEAD,
-            _ => 0,
-        };
-        t.v4.overhead().max(v6)
+        overhead_of(self.tunnels_to(peer), self.underlay6(peer).is_some())
     }
 
-    /// What VXLAN over IPv6 adds to this node's own IPv6 pods whatever peers the agent knows
-    /// yet: 70 when the node has an IPv6 underlay and IPv6 pods, and their pool (else the
-    /// IPv4 one, else the default) tunnels them in VXLAN to a peer in another subnet. A
-    /// pod's MTU so does not depend on whether the peers' manifests were read before it
-    /// came.
-    fn own_overhead6(&self) -> usize {
+    /// Bytes the tunnel to a peer in another subnet adds when its pods share this node's
+    /// pools: what this node's own pods need whatever peers the agent knows yet, so a pod's
+    /// MTU does not depend on whether the peers' manifests were read before it came.
+    fn own_overhead(&self) -> usize {
         let Some(me) = self.cluster.nodes.get(&self.cfg.node) else { return 0 };
-        if self.node.node_ip6.is_none() || me.pod_cidr6.is_none() {
-            return 0;
-        }
-        match tunnels_to(&self.cluster, &self.cfg.encap, Subnets { v4: None, v6: None }, me).v6 {
-            Tunnel::Vxlan => encap::vxlan6::OVERHEAD,
-            _ => 0,
-        }
+        let across = Subnets { v4: None, v6: None };
+        overhead_of(tunnels_to(&self.cluster, &self.cfg.encap, across, me), self.node.node_ip6.is_some() && me.pod_cidr6.is_some())
     }
 
     /// The pod MTU: what the uplink MTU and the longest frame the data plane carries (a
@@ -315,7 +310,7 @@ impl Agent {
             .values()
             .filter(|n| n.name != self.cfg.node)
             .map(|n| self.overhead_to(n))
-            .chain([self.cfg.encap.tunnel.overhead(), self.own_overhead6()])
+            .chain([self.cfg.encap.tunnel.overhead(), self.own_overhead()])
             .max()
             .unwrap_or(0);
         let ip_room = usize::from(self.node.uplink_mtu).min(self.dataplane.max_frame() - 14);
