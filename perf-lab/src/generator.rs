@@ -88,7 +88,6 @@ pub struct Stream {
     pub sender_core: Option<usize>,
     pub sink_core: Option<usize>,
     /// How packets leave the sending pod.
-    #[serde(default)]
     pub sender: SenderKind,
     /// Sender threads, 1 to [`MAX_SENDERS`], each with `flows / senders` of the flows.
     pub senders: u32,
