@@ -59,7 +59,8 @@ pub struct DataplaneConfig {
     pub uplink_hook: HookMode,
     /// UMEM frames for the whole node.
     pub frames: u32,
-    /// Frames kept in each port's fill ring.
+    /// Frames kept in each port's fill ring, at most: less when `frames` is too few for
+    /// every uplink queue to get it ([`uplink_fill`]).
     pub fill_target: usize,
     /// Connections the node's tracker holds at most.
     pub conntrack_flows: usize,
@@ -105,6 +106,25 @@ pub fn rx_queues(ifname: &str) -> usize {
         .unwrap_or(0)
 }
 
+/// The fewest frames an uplink queue's fill ring is given.
+pub const MIN_UPLINK_FILL: usize = 512;
+
+/// Frames each uplink socket's fill ring is kept at: `target`, or less when the UMEM of
+/// `frames` is too small for it. A worker's fill rings may hold three quarters of its share
+/// of the UMEM (the rest is in flight); its uplink queues (`queues` round-robin over
+/// `workers`) get at most that over one more than their number, so its pods can grow fill
+/// rings as large as one uplink queue's. Without the cap, a NIC with many queues took every
+/// frame into the uplink fill rings and the pods received nothing.
+pub fn uplink_fill(target: usize, frames: usize, queues: usize, workers: usize) -> Result<usize, Error> {
+    let ports = queues.div_ceil(workers).max(1);
+    let fill = target.min(frames / workers * 3 / 4 / (ports + 1));
+    if fill < MIN_UPLINK_FILL.min(target) {
+        let needed = (MIN_UPLINK_FILL * (ports + 1) * 4).div_ceil(3) * workers;
+        return Err(Error::TooFewFrames { frames, queues, workers, min_fill: MIN_UPLINK_FILL, needed });
+    }
+    Ok(fill)
+}
+
 impl Dataplane {
     /// Creates the UMEM, attaches the uplink hook, binds one uplink socket per worker (on
     /// queue = worker index) and starts the workers on `first`.
@@ -131,6 +151,7 @@ impl Dataplane {
             .build()
             .map_err(|e| Error::Umem(e.to_string()))?;
         let frames = NonZeroU32::new(cfg.frames.max(1024)).expect("non-zero");
+        let fill_target = uplink_fill(cfg.fill_target, frames.get() as usize, queues.min(MAX_UPLINK_QUEUES), cfg.cores.len())?;
         let (umem, descs) = Umem::new(umem_cfg, frames, false).map_err(|e| Error::Umem(e.to_string()))?;
         let pool = ArrayQueue::new(descs.len());
         for d in &descs {
@@ -151,7 +172,7 @@ impl Dataplane {
             flows: FlowTables::new(cfg.conntrack_flows, cfg.conntrack6_flows, workers_n),
         });
         let uplink_hook = XdpHook::attach(&cfg.uplink, cfg.uplink_hook, cfg.attach)?;
-        let wcfg = WorkerConfig { batch: cfg.batch.clamp(1, 256), idle: cfg.idle, mode: cfg.pipeline, fill_target: cfg.fill_target };
+        let wcfg = WorkerConfig { batch: cfg.batch.clamp(1, 256), idle: cfg.idle, mode: cfg.pipeline, fill_target };
         let mut dp = Dataplane {
             shared: Arc::clone(&shared),
             workers: Vec::new(),
@@ -352,4 +373,35 @@ pub fn yield_to_workers() -> std::io::Result<()> {
     // SAFETY: sched_setscheduler reads `param` (a valid, initialized struct) for the calling
     // thread (pid 0) and writes nothing.
     if unsafe { libc::sched_setscheduler(0, libc::SCHED_IDLE, &param) } == 0 { Ok(()) } else { Err(std::io::Error::last_os_error()) }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn uplink_fill_rings_leave_the_pods_as_much_again() {
+        // The lab: one worker, two veth queues, the default UMEM: full rings.
+        assert_eq!(uplink_fill(8192, 65536, 2, 1).unwrap(), 8192);
+        // Two workers share the UMEM; each serves one queue.
+        assert_eq!(uplink_fill(8192, 65536, 2, 2).unwrap(), 8192);
+        // A NIC with 32 queues on 2 workers: 16 queues each, a ring of 24576 / 17.
+        assert_eq!(uplink_fill(8192, 65536, 32, 2).unwrap(), 1445);
+        // The old default UMEM on the lab's two queues fits 4096-frame rings, not 8192.
+        assert_eq!(uplink_fill(8192, 16384, 2, 1).unwrap(), 4096);
+    }
+
+    #[test]
+    fn too_few_frames_for_the_queues_is_an_error_naming_the_fix() {
+        let e = uplink_fill(8192, 16384, 64, 1).unwrap_err();
+        let needed = match e {
+            Error::TooFewFrames { needed, .. } => needed,
+            ref other => panic!("{other}"),
+        };
+        let msg = e.to_string();
+        assert!(msg.contains("--frames 16384") && msg.contains("64 uplink RX queue(s)") && msg.contains(&format!("--frames {needed}")), "{msg}");
+        // The frames it asks for are enough.
+        assert!(uplink_fill(8192, needed, 64, 1).unwrap() >= MIN_UPLINK_FILL);
+        assert!(uplink_fill(8192, needed - 1, 64, 1).is_err());
+    }
 }

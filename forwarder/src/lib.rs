@@ -49,6 +49,11 @@ pub enum Error {
         "uplink {ifname} has {queues} RX queue(s) but {workers} workers were asked for; each worker binds its own uplink queue: give fewer --cores or more queues (ethtool -L, or numrxqueues/numtxqueues for veth)"
     )]
     TooFewQueues { ifname: String, queues: usize, workers: usize },
+    /// Too few UMEM frames for every uplink queue's fill ring.
+    #[error(
+        "--frames {frames} is too few for {queues} uplink RX queue(s) on {workers} worker(s): each queue's fill ring needs at least {min_fill} frames and the pods as many again; give --frames {needed} or more, or fewer queues (ethtool -L)"
+    )]
+    TooFewFrames { frames: usize, queues: usize, workers: usize, min_fill: usize, needed: usize },
     /// A core that does not exist.
     #[error("core {0} is not available to this process (it may use cores 0..{1})")]
     NoSuchCore(usize, usize),
