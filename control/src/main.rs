@@ -165,8 +165,9 @@ struct AgentArgs {
     /// auto | copy | zero-copy AF_XDP binding.
     #[arg(long, default_value = "auto", value_parser = parse_copy)]
     copy_mode: CopyMode,
-    /// UMEM frames (4 KB each) for the node.
-    #[arg(long, default_value_t = 16384)]
+    /// UMEM frames (4 KB each) for the node: 65,536 (256 MiB) keeps full 8,192-frame fill
+    /// rings on up to 5 uplink queues per worker; fewer frames shrink them.
+    #[arg(long, default_value_t = 65536)]
     frames: u32,
     /// Connections the node's tracker holds at most (17 bytes each); new connections
     /// beyond it are dropped and counted (drop_conntrack_full).
