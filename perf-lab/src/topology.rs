@@ -103,6 +103,8 @@ pub struct Topology {
     pub routes: Option<PathBuf>,
     /// IPv6 pod subnets and addresses beside the IPv4 ones ([`Topology::dual_stack`]).
     pub dual_stack: bool,
+    /// `--frames` (UMEM frames) for every agent; default: the agent's.
+    pub frames: Option<u32>,
 }
 
 impl Topology {
@@ -135,6 +137,11 @@ impl Topology {
 
     pub fn idle(mut self, idle: &str) -> Self {
         self.idle = Some(idle.to_owned());
+        self
+    }
+
+    pub fn frames(mut self, frames: u32) -> Self {
+        self.frames = Some(frames);
         self
     }
 
@@ -274,6 +281,9 @@ pub struct LabState {
     /// ([`Topology::dual_stack`]).
     #[serde(default)]
     pub dual_stack: bool,
+    /// `--frames` of every agent ([`Topology::frames`]).
+    #[serde(default)]
+    pub frames: Option<u32>,
 }
 
 impl LabState {
@@ -393,6 +403,7 @@ impl Lab {
                 uplink_mtu: topo.uplink_mtu,
                 routes: topo.routes.clone(),
                 dual_stack: topo.dual_stack,
+                frames: topo.frames,
                 binaries,
                 ..Default::default()
             },
@@ -681,6 +692,7 @@ impl Lab {
                     cores: &cores,
                     encap: self.state.encap.as_deref(),
                     idle: self.state.idle.as_deref(),
+                    frames: self.state.frames,
                     pipeline: (dataplane == Dataplane::XdpCeiling).then_some("ceiling"),
                     routes: self.state.routes.as_deref().filter(|_| dataplane == Dataplane::Twill),
                 };

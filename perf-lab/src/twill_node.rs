@@ -119,6 +119,8 @@ pub struct AgentConfig<'a> {
     pub encap: Option<&'a str>,
     /// `--idle`; the agent's default when `None`.
     pub idle: Option<&'a str>,
+    /// `--frames`; the agent's default when `None`.
+    pub frames: Option<u32>,
     /// `--pipeline` (full or ceiling); the agent's default when `None`.
     pub pipeline: Option<&'a str>,
     /// `--routes FILE`: networks outside the cluster.
@@ -158,6 +160,9 @@ pub fn start_agent(
     }
     if let Some(i) = cfg.idle {
         cmd.args(["--idle", i]);
+    }
+    if let Some(f) = cfg.frames {
+        cmd.args(["--frames", &f.to_string()]);
     }
     if let Some(p) = cfg.pipeline {
         cmd.args(["--pipeline", p]);

@@ -90,6 +90,27 @@ fn workers_that_never_sleep_carry_every_pod_pair() {
     }
 }
 
+/// The UMEM is shared by every socket of a node, and each uplink queue's fill ring takes its
+/// part first: a UMEM too small for full fill rings on every queue gets smaller rings and
+/// still carries traffic (the lab's uplinks have one queue per core); one too
+/// small for any is refused at start with the fix named.
+#[test]
+fn a_small_umem_shrinks_the_fill_rings_and_still_forwards() {
+    let _g = setup();
+    // 16,384 frames: 12,288 for one worker's fill rings, a third each for the two uplink
+    // queues and for the pods, 4,096 where 8,192 is the default.
+    let lab = Topology::uniform(2, 1, Dataplane::Twill).frames(16384).up().unwrap();
+    assert_all_pairs_ok(&lab, 2);
+    let (a, b) = (lab.pod("p1-n1").unwrap(), lab.pod("p1-n2").unwrap());
+    let s = generator::run(a, b, &Stream::new(1.0).paced(50_000.0)).unwrap();
+    assert!(s.received as f64 > 0.999 * s.sent as f64, "{s:?}");
+    down(lab);
+
+    let err = Topology::uniform(1, 0, Dataplane::Twill).frames(1024).up().map(down).unwrap_err();
+    let (msg, queues) = (format!("{err:#}"), std::thread::available_parallelism().unwrap());
+    assert!(msg.contains(&format!("--frames 1024 is too few for {queues} uplink RX queue(s)")) && msg.contains("give --frames"), "{msg}");
+}
+
 #[test]
 fn direct_routing_profile_reaches_every_pod() {
     let _g = setup();
