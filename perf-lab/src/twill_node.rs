@@ -235,6 +235,18 @@ pub fn log_tail(path: &Path, n: usize) -> String {
     lines[start..].join("\n")
 }
 
+/// What an agent that exited printed of its error: from its last `Error:` line (anyhow's
+/// report: the message and its causes) up to the backtrace that `RUST_BACKTRACE` adds; the
+/// last `n` lines of its log when it printed none.
+pub fn exit_report(path: &Path, n: usize) -> String {
+    let tail = log_tail(path, n);
+    let Ok(log) = std::fs::read_to_string(path) else { return tail };
+    let Some(start) = log.rfind("\nError: ").map(|i| i + 1).or_else(|| log.starts_with("Error: ").then_some(0)) else { return tail };
+    let report = &log[start..];
+    let end = report.find("\nStack backtrace:").unwrap_or(report.len());
+    report[..end].trim_end().to_owned()
+}
+
 /// Waits until the agent answers `stats`, failing early if it exits.
 pub fn wait_ready(node: &str, pid: u32, files: &AgentFiles, timeout: Duration) -> Result<()> {
     let deadline = Instant::now() + timeout;
@@ -252,10 +264,10 @@ pub fn wait_ready(node: &str, pid: u32, files: &AgentFiles, timeout: Duration) -
         }
         if !alive(pid) {
             bail!(
-                "twill agent of node {node} (pid {pid}) exited before answering on {}; last lines of {}:\n{}",
+                "twill agent of node {node} (pid {pid}) exited before answering on {}; from {}:\n{}",
                 files.socket.display(),
                 files.log.display(),
-                log_tail(&files.log, 30)
+                exit_report(&files.log, 30)
             );
         }
         if Instant::now() >= deadline {
@@ -370,6 +382,20 @@ mod tests {
         let f = AgentFiles::new(PathBuf::from("/run/twill-lab/n1"));
         assert_eq!(f.socket, Path::new("/run/twill-lab/n1/twill.sock"));
         assert_eq!(f.state_dir, Path::new("/run/twill-lab/n1/state"));
+    }
+
+    #[test]
+    fn an_exited_agents_error_is_reported_without_its_backtrace() {
+        let dir = std::env::temp_dir().join(format!("twill-lab-exit-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let log = dir.join("agent.log");
+        let lines: Vec<String> = (0..40).map(|i| format!("   {i}: frame")).collect();
+        std::fs::write(&log, format!("# started\nError: --frames 1024 is too few\n\nCaused by:\n    x\n\nStack backtrace:\n{}\n", lines.join("\n"))).unwrap();
+        assert_eq!(exit_report(&log, 30), "Error: --frames 1024 is too few\n\nCaused by:\n    x");
+        // No error line (a panic, a signal): the log's tail.
+        std::fs::write(&log, "a\nb\nc\n").unwrap();
+        assert_eq!(exit_report(&log, 2), "b\nc");
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]
