@@ -1,7 +1,7 @@
 //! The rtnetlink (rtnetlink(7)) requests twill-cni makes, synchronously, on a
 //! NETLINK_ROUTE socket of the calling thread's network namespace: create and delete
-//! the veth pair, look links up, add the pod's /32 and its two routes, and dump
-//! addresses and routes for CHECK. Messages are built and parsed with
+//! the veth pair, look links up, add the pod's /32, its two routes and its gateway's
+//! neighbour entry, and dump addresses and routes for CHECK. Messages are built and parsed with
 //! `netlink-packet-route`; no `ip` subprocess.
 
 use std::fs::File;
@@ -17,6 +17,7 @@ use netlink_packet_route::address::{AddressAttribute, AddressFlags, AddressHeade
 use netlink_packet_route::link::{
     InfoData, InfoKind, InfoVeth, LinkAttribute, LinkFlags, LinkInfo, LinkMessage,
 };
+use netlink_packet_route::neighbour::{NeighbourAddress, NeighbourAttribute, NeighbourMessage, NeighbourState};
 use netlink_packet_route::route::{
     RouteAddress, RouteAttribute, RouteHeader, RouteMessage, RouteProtocol, RouteScope, RouteType,
 };
@@ -64,6 +65,20 @@ pub fn format_mac(bytes: &[u8]) -> String {
         .map(|b| format!("{b:02x}"))
         .collect::<Vec<_>>()
         .join(":")
+}
+
+/// The six bytes of `aa:bb:cc:dd:ee:ff` (either case); `None` for anything else.
+pub fn parse_mac(s: &str) -> Option<[u8; 6]> {
+    let mut mac = [0u8; 6];
+    let mut parts = s.split(':');
+    for b in &mut mac {
+        let part = parts.next()?;
+        if part.len() != 2 {
+            return None;
+        }
+        *b = u8::from_str_radix(part, 16).ok()?;
+    }
+    parts.next().is_none().then_some(mac)
 }
 
 /// A NETLINK_ROUTE socket bound in the namespace of the thread that opened it.
@@ -230,6 +245,27 @@ impl Rtnl {
         .map(drop)
     }
 
+    /// Adds the permanent neighbour entry `ip lladdr mac dev index` (`ip neigh add … nud
+    /// permanent`).
+    pub fn add_neighbour(&mut self, index: u32, ip: IpAddr, mac: [u8; 6]) -> Result<(), NetlinkError> {
+        let mut msg = NeighbourMessage::default();
+        msg.header.family = if ip.is_ipv4() { AddressFamily::Inet } else { AddressFamily::Inet6 };
+        msg.header.ifindex = index;
+        msg.header.state = NeighbourState::Permanent;
+        msg.header.kind = RouteType::Unicast;
+        let dst = match ip {
+            IpAddr::V4(a) => NeighbourAddress::Inet(a),
+            IpAddr::V6(a) => NeighbourAddress::Inet6(a),
+        };
+        msg.attributes = vec![NeighbourAttribute::Destination(dst), NeighbourAttribute::LinkLayerAddress(mac.to_vec())];
+        self.request(
+            format!("adding neighbour {ip} lladdr {} dev {index}", format_mac(&mac)),
+            RouteNetlinkMessage::NewNeighbour(msg),
+            NLM_F_ACK | NLM_F_CREATE | NLM_F_EXCL,
+        )
+        .map(drop)
+    }
+
     /// The addresses of link `index`, both families.
     pub fn addresses(&mut self, index: u32) -> Result<Vec<(IpAddr, u8)>, NetlinkError> {
         let msg = AddressMessage::default();
@@ -383,5 +419,13 @@ mod tests {
             format_mac(&[0xaa, 0x0b, 0xcc, 0xdd, 0xee, 0x0f]),
             "aa:0b:cc:dd:ee:0f"
         );
+    }
+
+    #[test]
+    fn mac_parse() {
+        assert_eq!(parse_mac("aa:0B:cc:dd:ee:0f"), Some([0xaa, 0x0b, 0xcc, 0xdd, 0xee, 0x0f]));
+        for bad in ["", "aa:bb:cc:dd:ee", "aa:bb:cc:dd:ee:ff:00", "aa:bb:cc:dd:ee:f", "aa:bb:cc:dd:ee:gg", "aabb:cc:dd:ee:ff"] {
+            assert_eq!(parse_mac(bad), None, "{bad:?}");
+        }
     }
 }

@@ -132,6 +132,7 @@ struct Behaviour {
     /// A dual-stack node's answer carries an IPv6 address and gateway as well.
     ip6: Option<&'static str>,
     mtu: u32,
+    gateway_mac: &'static str,
     refuse_attach: bool,
 }
 
@@ -178,7 +179,7 @@ impl StandInAgent {
                         Some("allocate") => {
                             allocated.insert(id);
                             let mut a = json!({"ok": true, "ip": behaviour.ip, "prefix_len": 32, "gateway": "169.254.1.1",
-                                   "mtu": behaviour.mtu, "gateway_mac": "ee:ee:ee:ee:ee:ee"});
+                                   "mtu": behaviour.mtu, "gateway_mac": behaviour.gateway_mac});
                             if let Some(ip6) = behaviour.ip6 {
                                 a["ip6"] = json!(ip6);
                                 a["gateway6"] = json!("fe80::1");
@@ -359,6 +360,7 @@ const STANDARD: Behaviour = Behaviour {
     ip: "10.244.1.2",
     ip6: None,
     mtu: 1450,
+    gateway_mac: "ee:ee:ee:ee:ee:ee",
     refuse_attach: false,
 };
 
@@ -419,6 +421,10 @@ fn add_check_del_round_trip() {
             "ethtool -k eth0 lacks {line:?}:\n{features}"
         );
     }
+
+    // The gateway's MAC, as a permanent neighbour entry.
+    let neigh = ip_json(&["-n", &pod.netns.name, "neigh", "show", "dev", "eth0"]);
+    assert_eq!(neigh, json!([{"dst": "169.254.1.1", "lladdr": "ee:ee:ee:ee:ee:ee", "state": ["PERMANENT"]}]));
 
     // The host side.
     let host = &ip_json(&["link", "show", &pod.host.name])[0];
@@ -647,6 +653,19 @@ fn refused_attach_rolls_back_veth_and_address() {
         "host side {} left behind",
         pod.host.name
     );
+    assert!(!pod.netns.has_link("eth0"), "eth0 left behind in the pod");
+}
+
+#[test]
+fn a_malformed_gateway_mac_is_code_5_and_rolls_back() {
+    require_root_and_tools();
+    let agent = StandInAgent::start(Behaviour { gateway_mac: "ee:ee:ee:ee:ee", ..STANDARD });
+    let pod = Pod::new();
+    let add = run_cni("ADD", &pod.env(), &conf("1.0.0", &agent.socket).to_string());
+    let err = add.assert_error(5);
+    assert!(err["details"].as_str().unwrap().contains("gateway_mac \"ee:ee:ee:ee:ee\""), "{err}");
+    assert_eq!(agent.ops(), ["allocate", "release"]);
+    assert!(!pod.host.exists(), "host side {} left behind", pod.host.name);
     assert!(!pod.netns.has_link("eth0"), "eth0 left behind in the pod");
 }
 

@@ -31,6 +31,25 @@ pub fn stats(lab: &Lab, node: &str) -> BTreeMap<String, u64> {
         .collect()
 }
 
+/// A pod's neighbour entries on its interface, as `ip -j neigh show` lists them: (address,
+/// MAC, states).
+pub fn neighbours(pod: &PodState) -> Vec<(String, String, Vec<String>)> {
+    let out = netns::ip(&pod.netns, &["-j", "neigh", "show", "dev", &pod.ifname]).expect("ip neigh show");
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap_or_else(|e| panic!("ip -j neigh show in {}: {e}: {out}", pod.netns));
+    let text = |e: &serde_json::Value, k: &str| e[k].as_str().unwrap_or_default().to_owned();
+    v.as_array()
+        .map(|a| a.iter().map(|e| (text(e, "dst"), text(e, "lladdr"), e["state"].as_array().into_iter().flatten().filter_map(|s| s.as_str().map(str::to_owned)).collect())).collect())
+        .unwrap_or_default()
+}
+
+/// Removes the pod's neighbour entries (twill-cni's permanent one for the gateway among
+/// them), so that the pod resolves its gateway by ARP or Neighbor Discovery, as a pod wired
+/// by other means would.
+pub fn forget_gateway(pod: &PodState) {
+    netns::ip(&pod.netns, &["neigh", "flush", "dev", &pod.ifname, "nud", "all"]).expect("ip neigh flush");
+    assert_eq!(neighbours(pod), Vec::new(), "{}: neighbours left after the flush", pod.name);
+}
+
 /// Tears the lab down and checks that no lab namespace is left.
 pub fn down(lab: Lab) {
     lab.down().expect("lab down");
