@@ -8,7 +8,9 @@
 //! start: 1-s runs, a rate passing if one of two does, so a run of 3–6 s at that rate may
 //! lose with no change at all. From there the rate comes down in 5 % steps until two
 //! undisturbed streams of [`CONFIRM_S`] in a row lose nothing; a loss under the changes at
-//! that rate is theirs. (Run at the searched rate itself, CI once lost 50,735 of 1,657,335
+//! that rate is theirs. It starts at most at [`SENDER_SHARE`] of the sender's flat-out rate.
+//! About one run in 14 the changes still cost the sending node's worker a gap of 80–90 ms,
+//! beyond what its ring covers (docs/perf.md). (Run at the searched rate itself, CI once lost 50,735 of 1,657,335
 //! packets at 462 kpps, on the sending node's fill ring; which of the two caused it, that
 //! run could not tell.)
 //!
@@ -43,6 +45,12 @@ const CHANGES: usize = 100;
 /// Seconds of each undisturbed stream that confirms a rate: at least as long as the stream
 /// under the policy changes (the changes, 3–5.4 s, and 0.6 s).
 const CONFIRM_S: f64 = 6.0;
+
+/// At most this share of what the sender sends flat out: where twill forwards all the
+/// sender can send, the stream stays below the sender's own limit, so that it keeps its rate
+/// while the changes take CPU (with the stream at about 0.9 of it, 2 runs in 15 fell more
+/// than 10 % behind).
+const SENDER_SHARE: f64 = 0.85;
 
 /// From the searched no-drop rate down in 5 % steps: the first rate at which two streams of
 /// [`CONFIRM_S`] in a row lose nothing.
@@ -98,17 +106,22 @@ fn thread_classes(lab: &Lab, node: &str) -> (u32, u32) {
     (class(&pid.to_string()).1, workers[0])
 }
 
+/// The CPU time the calling thread has used.
+fn thread_cpu() -> Duration {
+    nix::time::clock_gettime(nix::time::ClockId::CLOCK_THREAD_CPUTIME_ID).expect("the thread's CPU clock").into()
+}
+
 /// Runs `changes` under a stream from `a` to `b` at `rate`; the stream's figures, checked.
 fn under_load(lab: &mut Lab, a: &PodState, b: &PodState, rate: f64, what: &str, changes: impl FnOnce(&mut Lab)) -> StreamStats {
     let before = [stats(lab, "n1"), stats(lab, "n2")];
     let load = generator::start(a, b, &Stream::new(300.0).paced(rate)).expect("the stream starts");
     std::thread::sleep(Duration::from_millis(300));
-    let t0 = Instant::now();
+    let (t0, cpu0) = (Instant::now(), thread_cpu());
     changes(lab);
-    let took = t0.elapsed();
+    let (took, driver_cpu) = (t0.elapsed(), thread_cpu() - cpu0);
     std::thread::sleep(Duration::from_millis(300));
     let s = load.stop().expect("the stream ran");
-    println!("{what} in {took:?} under {rate:.0} pps: sent {}, lost {}, latency p50 {:.0} µs, p99 {:.0} µs, max {:.0} µs", s.sent, s.lost, s.latency.p50_us, s.latency.p99_us, s.latency.max_us);
+    println!("{what} in {took:?} (the driving thread's CPU: {driver_cpu:?}) under {rate:.0} pps: sent {}, lost {}, latency p50 {:.0} µs, p99 {:.0} µs, max {:.0} µs", s.sent, s.lost, s.latency.p50_us, s.latency.p99_us, s.latency.max_us);
     let grew: Vec<String> = ["n1", "n2"]
         .iter()
         .zip(&before)
@@ -133,8 +146,8 @@ fn a_stream_loses_nothing_while_policies_and_pods_change() {
     // Strictly no loss (the bench tolerates 0.01 %): where the sustained rate starts from.
     let (ndr, probes) = bench::no_drop_rate(&a, &b, &flat, &Stream::new(1.0), 3, 0.0).expect("the no-drop-rate search");
     assert!(ndr > 0.0, "no paced rate was loss-free: {probes:?}");
-    println!("no-drop rate about {ndr:.0} pps");
-    let rate = sustained_rate(&a, &b, ndr);
+    println!("no-drop rate about {ndr:.0} pps; flat out the sender sent {:.0} pps", flat.sent_pps);
+    let rate = sustained_rate(&a, &b, ndr.min(SENDER_SHARE * flat.sent_pps));
     println!("sustained without loss: {rate:.0} pps ({:.2} of the searched rate)", rate / ndr);
 
     for n in ["n1", "n2"] {
