@@ -258,7 +258,8 @@ fn wire(
 /// that MAC), so the pod gets it as a permanent entry and never resolves it. A pod that did
 /// would queue its first packets while the answer came, and the kernel sends that queue
 /// after marking the entry valid, so a packet sent meanwhile from another CPU goes first:
-/// a new pod's first burst arrived out of order about one time in three.
+/// a new pod's first burst arrived out of order in 5 of 30 runs of `lab_encap`'s ordering
+/// test (none in 27 with the entry).
 fn configure_pod(ifname: &str, alloc: &Allocation) -> Result<netlink::Link, CniError> {
     let gateway_mac = netlink::parse_mac(&alloc.gateway_mac).ok_or_else(|| {
         CniError::new(

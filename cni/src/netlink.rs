@@ -1,8 +1,8 @@
 //! The rtnetlink (rtnetlink(7)) requests twill-cni makes, synchronously, on a
 //! NETLINK_ROUTE socket of the calling thread's network namespace: create and delete
 //! the veth pair, look links up, add the pod's /32, its two routes and its gateway's
-//! neighbour entry, and dump addresses and routes for CHECK. Messages are built and parsed with
-//! `netlink-packet-route`; no `ip` subprocess.
+//! neighbour entry, and dump addresses and routes for CHECK. Messages are built and parsed
+//! with `netlink-packet-route`; no `ip` subprocess.
 
 use std::fs::File;
 use std::io;

@@ -9,10 +9,10 @@
 //! lose with no change at all. From there the rate comes down in 5 % steps until two
 //! undisturbed streams of [`CONFIRM_S`] in a row lose nothing; a loss under the changes at
 //! that rate is theirs. It starts at most at [`SENDER_SHARE`] of the sender's flat-out rate.
+//! (Run at the searched rate itself, CI once lost 50,735 of 1,657,335 packets at 462 kpps,
+//! on the sending node's fill ring; which of the two caused it, that run could not tell.)
 //! About one run in 14 the changes still cost the sending node's worker a gap of 80–90 ms,
-//! beyond what its ring covers (docs/perf.md). (Run at the searched rate itself, CI once lost 50,735 of 1,657,335
-//! packets at 462 kpps, on the sending node's fill ring; which of the two caused it, that
-//! run could not tell.)
+//! beyond what its ring covers; docs/perf.md has the runs.
 //!
 //! The agents' control threads run in SCHED_IDLE (`--control-sched idle`, the default), so
 //! recompiling and publishing only use time the workers leave (with the control threads in
@@ -42,8 +42,8 @@ use perf_lab::{
 
 const CHANGES: usize = 100;
 
-/// Seconds of each undisturbed stream that confirms a rate: at least as long as the stream
-/// under the policy changes (the changes, 3–5.4 s, and 0.6 s).
+/// Seconds of each undisturbed stream that confirms a rate: about as long as the stream
+/// under the policy changes (the changes, 2.7–7.2 s, and 0.6 s).
 const CONFIRM_S: f64 = 6.0;
 
 /// At most this share of what the sender sends flat out: where twill forwards all the
