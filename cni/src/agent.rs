@@ -9,6 +9,7 @@ use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use encap::ethernet::EthernetAddress;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -83,12 +84,19 @@ pub struct Allocation {
     pub prefix_len: u8,
     pub gateway: Ipv4Addr,
     pub mtu: u32,
-    pub gateway_mac: String,
+    #[serde(deserialize_with = "mac")]
+    pub gateway_mac: EthernetAddress,
     /// The pod's IPv6 address and gateway, when the node is dual-stack.
     #[serde(default)]
     pub ip6: Option<std::net::Ipv6Addr>,
     #[serde(default)]
     pub gateway6: Option<std::net::Ipv6Addr>,
+}
+
+/// `gateway_mac` as `aa:bb:cc:dd:ee:ff`.
+fn mac<'de, D: serde::Deserializer<'de>>(d: D) -> Result<EthernetAddress, D::Error> {
+    let s = String::deserialize(d)?;
+    s.parse().map_err(|_| serde::de::Error::custom(format!("gateway_mac {s:?} (expected aa:bb:cc:dd:ee:ff)")))
 }
 
 impl Allocation {
@@ -132,7 +140,16 @@ impl AgentClient {
             pod,
             ifname,
         };
-        let a: Allocation = self.call(&req)?;
+        let answer = self.call::<Allocation>(&req).and_then(|a| self.checked(a));
+        if let Err(AgentError::Protocol { .. }) = &answer {
+            // The agent may hold an address for an answer the plugin cannot use: give it back.
+            let _ = self.release(container_id);
+        }
+        answer
+    }
+
+    /// `a`, unless it is malformed.
+    fn checked(&self, a: Allocation) -> Result<Allocation, AgentError> {
         let bad = |reason: String| AgentError::Protocol {
             op: "allocate",
             socket: self.socket.clone(),
@@ -260,6 +277,17 @@ mod tests {
             serde_json::to_value(Request::Stats).unwrap(),
             json!({"op": "stats"})
         );
+    }
+
+    #[test]
+    fn an_allocation_has_a_well_formed_gateway_mac() {
+        let answer = |mac: &str| json!({"ip": "10.244.1.2", "prefix_len": 32, "gateway": "169.254.1.1", "mtu": 1450, "gateway_mac": mac});
+        let a: Allocation = serde_json::from_value(answer("aa:0B:cc:dd:ee:0f")).unwrap();
+        assert_eq!(a.gateway_mac, EthernetAddress([0xaa, 0x0b, 0xcc, 0xdd, 0xee, 0x0f]));
+        for bad in ["", "aa:bb:cc:dd:ee", "aa:bb:cc:dd:ee:ff:00", "aa:bb:cc:dd:ee:f", "aa:bb:cc:dd:ee:gg", "aabb:cc:dd:ee:ff"] {
+            let e = serde_json::from_value::<Allocation>(answer(bad)).unwrap_err().to_string();
+            assert!(e.contains(&format!("gateway_mac {bad:?}")), "{bad:?}: {e}");
+        }
     }
 
     #[test]

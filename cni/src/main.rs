@@ -261,13 +261,6 @@ fn wire(
 /// a new pod's first burst arrived out of order in 5 of 30 runs of `lab_encap`'s ordering
 /// test (none in 27 with the entry).
 fn configure_pod(ifname: &str, alloc: &Allocation) -> Result<netlink::Link, CniError> {
-    let gateway_mac = netlink::parse_mac(&alloc.gateway_mac).ok_or_else(|| {
-        CniError::new(
-            ErrorCode::Io,
-            "bad gateway MAC from the agent",
-            format!("the agent's allocation gave gateway_mac {:?}; expected aa:bb:cc:dd:ee:ff", alloc.gateway_mac),
-        )
-    })?;
     let mut rtnl = Rtnl::open().map_err(nl_error)?;
     let link = rtnl.link(ifname).map_err(nl_error)?.ok_or_else(|| {
         CniError::new(
@@ -283,13 +276,13 @@ fn configure_pod(ifname: &str, alloc: &Allocation) -> Result<netlink::Link, CniE
         .map_err(nl_error)?;
     rtnl.add_route(Ipv4Addr::UNSPECIFIED.into(), 0, Some(alloc.gateway.into()), link.index)
         .map_err(nl_error)?;
-    rtnl.add_neighbour(link.index, alloc.gateway.into(), gateway_mac).map_err(nl_error)?;
+    rtnl.add_neighbour(link.index, alloc.gateway.into(), alloc.gateway_mac.0).map_err(nl_error)?;
     if let Some((ip6, gw6)) = alloc.dual_stack() {
         // The gateway is link-local: on-link through fe80::/64.
         rtnl.add_address(link.index, ip6.into(), 128).map_err(nl_error)?;
         rtnl.add_route(Ipv6Addr::UNSPECIFIED.into(), 0, Some(gw6.into()), link.index)
             .map_err(nl_error)?;
-        rtnl.add_neighbour(link.index, gw6.into(), gateway_mac).map_err(nl_error)?;
+        rtnl.add_neighbour(link.index, gw6.into(), alloc.gateway_mac.0).map_err(nl_error)?;
     }
     ethtool::disable_offloads(ifname)
         .map_err(|e| CniError::new(ErrorCode::Io, "ethtool failed", e.to_string()))?;

@@ -54,10 +54,10 @@ const CONFIRM_S: f64 = 6.0;
 /// (2 of 15 with the stream at about 0.9 of it, 1 of 14 at 0.85; none of 5 at 0.7).
 const SENDER_SHARE: f64 = 0.7;
 
-/// From the searched no-drop rate down in 5 % steps: the first rate at which two streams of
-/// [`CONFIRM_S`] in a row lose nothing.
-fn sustained_rate(a: &PodState, b: &PodState, ndr: f64) -> f64 {
-    let mut rate = ndr;
+/// From `start` down in 5 % steps: the first rate at which two streams of [`CONFIRM_S`] in a
+/// row lose nothing.
+fn sustained_rate(a: &PodState, b: &PodState, start: f64) -> f64 {
+    let mut rate = start;
     for _ in 0..12 {
         let clean = (0..2).take_while(|_| generator::run(a, b, &Stream::new(CONFIRM_S).paced(rate)).expect("a confirming stream").lost == 0).count();
         println!("{rate:.0} pps for {CONFIRM_S} s: {clean} run(s) in a row lost nothing");
@@ -66,7 +66,7 @@ fn sustained_rate(a: &PodState, b: &PodState, ndr: f64) -> f64 {
         }
         rate *= 0.95;
     }
-    panic!("no rate from {ndr:.0} pps down to {rate:.0} pps sustained {CONFIRM_S} s without loss twice");
+    panic!("no rate from {start:.0} pps down to {rate:.0} pps sustained {CONFIRM_S} s without loss twice");
 }
 
 /// A policy that selects only the churned pods (n2's pods but p1-n2), different each time.
